@@ -1,0 +1,15 @@
+//! sdseg-volume: segment CT volumes with SDSeg (Stable Diffusion Segmentation, MICCAI 2024)
+//! in one reverse step. See ARCHITECTURE.md for the map of stages and modules.
+
+pub mod cli;
+pub mod error;
+pub mod geometry;
+pub mod io;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod train;
+pub mod volume;
+
+pub use geometry::{Affine, AxCode, AxCodes, Reorientation};
+pub use volume::{LabelVolume, Provenance, Source, Volume};

@@ -1,0 +1,17 @@
+//! The `sdseg-volume` binary: parse, run, map the error to an exit code. Nothing else.
+
+use clap::Parser;
+use sdseg_volume::cli::Cli;
+use sdseg_volume::error::{exit_code_for, ExitCode};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match sdseg_volume::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::from(ExitCode::Ok as u8),
+        Err(err) => {
+            let code = exit_code_for(&err);
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(code as u8)
+        }
+    }
+}

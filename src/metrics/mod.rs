@@ -1,0 +1,1 @@
+//! Volume-level metrics (see ARCHITECTURE.md).

@@ -1,0 +1,4 @@
+//! The SDSeg network in candle, mirroring the LDM module tree so that `VarBuilder` paths
+//! spell the official checkpoint keys. `model` never opens files except in `checkpoint`.
+
+pub mod conv;

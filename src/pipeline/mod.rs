@@ -1,0 +1,1 @@
+//! Pipelines: config, preprocessing, postprocessing, engine (see ARCHITECTURE.md).

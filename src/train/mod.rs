@@ -1,0 +1,1 @@
+//! Training SDSeg and its autoencoder (see ARCHITECTURE.md).
