@@ -8,6 +8,7 @@ pub mod convert;
 pub mod eval;
 pub mod import;
 pub mod inspect;
+pub mod phantom;
 pub mod reproduce;
 pub mod run;
 pub mod slurm;
@@ -55,6 +56,8 @@ pub enum Command {
     TrainAutoencoder(train::AutoencoderArgs),
     /// Print a ready sbatch job-array script for `run` on a Slurm cluster.
     SlurmScript(slurm::Args),
+    /// Write a synthetic abdomen CT phantom as DICOM or NIfTI (developer tool).
+    Phantom(phantom::Args),
 }
 
 /// Options every command shares, resolved once.
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run_train(a, g),
         Command::TrainAutoencoder(a) => train::run_autoencoder(a, g),
         Command::SlurmScript(a) => slurm::run(a, g),
+        Command::Phantom(a) => phantom::run(a, g),
     }
 }
 
