@@ -2,3 +2,6 @@
 //! spell the official checkpoint keys. `model` never opens files except in `checkpoint`.
 
 pub mod conv;
+pub mod cond;
+pub mod latent;
+pub mod vae;
