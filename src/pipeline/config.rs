@@ -524,7 +524,7 @@ impl Pipeline {
     /// One-line summary for logs and reports.
     pub fn summary(&self) -> String {
         let norm = match self.normalise {
-            Normalise::MinMax { eps } if eps == 0.0 => "per-volume min-max".to_string(),
+            Normalise::MinMax { eps: 0.0 } => "per-volume min-max".to_string(),
             Normalise::MinMax { eps } => format!("per-volume min-max (eps {eps:e})"),
             Normalise::Fixed { offset, scale } => {
                 format!("fixed ((x - {offset}) / {scale})*2-1")
