@@ -606,3 +606,58 @@ fn label_slices_remap_and_zoom_like_scipy_order0() {
     let bad = Array3::<u16>::zeros((50, 40, 5));
     assert!(LabelSlices::new(&bad, g, &p.labels.remap).is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// shared fixture (made with the official code)
+// ---------------------------------------------------------------------------------------------
+
+fn fixture_f32(st: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (t.shape().to_vec(), v)
+}
+
+/// The fixture's `image` is each `image_hu` slice windowed to [-125, 275] and min-max
+/// normalised on its own (a one-slice volume), i.e. the BTCV pipeline on a (256, 256, 1)
+/// volume; its `mask` is `mask_prob > 0.5`, i.e. postprocessing at native size 256.
+#[test]
+fn btcv_preprocessing_and_threshold_match_the_fixture() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-binary");
+    let bytes = std::fs::read(dir.join("case.safetensors")).expect("shared fixture present");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (shape, hu) = fixture_f32(&st, "image_hu");
+    let (_, image) = fixture_f32(&st, "image");
+    let (_, prob) = fixture_f32(&st, "mask_prob");
+    let mask = st.tensor("mask").unwrap();
+    let (b, h, w) = (shape[0], shape[1], shape[2]);
+    let p = Pipeline::load("btcv").unwrap();
+    let plane = h * w;
+    let mut max = 0f32;
+    for s in 0..b {
+        let d = Array3::from_shape_fn((h, w, 1), |(i, j, _)| hu[s * plane + i * w + j]);
+        let v = volume(d, Affine::IDENTITY);
+        let src = SliceSource::new(&v, &p);
+        let ours = src.model_input(0..1);
+        let theirs = &image[s * 3 * plane..(s + 1) * 3 * plane];
+        for (a, b) in ours.iter().zip(theirs) {
+            max = max.max((a - b).abs());
+        }
+        let pm = Array2::from_shape_vec((h, w), prob[s * plane..(s + 1) * plane].to_vec()).unwrap();
+        let lab = binary_slice_to_native(pm.view(), src.geometry(), ResizeBack::Bilinear).unwrap();
+        let want: Vec<u16> = mask.data()[s * plane..(s + 1) * plane]
+            .iter()
+            .map(|&m| u16::from(m))
+            .collect();
+        assert_eq!(
+            lab.iter().copied().collect::<Vec<_>>(),
+            want,
+            "slice {s} mask"
+        );
+    }
+    assert!(max <= 1e-6, "image vs fixture: max |diff| {max}");
+}
