@@ -201,6 +201,17 @@ impl<'a> SliceSource<'a> {
         }
     }
 
+    /// The same source owning its voxels (copies them only if borrowed), e.g. to move it
+    /// into a worker thread.
+    pub fn into_owned(self) -> SliceSource<'static> {
+        SliceSource {
+            data: CowArray::from(self.data.into_owned()),
+            stats: self.stats,
+            geometry: self.geometry,
+            interpolation: self.interpolation,
+        }
+    }
+
     pub fn geometry(&self) -> &SliceGeometry {
         &self.geometry
     }
@@ -389,6 +400,13 @@ mod tests {
         assert_eq!(f.apply(-1000.0), -1.25);
         assert_eq!(f.apply(1000.0), 0.875);
         assert_eq!(f.apply(75.0), 0.0);
+    }
+
+    #[test]
+    fn slice_source_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SliceSource<'static>>();
+        assert_send_sync::<LabelSlices<'static>>();
     }
 
     #[test]
