@@ -75,7 +75,7 @@ fn classify(cause: &(dyn StdError + 'static)) -> Option<ExitCode> {
         return Some(ExitCode::Partial);
     }
     // Every library error type that implements `Classify` is listed here.
-    classify_as!(cause; crate::volume::VolumeError, crate::io::ReadError, crate::metrics::MetricsError);
+    classify_as!(cause; crate::volume::VolumeError, crate::io::ReadError, crate::metrics::MetricsError, crate::eval::EvalError);
     None
 }
 

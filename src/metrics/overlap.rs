@@ -50,9 +50,9 @@ pub struct BBox {
 
 impl BBox {
     fn add(&mut self, p: [usize; 3]) {
-        for d in 0..3 {
-            self.lo[d] = self.lo[d].min(p[d]);
-            self.hi[d] = self.hi[d].max(p[d]);
+        for (d, &x) in p.iter().enumerate() {
+            self.lo[d] = self.lo[d].min(x);
+            self.hi[d] = self.hi[d].max(x);
         }
     }
     fn union(self, o: BBox) -> BBox {
