@@ -150,9 +150,19 @@ fn latent_step_parity(name: &str) {
     let eps = fx.get("unet_output");
     let (z0s, z0u) = (fx.get("z0_scaled"), fx.get("z0_unscaled"));
     // Binary: [B,4,h,w]; multi-class: [K,B,4,h,w], one pass per class with the same noise.
-    let passes = if eps.rank() == 5 { eps.dim(0).unwrap() } else { 1 };
+    let passes = if eps.rank() == 5 {
+        eps.dim(0).unwrap()
+    } else {
+        1
+    };
     for k in 0..passes {
-        let pick = |t: &Tensor| if passes > 1 { t.get(k).unwrap() } else { t.clone() };
+        let pick = |t: &Tensor| {
+            if passes > 1 {
+                t.get(k).unwrap()
+            } else {
+                t.clone()
+            }
+        };
         let e = pick(&eps);
         let tag = format!("{name}/pass{k}");
         let got = latent_estimate(&noise, &e, &a, &c, 1.0).unwrap();
@@ -162,7 +172,10 @@ fn latent_step_parity(name: &str) {
         let got = latent_estimate(&noise, &e, &a, &c, inv).unwrap();
         assert_close(&format!("{tag}/z0_unscaled"), &got, &pick(&z0u), 1e-3);
         // Same f32 arithmetic in the same order as PyTorch: expected bit for bit.
-        assert!(err == 0.0, "{tag}: z0_scaled differs from the official f32 result");
+        assert!(
+            err == 0.0,
+            "{tag}: z0_scaled differs from the official f32 result"
+        );
     }
 }
 
@@ -200,8 +213,19 @@ fn decode_and_mask_binary() {
         .unwrap();
     let want_p = fx.get("mask_prob");
     assert_close("tiny-binary/mask_prob", &p, &want_p, 1e-3);
-    let mask = p.gt(0.5).unwrap().flatten_all().unwrap().to_vec1::<u8>().unwrap();
-    let want_mask = fx.get("mask").flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let mask = p
+        .gt(0.5)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let want_mask = fx
+        .get("mask")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
     let want_p = want_p.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let mut flips = 0;
     for i in 0..mask.len() {
@@ -266,18 +290,18 @@ fn decode_and_label_map_multiclass() {
         .unwrap();
     // Top-1 − top-2 gap of the official logits, per pixel.
     let wl = want_logits.permute((0, 2, 3, 1)).unwrap();
-    let wl = wl
-        .reshape(((), classes))
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+    let wl = wl.reshape(((), classes)).unwrap().to_vec2::<f32>().unwrap();
     let mut flips = 0;
     for (i, row) in wl.iter().enumerate() {
         if labels[i] != want_labels[i] as u32 {
             flips += 1;
             let mut s = row.clone();
             s.sort_by(|x, y| y.total_cmp(x));
-            assert!(s[0] - s[1] < 1e-3, "label differs at {i}, gap {}", s[0] - s[1]);
+            assert!(
+                s[0] - s[1] < 1e-3,
+                "label differs at {i}, gap {}",
+                s[0] - s[1]
+            );
         }
     }
     eprintln!(
@@ -315,8 +339,14 @@ fn vae_and_cond_keys_match_checkpoint() {
         .collect();
     let missing: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
     let extra: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "checkpoint keys we never read: {missing:?}");
-    assert!(extra.is_empty(), "keys we read that the checkpoint lacks: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "checkpoint keys we never read: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "keys we read that the checkpoint lacks: {extra:?}"
+    );
     for (k, shape) in &theirs {
         assert_eq!(&ours[k], shape, "{k}: shape");
     }
@@ -437,10 +467,7 @@ fn schedule_coefficients(ts: &[usize]) -> (Tensor, Tensor) {
         .map(|&t| (1.0 / table[t] - 1.0).sqrt() as f32)
         .collect();
     let dev = &Device::Cpu;
-    (
-        Tensor::new(a, dev).unwrap(),
-        Tensor::new(c, dev).unwrap(),
-    )
+    (Tensor::new(a, dev).unwrap(), Tensor::new(c, dev).unwrap())
 }
 
 fn assert_bitwise(name: &str, got: &Tensor, want: &Tensor) {
@@ -486,11 +513,19 @@ fn latent_op_non_contiguous_inputs() {
     let eps_base = randn(&mut rng, &[3, 6, 32, 32], 1.0);
     let eps = eps_base.narrow(1, 1, 4).unwrap();
     assert!(!zt.is_contiguous() && !eps.is_contiguous());
-    let a2 = Tensor::stack(&[&a, &a], 1).unwrap().narrow(1, 1, 1).unwrap();
+    let a2 = Tensor::stack(&[&a, &a], 1)
+        .unwrap()
+        .narrow(1, 1, 1)
+        .unwrap();
     let got = latent_estimate(&zt, &eps, &a2, &c, 0.5).unwrap();
-    let want =
-        latent_estimate_reference(&zt.contiguous().unwrap(), &eps.contiguous().unwrap(), &a, &c, 0.5)
-            .unwrap();
+    let want = latent_estimate_reference(
+        &zt.contiguous().unwrap(),
+        &eps.contiguous().unwrap(),
+        &a,
+        &c,
+        0.5,
+    )
+    .unwrap();
     assert_bitwise("non-contiguous", &got, &want);
     // Transposed last two dims (a different stride pattern again).
     let zt_t = zt.transpose(2, 3).unwrap();
@@ -522,7 +557,10 @@ fn latent_op_half_precision_and_f64() {
                 1.0 / 0.34,
             )
             .unwrap();
-            let rel = ((got.to_dtype(DType::F32).unwrap() - &f32_out).unwrap().abs().unwrap()
+            let rel = ((got.to_dtype(DType::F32).unwrap() - &f32_out)
+                .unwrap()
+                .abs()
+                .unwrap()
                 / f32_out.abs().unwrap().clamp(1e-3f32, f32::MAX).unwrap())
             .unwrap()
             .flatten_all()
@@ -531,7 +569,11 @@ fn latent_op_half_precision_and_f64() {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-            let half_ulp = if dt == DType::F16 { 2f32.powi(-11) } else { 2f32.powi(-8) };
+            let half_ulp = if dt == DType::F16 {
+                2f32.powi(-11)
+            } else {
+                2f32.powi(-8)
+            };
             assert!(rel <= half_ulp * 1.0001, "{dt:?}: rel {rel} > {half_ulp}");
         }
     }
@@ -547,7 +589,9 @@ fn latent_op_rejects_mismatched_inputs() {
     let e16 = Tensor::zeros((2, 4, 8, 8), DType::F16, dev).unwrap();
     assert!(latent_estimate(&z, &e16, &a, &a, 1.0).is_err());
     let a3 = Tensor::ones(3, DType::F32, dev).unwrap();
-    let err = latent_estimate(&z, &z, &a3, &a, 1.0).unwrap_err().to_string();
+    let err = latent_estimate(&z, &z, &a3, &a, 1.0)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("one per batch element"), "{err}");
     let zi = Tensor::zeros((2, 4), DType::U32, dev).unwrap();
     assert!(latent_estimate(&zi, &zi, &a, &a, 1.0).is_err());
@@ -576,7 +620,13 @@ fn latent_op_gradient_finite_differences() -> Result<()> {
         Var::from_tensor(&a0)?,
         Var::from_tensor(&c0)?,
     );
-    let grads = loss(zt.as_tensor(), eps.as_tensor(), a.as_tensor(), c.as_tensor())?.backward()?;
+    let grads = loss(
+        zt.as_tensor(),
+        eps.as_tensor(),
+        a.as_tensor(),
+        c.as_tensor(),
+    )?
+    .backward()?;
     let analytic: Vec<Vec<f64>> = [&zt, &eps, &a, &c]
         .iter()
         .map(|v| {
@@ -607,7 +657,10 @@ fn latent_op_gradient_finite_differences() -> Result<()> {
             let g = analytic[which][i];
             let err = (fd - g).abs() / (1.0 + g.abs());
             worst = worst.max(err);
-            assert!(err < 1e-6, "input {which} element {i}: backprop {g} vs fd {fd}");
+            assert!(
+                err < 1e-6,
+                "input {which} element {i}: backprop {g} vs fd {fd}"
+            );
         }
     }
     eprintln!("latent op gradient: worst relative difference to finite differences {worst:.2e}");
@@ -624,16 +677,27 @@ fn latent_op_gradient_matches_reference_autograd() -> Result<()> {
     let (a, c) = (Var::from_tensor(&a)?, Var::from_tensor(&c)?);
     let target = randn(&mut rng, &[2, 4, 8, 8], 1.0);
     let l1 = |x: Tensor| -> Result<Tensor> { (x - &target)?.abs()?.mean_all() };
-    let args = (zt.as_tensor(), eps.as_tensor(), a.as_tensor(), c.as_tensor());
+    let args = (
+        zt.as_tensor(),
+        eps.as_tensor(),
+        a.as_tensor(),
+        c.as_tensor(),
+    );
     let g_op = l1(latent_estimate(args.0, args.1, args.2, args.3, 0.25)?)?.backward()?;
-    let g_ref = l1(latent_estimate_reference(args.0, args.1, args.2, args.3, 0.25)?)?.backward()?;
+    let g_ref = l1(latent_estimate_reference(
+        args.0, args.1, args.2, args.3, 0.25,
+    )?)?
+    .backward()?;
     for (name, v) in [("zt", &zt), ("eps", &eps), ("a", &a), ("c", &c)] {
         let got = g_op.get(v.as_tensor()).expect("op grad");
         let want = g_ref.get(v.as_tensor()).expect("ref grad");
         let diff = (got - want)?.abs()?.flatten_all()?.max(D::Minus1)?;
         let scale = want.abs()?.flatten_all()?.max(D::Minus1)?;
         let (diff, scale) = (diff.to_scalar::<f32>()?, scale.to_scalar::<f32>()?);
-        assert!(diff <= 1e-6 * scale.max(1.0), "{name}: {diff} (scale {scale})");
+        assert!(
+            diff <= 1e-6 * scale.max(1.0),
+            "{name}: {diff} (scale {scale})"
+        );
     }
     Ok(())
 }

@@ -164,12 +164,8 @@ fn contiguous<'a, T: Copy>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
     let (inner_len, inner_stride) = (dims[rank - 1], stride[rank - 1]);
     let mut idx = vec![0usize; rank.saturating_sub(1)];
     loop {
-        let base = layout.start_offset()
-            + idx
-                .iter()
-                .zip(stride)
-                .map(|(&i, &s)| i * s)
-                .sum::<usize>();
+        let base =
+            layout.start_offset() + idx.iter().zip(stride).map(|(&i, &s)| i * s).sum::<usize>();
         out.extend((0..inner_len).map(|k| data[base + k * inner_stride]));
         // Odometer increment over the outer dimensions.
         let mut d = idx.len();
@@ -257,15 +253,7 @@ impl CustomOp3 for LatentEstimate {
             (CpuStorage::F16(z), CpuStorage::F16(e), CpuStorage::F32(c)) => {
                 let (z, e, c) = (contiguous(z, l1), contiguous(e, l2), contiguous(c, l3));
                 let inv = self.inv_scale_factor as f32;
-                CpuStorage::F16(cpu_kernel(
-                    &z,
-                    &e,
-                    &c,
-                    per,
-                    inv,
-                    f16::to_f32,
-                    f16::from_f32,
-                ))
+                CpuStorage::F16(cpu_kernel(&z, &e, &c, per, inv, f16::to_f32, f16::from_f32))
             }
             (CpuStorage::BF16(z), CpuStorage::BF16(e), CpuStorage::F32(c)) => {
                 let (z, e, c) = (contiguous(z, l1), contiguous(e, l2), contiguous(c, l3));
@@ -324,7 +312,10 @@ impl CustomOp3 for LatentEstimate {
         let g_zt = g.broadcast_mul(&a)?.to_dtype(zt.dtype())?;
         let g_eps = g.broadcast_mul(&c)?.neg()?.to_dtype(eps.dtype())?;
         let g_a = (&g * zt.to_dtype(math)?)?.reshape((b, ()))?.sum(1)?;
-        let g_c = (&g * eps.to_dtype(math)?)?.reshape((b, ()))?.sum(1)?.neg()?;
+        let g_c = (&g * eps.to_dtype(math)?)?
+            .reshape((b, ()))?
+            .sum(1)?
+            .neg()?;
         let g_coeffs = Tensor::stack(&[g_a, g_c], 1)?;
         Ok((Some(g_zt), Some(g_eps), Some(g_coeffs)))
     }

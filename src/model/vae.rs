@@ -225,7 +225,9 @@ impl Downsample {
 
 impl Module for Downsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
+        let x = x
+            .pad_with_zeros(D::Minus1, 0, 1)?
+            .pad_with_zeros(D::Minus2, 0, 1)?;
         self.conv.forward(&x)
     }
 }
