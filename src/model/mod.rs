@@ -2,7 +2,10 @@
 //! spell the official checkpoint keys. `model` never opens files except in `checkpoint`.
 
 pub mod cond;
+pub mod config;
 pub mod conv;
 pub mod latent;
 pub mod norm;
+pub mod schedule;
+pub mod unet;
 pub mod vae;
