@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod geometry;
 pub mod io;
 pub mod metrics;
