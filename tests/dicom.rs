@@ -932,3 +932,49 @@ fn reader_is_used_by_read_volume() {
     assert_same(&r, &v, 0.0);
     let _ = Array3::<f32>::zeros((1, 1, 1));
 }
+
+#[test]
+fn cli_phantom_nifti_and_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("ph");
+    let out = bin()
+        .args([
+            "phantom", "--format", "nifti", "--size", "20x18x5", "--seed", "6", "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = abdomen_phantom(&PhantomParams::new([20, 18, 5]), 6);
+    let v = sdseg_volume::io::nifti::read_nifti(&out_dir.join("phantom.nii.gz")).unwrap();
+    assert_same(&v, &expected.volume, 0.0);
+    let (labels, affine, _) =
+        sdseg_volume::io::nifti::read_labels(&out_dir.join("labels.nii.gz")).unwrap();
+    assert_eq!(labels, expected.labels);
+    assert!(affine.max_abs_diff(expected.volume.affine()) < 1e-4);
+}
+
+#[test]
+fn labels_written_for_a_dicom_input_keep_its_grid() {
+    // DICOM → Volume → label NIfTI → read back: same shape and affine as the DICOM volume.
+    let ph = abdomen_phantom(&PhantomParams::new([22, 26, 7]), 35);
+    let n = (0.5f64).sqrt();
+    let v = with_affine(&ph.volume, rotated(ph.volume.affine(), [n, 0.0, n], 17.0));
+    let dir = tempfile::tempdir().unwrap();
+    write(&v, &dir.path().join("ct"), &DicomWriteOptions::default());
+    let r = read_dicom(&dir.path().join("ct"), &opts()).unwrap();
+    let out = dir.path().join("labels.nii.gz");
+    sdseg_volume::io::nifti::write_labels(&out, &ph.labels, &r).unwrap();
+    let (labels, affine, _) = sdseg_volume::io::nifti::read_labels(&out).unwrap();
+    assert_eq!(labels, ph.labels);
+    assert!(
+        affine.max_abs_diff(r.affine()) < 1e-4,
+        "{affine}\nvs\n{}",
+        r.affine()
+    );
+}

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub enum Format {
     /// A DICOM CT series (one file per slice unless --multiframe).
     Dicom,
-    /// `phantom.nii.gz` (HU) and `labels.nii.gz`.
+    /// `phantom.nii.gz` (HU, int16) and `labels.nii.gz` in the --out folder.
     Nifti,
 }
 
@@ -47,6 +47,10 @@ pub struct Args {
     /// One Enhanced CT multi-frame file instead of one file per slice.
     #[arg(long)]
     pub multiframe: bool,
+    /// Also write the organ labels (BTCV ids: 1 spleen, 2 right kidney, 3 left kidney,
+    /// 6 liver, 8 aorta) as a NIfTI label file on the phantom's grid.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     /// Noise standard deviation in HU.
     #[arg(long, default_value_t = 12.0)]
     pub noise: f32,
@@ -83,6 +87,11 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     let mut params = PhantomParams::new(args.size);
     params.noise_sd = args.noise;
     let ph = abdomen_phantom(&params, args.seed);
+    // (labels, grid) for --labels, kept before the volume is consumed below.
+    let label_out = args
+        .labels
+        .as_ref()
+        .map(|_| (ph.labels.clone(), ph.volume.clone()));
     match args.format {
         Format::Dicom => {
             let mut o = DicomWriteOptions {
@@ -130,13 +139,34 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
             }
         }
         Format::Nifti => {
-            // TODO(nifti): write `phantom.nii.gz` + `labels.nii.gz` with
-            // `crate::io::nifti::write_volume` once the NIfTI writer lands on main.
-            return Err(UsageError(
-                "--format nifti is not available yet (the NIfTI writer has not landed)".into(),
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            let vol_path = args.out.join("phantom.nii.gz");
+            crate::io::nifti::write_volume(
+                &vol_path,
+                &ph.volume,
+                crate::io::nifti::VolumeDtype::Auto,
             )
-            .into());
+            .with_context(|| format!("writing {}", vol_path.display()))?;
+            let lab_path = args.out.join("labels.nii.gz");
+            crate::io::nifti::write_labels(&lab_path, &ph.labels, &ph.volume)
+                .with_context(|| format!("writing {}", lab_path.display()))?;
+            if !g.quiet {
+                eprintln!(
+                    "wrote {} and {} ({}×{}×{}, seed {})",
+                    vol_path.display(),
+                    lab_path.display(),
+                    args.size[0],
+                    args.size[1],
+                    args.size[2],
+                    args.seed
+                );
+            }
         }
+    }
+    if let (Some(path), Some((labels, grid))) = (&args.labels, &label_out) {
+        crate::io::nifti::write_labels(path, labels, grid)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
