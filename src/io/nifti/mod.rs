@@ -228,7 +228,7 @@ pub fn write_labels(path: &Path, labels: &Array3<u16>, like: &Volume) -> Result<
 pub fn write_volume(path: &Path, volume: &Volume, dtype: VolumeDtype) -> Result<(), NiftiError> {
     match resolve_dtype(path, volume, dtype)? {
         VolumeDtype::I16 => {
-            let data = volume.data().mapv(|v| v as i16);
+            let data = ndarray::Zip::from(volume.data()).par_map_collect(|&v| v as i16);
             write_array_like(path, data.view(), volume, ArrayRole::Intensity)
         }
         _ => write_array_like(path, volume.data().view(), volume, ArrayRole::Intensity),
