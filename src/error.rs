@@ -75,7 +75,8 @@ fn classify(cause: &(dyn StdError + 'static)) -> Option<ExitCode> {
         return Some(ExitCode::Partial);
     }
     // Every library error type that implements `Classify` is listed here.
-    classify_as!(cause; crate::volume::VolumeError, crate::io::ReadError);
+    classify_as!(cause; crate::volume::VolumeError, crate::io::ReadError,
+        crate::model::checkpoint::ModelError, crate::model::config::ConfigError);
     None
 }
 
