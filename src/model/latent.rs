@@ -478,8 +478,8 @@ mod tests {
         let t = Tensor::arange(0f32, 120., &Device::Cpu)?.reshape((2, 3, 4, 5))?;
         let p = t.permute((0, 2, 3, 1))?.narrow(2, 1, 3)?;
         let (s, l) = p.storage_and_layout();
-        let CpuStorage::F32(data) = &*s else {
-            unreachable!("f32 tensor")
+        let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*s else {
+            unreachable!("f32 cpu tensor")
         };
         let got = contiguous(data, l).into_owned();
         assert_eq!(got, p.flatten_all()?.to_vec1::<f32>()?);

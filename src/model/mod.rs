@@ -6,6 +6,7 @@ pub mod cond;
 pub mod config;
 pub mod conv;
 pub mod latent;
+pub mod norm;
 pub mod schedule;
 pub mod sdseg;
 pub mod unet;

@@ -13,12 +13,13 @@
 //! single-head `AttnBlock` whose q/k/v/proj_out are 1×1 convolutions.
 
 use candle_core::{DType, Module, ModuleT, Result, Tensor, D};
-use candle_nn::{Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use serde::Deserialize;
 
 use crate::model::conv::{conv2d, Conv2d};
+use crate::model::norm::{group_norm, GroupNorm};
 
 /// LDM `ddconfig` (the `first_stage_config.params.ddconfig` block of the YAML, and the
 /// `cond_stage_config.params` of SDSeg minus `embed_dim`). Field names are the YAML's.
@@ -95,7 +96,7 @@ const NUM_GROUPS: usize = 32;
 const NORM_EPS: f64 = 1e-6;
 
 fn normalize(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    candle_nn::group_norm(NUM_GROUPS, channels, NORM_EPS, vb)
+    group_norm(NUM_GROUPS, channels, NORM_EPS, vb)
 }
 
 fn conv3x3(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
