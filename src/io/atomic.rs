@@ -31,7 +31,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     #[test]
     fn failed_write_leaves_nothing() {
