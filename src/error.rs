@@ -76,6 +76,7 @@ fn classify(cause: &(dyn StdError + 'static)) -> Option<ExitCode> {
     }
     // Every library error type that implements `Classify` is listed here.
     classify_as!(cause; crate::volume::VolumeError, crate::io::ReadError);
+    classify_as!(cause; crate::pipeline::engine::CaseError, crate::pipeline::cases::CasesError, crate::pipeline::shard::ShardError);
     None
 }
 

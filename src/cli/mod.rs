@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Segment volumes (DICOM series folders or NIfTI files) into NIfTI label volumes.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Show what would be read from an input, which series is chosen and why.
     Inspect(inspect::Args),
     /// Write the HU volume exactly as the pipeline sees it, as NIfTI.
@@ -66,7 +66,7 @@ pub struct Globals {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let g = Globals { quiet: cli.quiet };
     match cli.command {
-        Command::Run(a) => run::run(a, g),
+        Command::Run(a) => run::run(*a, g),
         Command::Inspect(a) => inspect::run(a, g),
         Command::Import(a) => import::run(a, g),
         Command::Eval(a) => eval::run(a, g),
