@@ -412,3 +412,110 @@ fn preview_png_decodes_and_shows_the_overlay() {
     assert!(reddish > 500, "overlay pixels: {reddish}");
     assert!(grey > 500, "grey anatomy pixels: {grey}");
 }
+
+#[test]
+fn slurm_script_tasks_cover_every_case_once() {
+    let d = tempfile::tempdir().unwrap();
+    dataset(&d.path().join("data"), 5);
+    let o = run(d.path(), &args(&["data", "--out", "single"]));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(
+        d.path(),
+        &[
+            "slurm-script",
+            "--data",
+            "data",
+            "--out",
+            "arr",
+            "--array",
+            "3",
+            "--time",
+            "00:10:00",
+            "--cpus-per-task",
+            "1",
+            "--mem",
+            "500M",
+            "--partition",
+            "debug",
+            "--seed",
+            "0",
+            "--test-segmenter",
+            "threshold",
+            "--report",
+            "rep/r-{shard}.json",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    for line in [
+        "#!/bin/bash\n",
+        "#SBATCH --array=0-2\n",
+        "#SBATCH --time=00:10:00\n",
+        "#SBATCH --cpus-per-task=1\n",
+        "#SBATCH --mem=500M\n",
+        "#SBATCH --partition=debug\n",
+        "--shard \"${SLURM_ARRAY_TASK_ID}/3\"",
+        "--quiet run",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let logs = d.path().join("arr/logs");
+    assert!(text.contains(&format!(
+        "--output={}/sdseg_%A_%a.log",
+        logs.canonicalize().unwrap().display()
+    )));
+    assert!(!text.contains("--gres"), "no GPU asked for");
+    let script = d.path().join("job.sh");
+    std::fs::write(&script, &text).unwrap();
+    // Run the tasks as Slurm would (its environment, another working directory).
+    for t in 0..3 {
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .current_dir("/")
+            .env("SLURM_ARRAY_TASK_ID", t.to_string())
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "task {t}: {}", stderr(&o));
+        assert!(d.path().join(format!("rep/r-{t}.json")).is_file());
+    }
+    assert_eq!(
+        outputs(&d.path().join("arr")),
+        outputs(&d.path().join("single"))
+    );
+    // Reports must not collide across tasks.
+    let o = run(
+        d.path(),
+        &[
+            "slurm-script",
+            "--data",
+            "data",
+            "--out",
+            "arr",
+            "--array",
+            "3",
+            "--test-segmenter",
+            "threshold",
+            "--report",
+            "r.json",
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = run(
+        d.path(),
+        &[
+            "slurm-script",
+            "--data",
+            "data",
+            "--out",
+            "arr",
+            "--array",
+            "3",
+            "--test-segmenter",
+            "threshold",
+            "--time",
+            "2h",
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}

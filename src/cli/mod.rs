@@ -54,7 +54,7 @@ pub enum Command {
     /// Train a KL-f8 autoencoder on 3-channel masks.
     TrainAutoencoder(train::AutoencoderArgs),
     /// Print a ready sbatch job-array script for `run` on a Slurm cluster.
-    SlurmScript(slurm::Args),
+    SlurmScript(Box<slurm::Args>),
 }
 
 /// Options every command shares, resolved once.
@@ -77,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a, g),
         Command::Train(a) => train::run_train(a, g),
         Command::TrainAutoencoder(a) => train::run_autoencoder(a, g),
-        Command::SlurmScript(a) => slurm::run(a, g),
+        Command::SlurmScript(a) => slurm::run(*a, g),
     }
 }
 
