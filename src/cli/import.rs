@@ -67,7 +67,13 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         }
         let [nx, ny, nz] = volume.shape();
         let [sx, sy, sz] = volume.spacing();
-        let (lo, hi) = volume.hu_range();
+        // A memory-order fold: `Volume::hu_range` iterates in logical order, which is slow on
+        // the readers' Fortran-layout arrays.
+        let (lo, hi) = volume
+            .data()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
         let written = match dtype {
             VolumeDtype::I16 => "int16",
             _ => "float32",
