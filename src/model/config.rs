@@ -221,6 +221,26 @@ impl SdsegConfig {
         beside.is_file().then_some(beside)
     }
 
+    /// The config for a weights file: `arg` (a file or a preset name) if given, else the one
+    /// [`Self::find_beside`] finds. Returns where it came from; None when nothing applies.
+    pub fn for_weights(
+        arg: Option<&str>,
+        weights: &Path,
+    ) -> Result<Option<(Self, String)>, ConfigError> {
+        if let Some(a) = arg {
+            let origin = if Path::new(a).exists() || !PRESETS.contains(&a) {
+                a.to_owned()
+            } else {
+                format!("preset {a}")
+            };
+            return Ok(Some((Self::from_arg(a)?, origin)));
+        }
+        match Self::find_beside(weights) {
+            Some(p) => Ok(Some((Self::load(&p)?, p.display().to_string()))),
+            None => Ok(None),
+        }
+    }
+
     /// The official full-size SDSeg model. `sdseg-binary` copies
     /// `configs/SDSeg/sts3d-ldm-kl-8-concat-mode.yaml` (identical model to
     /// `synapse-cls2-ldm-kl-8.yaml` up to training-only dropout); `sdseg-cls9` copies

@@ -133,6 +133,15 @@ pub enum CasesError {
         first: String,
         second: String,
     },
+    #[error(
+        "{input} is a dataset folder ({n} NIfTI files) but --out names one file; \
+         use --out DIR (e.g. --out {out}/labels) or pass one file"
+    )]
+    DatasetToFile {
+        input: PathBuf,
+        n: usize,
+        out: PathBuf,
+    },
     #[error("{path}:{line}: {message}")]
     Manifest {
         path: PathBuf,
@@ -307,7 +316,7 @@ pub fn expand_input(
     }
     for d in dirs {
         let canon = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
-        if exclude.iter().any(|e| *e == canon) {
+        if exclude.contains(&canon) {
             continue;
         }
         if contains_dicom(d) {
@@ -357,7 +366,10 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, CasesError> {
     let (mut col_in, mut col_out, mut col_case) = (0usize, Some(1usize), None);
     if is_csv {
         if let Some((_, first)) = rows.first() {
-            let names: Vec<String> = first.iter().map(|f| f.trim().to_ascii_lowercase()).collect();
+            let names: Vec<String> = first
+                .iter()
+                .map(|f| f.trim().to_ascii_lowercase())
+                .collect();
             if let Some(i) = names.iter().position(|f| f == "input") {
                 col_in = i;
                 col_out = names.iter().position(|f| f == "output");
@@ -459,6 +471,19 @@ pub fn discover(spec: &CaseSpec<'_>) -> Result<Discovery, CasesError> {
             for p in spec.inputs {
                 if !p.exists() {
                     return Err(CasesError::NotFound { path: p.clone() });
+                }
+                if p.is_dir() {
+                    let n = sorted_entries(p)?
+                        .iter()
+                        .filter(|e| e.is_file() && is_nifti_name(e))
+                        .count();
+                    if n > 0 {
+                        return Err(CasesError::DatasetToFile {
+                            input: p.clone(),
+                            n,
+                            out: spec.out.dir(),
+                        });
+                    }
                 }
                 let id = case_id_for(p).ok_or_else(|| CasesError::NoCaseId { path: p.clone() })?;
                 found.push((id, p.clone(), None));
@@ -578,9 +603,15 @@ mod tests {
 
     #[test]
     fn case_ids() {
-        assert_eq!(case_id_for(Path::new("a/img0001.nii.gz")).as_deref(), Some("img0001"));
+        assert_eq!(
+            case_id_for(Path::new("a/img0001.nii.gz")).as_deref(),
+            Some("img0001")
+        );
         assert_eq!(case_id_for(Path::new("a/x.y.NII")).as_deref(), Some("x.y"));
-        assert_eq!(case_id_for(Path::new("a/scan.zip")).as_deref(), Some("scan"));
+        assert_eq!(
+            case_id_for(Path::new("a/scan.zip")).as_deref(),
+            Some("scan")
+        );
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("patient7");
         std::fs::create_dir(&p).unwrap();
@@ -654,7 +685,10 @@ mod tests {
         assert_eq!(m[0].output.as_deref(), Some(Path::new("x, y.nii.gz")));
         assert_eq!(m[1].case, None);
         assert_eq!(m[1].output, None);
-        touch(&root.join("list.txt"), b"in/a.nii.gz\tA.nii\n\nin/b.nii.gz\n");
+        touch(
+            &root.join("list.txt"),
+            b"in/a.nii.gz\tA.nii\n\nin/b.nii.gz\n",
+        );
         let m = read_manifest(&root.join("list.txt")).unwrap();
         assert_eq!(m[0].output.as_deref(), Some(Path::new("A.nii")));
         assert_eq!(m[1].output, None);
@@ -712,7 +746,10 @@ mod tests {
             name: &name,
         })
         .unwrap_err();
-        assert!(matches!(e, CasesError::OutFileNeedsOneCase { n: 2, .. }), "{e}");
+        assert!(
+            matches!(e, CasesError::OutFileNeedsOneCase { n: 2, .. }),
+            "{e}"
+        );
         let disc = discover(&CaseSpec {
             inputs: &inputs[..1],
             manifest: None,

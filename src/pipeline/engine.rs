@@ -20,6 +20,8 @@ mod interim_io;
 pub mod prep;
 mod stages;
 
+pub use stages::{hex, sha256_files};
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,8 +41,12 @@ use prep::SlicePrep;
 pub trait CaseIo: Sync {
     fn read(&self, input: &Path, opts: &ReadOptions) -> anyhow::Result<Volume>;
     /// Write `labels` (on the input grid) with the input's geometry, atomically.
-    fn write_labels(&self, output: &Path, labels: &Array3<u16>, like: &VolumeMeta)
-        -> anyhow::Result<()>;
+    fn write_labels(
+        &self,
+        output: &Path,
+        labels: &Array3<u16>,
+        like: &VolumeMeta,
+    ) -> anyhow::Result<()>;
 }
 
 /// The geometry and provenance of an input volume, without its voxels (what a label writer

@@ -100,6 +100,8 @@ pub struct ThresholdSegmenter {
     pub noise_weight: f32,
     /// Fail the call when a slice's mean input equals this value (test hook for model errors).
     pub fail_on_mean: Option<f32>,
+    /// Sleep this long per call (stands in for model time in kill/resume tests).
+    pub delay: std::time::Duration,
 }
 
 impl ThresholdSegmenter {
@@ -109,6 +111,7 @@ impl ThresholdSegmenter {
             latent: [4, 32, 32],
             noise_weight: 0.0,
             fail_on_mean: None,
+            delay: std::time::Duration::ZERO,
         }
     }
 
@@ -135,6 +138,7 @@ impl SliceSegmenter for ThresholdSegmenter {
         noise: &[f32],
         b: usize,
     ) -> Result<SoftOutput, SegmentError> {
+        std::thread::sleep(self.delay);
         let latent_len: usize = self.latent.iter().product();
         if images.len() != b * SLICE_LEN || noise.len() != b * latent_len {
             return Err(format!(
@@ -161,7 +165,9 @@ impl SliceSegmenter for ThresholdSegmenter {
             }
         }
         if self.classes <= 2 {
-            planes.iter_mut().for_each(|v| *v = ((*v + 1.0) / 2.0).clamp(0.0, 1.0));
+            planes
+                .iter_mut()
+                .for_each(|v| *v = ((*v + 1.0) / 2.0).clamp(0.0, 1.0));
             return Ok(SoftOutput::Probabilities(planes));
         }
         let k = self.classes;

@@ -28,6 +28,20 @@ pub(super) struct Tile<const NV: usize> {
     pub mask: [u16; NV],
 }
 
+impl<const NV: usize> Tile<NV> {
+    /// The same tile, `by` floats further in the output (another block of channels).
+    ///
+    /// # Safety
+    /// The moved pointers stay inside the output allocation.
+    pub unsafe fn offset_y(&self, by: usize) -> Tile<NV> {
+        Tile {
+            x: self.x,
+            y: self.y.map(|p| p.add(by)),
+            mask: self.mask,
+        }
+    }
+}
+
 /// # Safety
 /// The CPU supports AVX-512F; `w` holds `taps.len() * CO` floats; for every tap `t` and
 /// segment `v`, the 16 floats at `x[v] + taps[t]` are readable (only the masked lanes when

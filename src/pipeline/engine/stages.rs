@@ -12,9 +12,7 @@ use sha2::{Digest, Sha256};
 use super::prep::{frame_view, frame_view_mut, VolumePlan};
 use super::{CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
 use crate::pipeline::preview::{self, PreviewSlices};
-use crate::pipeline::segmenter::{
-    NoiseSource, SliceSegmenter, SoftOutput, PLANE_LEN, SLICE_LEN,
-};
+use crate::pipeline::segmenter::{NoiseSource, SliceSegmenter, SoftOutput, PLANE_LEN, SLICE_LEN};
 use crate::pipeline::stats::LabelAccumulator;
 use crate::volume::{Source, Volume};
 
@@ -71,16 +69,18 @@ enum ToPost {
     Failed(Failure),
 }
 
+struct Finished {
+    idx: usize,
+    labels: Array3<u16>,
+    meta: VolumeMeta,
+    details: CaseDetails,
+    preview: Option<PreviewSlices>,
+    started: Instant,
+}
+
 enum ToWriter {
-    Done {
-        loaded_idx: usize,
-        labels: Array3<u16>,
-        meta: VolumeMeta,
-        details: CaseDetails,
-        preview: Option<PreviewSlices>,
-        started: Instant,
-    },
-    Failed(Failure),
+    Done(Box<Finished>),
+    Failed(Box<Failure>),
 }
 
 pub(super) fn run(
@@ -88,7 +88,11 @@ pub(super) fn run(
     jobs: &[Job],
     model: &mut dyn SliceSegmenter,
 ) -> Vec<CaseOutcome> {
-    let noise = NoiseSource::new(engine.options.noise, engine.options.seed, model.latent_shape());
+    let noise = NoiseSource::new(
+        engine.options.noise,
+        engine.options.seed,
+        model.latent_shape(),
+    );
     let batch = engine.options.batch_size.max(1);
     let (tx_read, rx_read) = bounded::<Result<Loaded, Failure>>(0);
     let (tx_model, rx_model) = bounded::<ToModel>(2);
@@ -257,7 +261,13 @@ fn prepare(
                 return;
             }
         }
-        if tx.send(ToModel::End { idx, prepare: spent }).is_err() {
+        if tx
+            .send(ToModel::End {
+                idx,
+                prepare: spent,
+            })
+            .is_err()
+        {
             return;
         }
     }
@@ -359,7 +369,7 @@ fn postprocess(
     let mut cur: Option<InProgress> = None;
     for msg in rx {
         let out = match msg {
-            ToPost::Failed(f) => Some(ToWriter::Failed(f)),
+            ToPost::Failed(f) => Some(ToWriter::Failed(Box::new(f))),
             ToPost::Begin(l) => {
                 engine
                     .observer
@@ -435,7 +445,9 @@ fn finish_batch(
         .into_par_iter()
         .enumerate()
         .map(|(s, mut out)| {
-            engine.prep.finish(soft.slice_planes(s), classes, out.view_mut());
+            engine
+                .prep
+                .finish(soft.slice_planes(s), classes, out.view_mut());
             let mut a = LabelAccumulator::new(classes);
             a.add_slice(out.view(), hu.index_axis(Axis(2), first + s));
             a
@@ -463,12 +475,12 @@ fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
         ..
     } = loaded;
     if let Some(error) = error {
-        return ToWriter::Failed(Failure {
+        return ToWriter::Failed(Box::new(Failure {
             idx,
             error,
             details,
             started,
-        });
+        }));
     }
     let t = Instant::now();
     let voxel_ml = volume.affine().det3().abs() / 1000.0;
@@ -483,14 +495,14 @@ fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
         affine: *volume.affine(),
         provenance: volume.provenance().clone(),
     };
-    ToWriter::Done {
-        loaded_idx: idx,
+    ToWriter::Done(Box::new(Finished {
+        idx,
         labels,
         meta,
         details,
         preview,
         started,
-    }
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,14 +513,15 @@ fn writer(engine: &Engine<'_>, jobs: &[Job], rx: Receiver<ToWriter>) -> Vec<Case
     for msg in rx {
         let (idx, status, mut details, started) = match msg {
             ToWriter::Failed(f) => (f.idx, CaseStatus::Failed(f.error), f.details, f.started),
-            ToWriter::Done {
-                loaded_idx: idx,
-                labels,
-                meta,
-                mut details,
-                preview,
-                started,
-            } => {
+            ToWriter::Done(f) => {
+                let Finished {
+                    idx,
+                    labels,
+                    meta,
+                    mut details,
+                    preview,
+                    started,
+                } = *f;
                 let t = Instant::now();
                 let job = &jobs[idx];
                 let res = write_case(engine, job, &labels, &meta, preview.as_ref());
@@ -563,20 +576,52 @@ fn write_case(
     preview: Option<&PreviewSlices>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    if let Some(dir) = job.case.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = job
+        .case
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating output folder {}", dir.display()))?;
     }
+    remove_stale_temps(&job.case.output);
     engine
         .io
         .write_labels(&job.case.output, labels, meta)
         .with_context(|| format!("writing {}", job.case.output.display()))?;
     if let (Some(path), Some(p)) = (&job.preview, preview) {
-        let img = preview::render(p, engine.prep.window(), &engine.options.labels, &job.case.id);
+        let (lo, hi) = engine.prep.window();
+        let title = format!("{}   window [{lo}, {hi}] HU", job.case.id);
+        let img = preview::render(p, (lo, hi), &engine.options.labels, &title);
         preview::write_png(path, &img)
             .with_context(|| format!("writing preview {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Remove temporary files a killed earlier run left for this output (`.NAME.*.part*`, the
+/// atomic writers' naming). Only this case's own temporaries: no other process writes them,
+/// because every case belongs to exactly one shard.
+fn remove_stale_temps(output: &Path) {
+    let (Some(dir), Some(name)) = (output.parent(), output.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.contains(".part") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Label NIfTI with the input's geometry (uint8, or uint16 past 255), atomically. For NIfTI
