@@ -7,7 +7,7 @@ use anyhow::Context;
 use candle_core::Device;
 
 use super::Globals;
-use crate::model::checkpoint::convert_checkpoint;
+use crate::model::checkpoint::{convert_checkpoint, VerifyFn};
 use crate::model::config::SdsegConfig;
 use crate::model::sdseg::{parse_dtype, Sdseg};
 
@@ -46,7 +46,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         &args.out,
         dtype,
         use_ema,
-        verify.as_ref().map(|f| f as &dyn Fn(&std::path::Path) -> _),
+        verify.as_ref().map(|f| f as &VerifyFn),
     )
     .with_context(|| format!("converting {}", args.input.display()))?;
     if !g.quiet {

@@ -862,6 +862,9 @@ impl LoadSession {
     }
 }
 
+/// A check run on the converted file before it replaces the output (e.g. a strict load).
+pub type VerifyFn<'a> = dyn Fn(&Path) -> Result<(), ModelError> + 'a;
+
 /// What `convert_checkpoint` wrote.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvertReport {
@@ -960,7 +963,7 @@ pub fn convert_checkpoint(
     output: &Path,
     dtype: Option<DType>,
     use_ema: bool,
-    verify: Option<&dyn Fn(&Path) -> Result<(), ModelError>>,
+    verify: Option<&VerifyFn<'_>>,
 ) -> Result<ConvertReport, ModelError> {
     let ckpt = Checkpoint::open(input)?;
     let has_unet = ckpt

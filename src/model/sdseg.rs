@@ -655,16 +655,10 @@ mod tests {
     #[test]
     fn noise_is_seeded_and_mode_dependent() {
         let shared = NoiseSource::new(7, NoiseMode::Shared, [4, 2, 2]);
-        let a = shared
-            .for_slices(&[0, 5])
-            .unwrap()
-            .to_vec3::<f32>()
-            .unwrap_or_default();
         let t = shared.for_slices(&[0, 5]).unwrap();
         assert_eq!(t.dims(), &[2, 4, 2, 2]);
         let rows = t.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(rows[0], rows[1], "shared mode: one draw for every slice");
-        let _ = a;
         let per = NoiseSource::new(7, NoiseMode::PerSlice, [4, 2, 2]);
         let rows2 = per
             .for_slices(&[0, 5])
