@@ -8,6 +8,7 @@ pub mod geometry;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod phantom;
 pub mod pipeline;
 pub mod train;
 pub mod volume;

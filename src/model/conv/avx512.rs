@@ -1,0 +1,111 @@
+//! AVX-512 register-tile micro-kernel of the direct convolution (see `cpu.rs` for the data
+//! layout). One call computes `CO` output channels × `NV` segments of 16 output pixels over a
+//! range of taps, the accumulators never leaving the 32 zmm registers:
+//!
+//! ```text
+//! for tap t:   x_v  = load(x[v] + taps[t])            v < NV       (16 pixels each)
+//!              acc[c][v] += broadcast(w[t·CO + c]) · x_v    c < CO
+//! ```
+//!
+//! `TAIL` kernels use masked loads and stores, for chunks holding a partial or an empty segment.
+
+use std::arch::x86_64::*;
+
+/// How the accumulators start: from the bias (first tap block), from zero (no bias), or from
+/// what an earlier tap block left in the output.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Init {
+    Bias(*const f32),
+    Zero,
+    Accumulate,
+}
+
+/// The `NV` segments of one tile: input base pointer (tap offsets are added to it), output
+/// pointer at the tile's first channel, and the lane mask of each segment.
+pub(super) struct Tile<const NV: usize> {
+    pub x: [*const f32; NV],
+    pub y: [*mut f32; NV],
+    pub mask: [u16; NV],
+}
+
+impl<const NV: usize> Tile<NV> {
+    /// The same tile, `by` floats further in the output (another block of channels).
+    ///
+    /// # Safety
+    /// The moved pointers stay inside the output allocation.
+    pub unsafe fn offset_y(&self, by: usize) -> Tile<NV> {
+        Tile {
+            x: self.x,
+            y: self.y.map(|p| p.add(by)),
+            mask: self.mask,
+        }
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX-512F; `w` holds `taps.len() * CO` floats; for every tap `t` and
+/// segment `v`, the 16 floats at `x[v] + taps[t]` are readable (only the masked lanes when
+/// `TAIL`); `y[v] + c * y_plane` for `c < CO` are 16 writable floats (masked lanes when `TAIL`);
+/// a `Init::Bias` pointer holds `CO` floats.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool>(
+    taps: &[isize],
+    w: *const f32,
+    tile: &Tile<NV>,
+    y_plane: usize,
+    init: Init,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; CO];
+    match init {
+        Init::Zero => {}
+        Init::Bias(b) => {
+            for (c, row) in acc.iter_mut().enumerate() {
+                let bv = _mm512_set1_ps(*b.add(c));
+                for a in row.iter_mut() {
+                    *a = bv;
+                }
+            }
+        }
+        Init::Accumulate => {
+            for (c, row) in acc.iter_mut().enumerate() {
+                for (v, a) in row.iter_mut().enumerate() {
+                    let p = tile.y[v].add(c * y_plane);
+                    *a = if TAIL {
+                        _mm512_maskz_loadu_ps(tile.mask[v], p)
+                    } else {
+                        _mm512_loadu_ps(p)
+                    };
+                }
+            }
+        }
+    }
+    let mut wp = w;
+    for &off in taps {
+        let mut xv = [_mm512_setzero_ps(); NV];
+        for v in 0..NV {
+            let p = tile.x[v].offset(off);
+            xv[v] = if TAIL {
+                _mm512_maskz_loadu_ps(tile.mask[v], p)
+            } else {
+                _mm512_loadu_ps(p)
+            };
+        }
+        for (c, row) in acc.iter_mut().enumerate() {
+            let wb = _mm512_set1_ps(*wp.add(c));
+            for v in 0..NV {
+                row[v] = _mm512_fmadd_ps(wb, xv[v], row[v]);
+            }
+        }
+        wp = wp.add(CO);
+    }
+    for (c, row) in acc.iter().enumerate() {
+        for (v, a) in row.iter().enumerate() {
+            let p = tile.y[v].add(c * y_plane);
+            if TAIL {
+                _mm512_mask_storeu_ps(p, tile.mask[v], *a);
+            } else {
+                _mm512_storeu_ps(p, *a);
+            }
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! Fast CPU f32 convolution (issue 7, item 1): a direct convolution with an AVX-512
+//! register-tile micro-kernel, no im2col matrix.
+//!
+//! Layout. The input is copied once into a zero-padded buffer (skipped for unpadded stride-1
+//! convs over unit-stride rows, e.g. every 1×1 conv), one plane per (image, channel). For stride
+//! `s > 1` each padded row is split into `s` phases (`row[j]` goes to phase `j % s`, column
+//! `j / s`), so the 16 pixels of an output segment read 16 *contiguous* inputs for every tap.
+//! A tap `(ci, kh, kw)` is then one offset `ci·plane + kh·row + (kw % s)·phase + kw / s` from the
+//! segment's base `oh·s·row + ow0`, and the conv is a GEMM whose right-hand panel is read in
+//! place: `y[co, seg] = bias[co] + Σ_taps w[co, tap] · x[seg + tap]`.
+//!
+//! Work split: output segments (16 pixels of one output row; the whole plane when it is one
+//! long row, as for 1×1 convs) are grouped into tasks of a few output rows, run on rayon;
+//! each task runs every block of output channels over its segments, taps blocked so the
+//! block's packed weights stay in L1.
+
+use super::avx512::{kernel, Init, Tile};
+use super::Padding2d;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Output channels per register tile of the main kernel, and its segments (16 pixels each).
+const CO_MAIN: usize = 8;
+const NV_MAIN: usize = 3;
+/// Floats past the end of the padded buffer: unmasked loads of a full segment never pass the
+/// end, but keep a margin for the `kw / s` shift of the last tap.
+const SLACK: usize = 32;
+
+/// Whether the fast path can run on this CPU.
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The fast conv as a candle custom op: `apply_op2_no_bwd(x, w)` or `apply_op3_no_bwd(x, w, b)`
+/// (f32, NCHW, groups 1, dilation 1; `available()` must hold).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FastConv2d {
+    pub stride: usize,
+    pub pad: Padding2d,
+}
+
+impl CustomOp2 for FastConv2d {
+    fn name(&self) -> &'static str {
+        "sdseg-conv2d"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, None)?;
+        Ok((CpuStorage::F32(y), shape))
+    }
+}
+
+impl CustomOp3 for FastConv2d {
+    fn name(&self) -> &'static str {
+        "sdseg-conv2d-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = (b.as_slice()?, bl);
+        let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, Some(b))?;
+        Ok((CpuStorage::F32(y), shape))
+    }
+}
+
+/// Conv shape, after padding: `n×c×h×w` input, `co×c×kh×kw` weights, `n×co×oh×ow` output.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    pad: Padding2d,
+    oh: usize,
+    ow: usize,
+}
+
+/// Where input pixel `(ci, row r, phase p, column j)` lives: `ci·ch + r·row + p·phase + j`.
+#[derive(Clone, Copy, Debug)]
+struct InView {
+    ch: usize,
+    row: usize,
+    phase: usize,
+}
+
+/// 16 output pixels: input base offset within the image, output offset within the plane, mask.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    x: usize,
+    y: usize,
+    mask: u16,
+}
+
+/// Raw pointers shared by the rayon tasks, which write disjoint output pixels.
+#[derive(Clone, Copy)]
+struct Ptrs {
+    x: *const f32,
+    y: *mut f32,
+}
+unsafe impl Send for Ptrs {}
+unsafe impl Sync for Ptrs {}
+
+impl FastConv2d {
+    fn geom(&self, xl: &Layout, wl: &Layout) -> Result<Geom> {
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let (co, ci, kh, kw) = wl.shape().dims4()?;
+        if ci != c {
+            candle_core::bail!("conv2d: input has {c} channels, weight expects {ci}");
+        }
+        let p = self.pad;
+        let (hp, wp) = (h + p.top + p.bottom, w + p.left + p.right);
+        if hp < kh || wp < kw || self.stride == 0 {
+            candle_core::bail!(
+                "conv2d: padded input {hp}×{wp} smaller than kernel {kh}×{kw} (stride {})",
+                self.stride
+            );
+        }
+        let s = self.stride;
+        Ok(Geom {
+            n,
+            c,
+            h,
+            w,
+            co,
+            kh,
+            kw,
+            s,
+            pad: p,
+            oh: (hp - kh) / s + 1,
+            ow: (wp - kw) / s + 1,
+        })
+    }
+
+    fn run(
+        &self,
+        x: &[f32],
+        xl: &Layout,
+        w: &[f32],
+        wl: &Layout,
+        b: Option<(&[f32], &Layout)>,
+    ) -> Result<(Vec<f32>, Shape)> {
+        let g = self.geom(xl, wl)?;
+        let out_shape = Shape::from((g.n, g.co, g.oh, g.ow));
+        let mut y = vec![0f32; g.n * g.co * g.oh * g.ow];
+        if y.is_empty() {
+            return Ok((y, out_shape));
+        }
+        let bias = match b {
+            None => None,
+            Some((b, bl)) => Some(gather_bias(b, bl, g.co)?),
+        };
+        let wpack = pack_weights(w, wl, &g);
+        let plan = Plan::new(&g, xl, rayon::current_num_threads().max(1));
+        let ptrs = Ptrs {
+            x: x[xl.start_offset()..].as_ptr(),
+            y: y.as_mut_ptr(),
+        };
+        let xs = strides4(xl);
+        let x = &x[xl.start_offset()..];
+        let (y_plane, kk) = (g.oh * g.ow, g.kh * g.kw);
+        let ntaps = g.c * kk;
+        (0..g.n * plan.tasks_per_img).into_par_iter().for_each(|t| {
+            let (img, part) = (t / plan.tasks_per_img, t % plan.tasks_per_img);
+            let ptrs = ptrs;
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                // SAFETY: offsets stay inside the input view or the scratch band (see `Plan`,
+                // `segments`, `taps`) and each task writes only its own output pixels.
+                unsafe {
+                    let x_img = ptrs.x.add(img * xs[0]);
+                    let mut y_task = ptrs.y.add(img * g.co * y_plane);
+                    let (segs, x_task, r0) = match plan.src {
+                        Source::Flat => {
+                            let a = part * plan.segs_per_task;
+                            let b = (a + plan.segs_per_task).min(plan.segs.len());
+                            (&plan.segs[a..b], x_img, 0)
+                        }
+                        Source::Direct | Source::Band => {
+                            let r0 = part * plan.rows_per_task;
+                            let r1 = (r0 + plan.rows_per_task).min(g.oh);
+                            y_task = y_task.add(r0 * g.ow);
+                            let n = (r1 - r0) * g.ow.div_ceil(16);
+                            (&plan.segs[..n], x_img.add(r0 * g.s * xs[2]), r0)
+                        }
+                    };
+                    if plan.src == Source::Band && scratch.len() < plan.scratch_len() {
+                        scratch.resize(plan.scratch_len(), 0.0);
+                    }
+                    for c0 in (0..g.c).step_by(plan.cb) {
+                        let cn = plan.cb.min(g.c - c0);
+                        let x_k = if plan.src == Source::Band {
+                            let rows = (segs.len() / g.ow.div_ceil(16) - 1) * g.s + g.kh;
+                            fill_band(&mut scratch, x, xs, &g, &plan, img, c0, cn, r0 * g.s, rows);
+                            scratch.as_ptr()
+                        } else {
+                            x_task.add(c0 * xs[1])
+                        };
+                        let (k0, taps) = (c0 * kk, &plan.taps[..cn * kk]);
+                        let init = |co0: usize| {
+                            if c0 > 0 {
+                                Init::Accumulate
+                            } else if let Some(b) = &bias {
+                                Init::Bias(b.as_ptr().add(co0))
+                            } else {
+                                Init::Zero
+                            }
+                        };
+                        // Full blocks: each tile of input segments (in L1) meets every
+                        // block's weights, which stream from L2.
+                        for chunk in segs.chunks(NV_MAIN) {
+                            let (tile, tail) = tile::<NV_MAIN>(chunk, x_k, y_task);
+                            for co0 in (0..g.co / CO_MAIN).map(|blk| blk * CO_MAIN) {
+                                let w = wpack.as_ptr().add(co0 * ntaps + k0 * CO_MAIN);
+                                let t = tile.offset_y(co0 * y_plane);
+                                if tail {
+                                    kernel::<CO_MAIN, NV_MAIN, true>(taps, w, &t, y_plane, init(co0));
+                                } else {
+                                    kernel::<CO_MAIN, NV_MAIN, false>(taps, w, &t, y_plane, init(co0));
+                                }
+                            }
+                        }
+                        let rest = g.co % CO_MAIN;
+                        if rest > 0 {
+                            let co0 = g.co - rest;
+                            let w = wpack.as_ptr().add(co0 * ntaps + k0 * rest);
+                            let yb = y_task.add(co0 * y_plane);
+                            run_block(rest, taps, w, segs, x_k, yb, y_plane, init(co0));
+                        }
+                    }
+                }
+            })
+        });
+        Ok((y, out_shape))
+    }
+}
+
+thread_local! {
+    /// Per-thread band of padded input (reused across calls: no page faults per conv).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where a task's input comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// In place, one long output row per plane (unpadded stride-1 1×1 over gap-free planes).
+    Flat,
+    /// In place, row by row (unpadded, stride 1, unit-stride rows).
+    Direct,
+    /// Copied per task and channel block into a zero-padded, phase-split scratch band.
+    Band,
+}
+
+/// How one conv call is cut into tasks and channel blocks.
+struct Plan {
+    src: Source,
+    /// Strides the taps index: the input's, or the scratch band's.
+    view: InView,
+    /// Output rows per task (Direct, Band) or segments per task (Flat).
+    rows_per_task: usize,
+    segs_per_task: usize,
+    tasks_per_img: usize,
+    /// Input channels per block: one block's slice of a tile's input stays in L1.
+    cb: usize,
+    /// Padded input rows in a band of `rows_per_task` output rows.
+    band_rows: usize,
+    /// Segments of one task (Direct, Band: the first `rows_per_task` rows) or of the plane.
+    segs: Vec<Seg>,
+    /// Tap offsets of the first `cb` channels, relative to the block's first channel.
+    taps: Vec<isize>,
+}
+
+/// Bytes of a tile's input per channel block that should stay in L1 (32 KiB on Zen 4).
+const L1_INPUT: usize = 16 * 1024;
+/// Bytes of one channel block's packed weights for all output channels, kept in L2.
+const L2_WEIGHTS: usize = 512 * 1024;
+
+impl Plan {
+    fn new(g: &Geom, xl: &Layout, threads: usize) -> Plan {
+        let [_, xs_c, xs_h, xs_w] = strides4(xl);
+        let unpadded = g.pad == Padding2d::default() && g.s == 1 && xs_w == 1;
+        let src = if unpadded && g.kh == 1 && g.kw == 1 && xs_h == g.w {
+            Source::Flat
+        } else if unpadded {
+            Source::Direct
+        } else {
+            Source::Band
+        };
+        let kk = g.kh * g.kw;
+        // Cache lines a tile reads per input channel: kh rows × phases × (NV + 1) lines.
+        let lines = g.kh * g.s.min(g.kw) * (NV_MAIN + 1 + (g.kw - 1) / g.s / 16);
+        let cb = (L1_INPUT / (lines * 64))
+            .min(L2_WEIGHTS / (4 * g.co * kk))
+            .clamp(1, g.c);
+
+        let min_tasks = 4 * threads;
+        let mut rows_per_task = 8usize.min(g.oh);
+        while rows_per_task > 1 && g.n * g.oh.div_ceil(rows_per_task) < min_tasks {
+            rows_per_task /= 2;
+        }
+        let plane_segs = (g.oh * g.ow).div_ceil(16);
+        let mut segs_per_task = 96usize.min(plane_segs);
+        while segs_per_task > NV_MAIN && g.n * plane_segs.div_ceil(segs_per_task) < min_tasks {
+            segs_per_task = segs_per_task.div_ceil(2);
+        }
+        let band_rows = (rows_per_task - 1) * g.s + g.kh;
+        let ws = (g.w + g.pad.left + g.pad.right).div_ceil(g.s);
+        let view = match src {
+            Source::Flat | Source::Direct => InView {
+                ch: xs_c,
+                row: xs_h,
+                phase: 0,
+            },
+            Source::Band => InView {
+                ch: band_rows * g.s * ws,
+                row: g.s * ws,
+                phase: ws,
+            },
+        };
+        let (segs, tasks_per_img) = match src {
+            Source::Flat => (
+                segments(1, g.oh * g.ow, 0),
+                plane_segs.div_ceil(segs_per_task),
+            ),
+            _ => (
+                segments(rows_per_task, g.ow, g.s * view.row),
+                g.oh.div_ceil(rows_per_task),
+            ),
+        };
+        let taps = taps(g, &view, cb);
+        Plan {
+            src,
+            view,
+            rows_per_task,
+            segs_per_task,
+            tasks_per_img,
+            cb,
+            band_rows,
+            segs,
+            taps,
+        }
+    }
+
+    fn scratch_len(&self) -> usize {
+        self.cb * self.view.ch + SLACK
+    }
+}
+
+/// Copies padded input rows `pr0 .. pr0 + rows` of channels `c0 .. c0 + cn` of image `img`
+/// into the scratch band, zero padding included, each row split into `s` phases.
+#[allow(clippy::too_many_arguments)]
+fn fill_band(
+    dst: &mut [f32],
+    x: &[f32],
+    xs: [usize; 4],
+    g: &Geom,
+    plan: &Plan,
+    img: usize,
+    c0: usize,
+    cn: usize,
+    pr0: usize,
+    rows: usize,
+) {
+    let v = plan.view;
+    let (p, s, ws) = (g.pad, g.s, v.phase);
+    debug_assert!(rows <= plan.band_rows);
+    for ci in 0..cn {
+        let src = &x[img * xs[0] + (c0 + ci) * xs[1]..];
+        for r in 0..rows {
+            let drow = &mut dst[ci * v.ch + r * v.row..ci * v.ch + (r + 1) * v.row];
+            let pr = pr0 + r;
+            if pr < p.top || pr >= p.top + g.h {
+                drow.fill(0.0);
+                continue;
+            }
+            let srow = &src[(pr - p.top) * xs[2]..];
+            if s == 1 {
+                drow[..p.left].fill(0.0);
+                if xs[3] == 1 {
+                    drow[p.left..p.left + g.w].copy_from_slice(&srow[..g.w]);
+                } else {
+                    for j in 0..g.w {
+                        drow[p.left + j] = srow[j * xs[3]];
+                    }
+                }
+                drow[p.left + g.w..].fill(0.0);
+            } else {
+                drow.fill(0.0);
+                for j in 0..g.w {
+                    let jp = j + p.left;
+                    drow[(jp % s) * ws + jp / s] = srow[j * xs[3]];
+                }
+            }
+        }
+    }
+}
+
+fn strides4(l: &Layout) -> [usize; 4] {
+    let s = l.stride();
+    [s[0], s[1], s[2], s[3]]
+}
+
+fn gather_bias(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
+    if bl.shape().elem_count() != co || bl.dims().len() != 1 {
+        candle_core::bail!("conv2d: bias shape {:?}, expected [{co}]", bl.shape());
+    }
+    let (o, s) = (bl.start_offset(), bl.stride()[0]);
+    Ok((0..co).map(|i| b[o + i * s]).collect())
+}
+
+/// Output-channel blocks `(first channel, width)`: full `CO_MAIN` blocks, then the remainder.
+fn blocks(co: usize) -> Vec<(usize, usize)> {
+    let mut v: Vec<_> = (0..co / CO_MAIN).map(|i| (i * CO_MAIN, CO_MAIN)).collect();
+    if co % CO_MAIN != 0 {
+        v.push((co - co % CO_MAIN, co % CO_MAIN));
+    }
+    v
+}
+
+/// Weights packed per block: `[tap][channel of block]`, block `(co0, cob)` at `co0 · taps`.
+fn pack_weights(w: &[f32], wl: &Layout, g: &Geom) -> Vec<f32> {
+    let [s0, s1, s2, s3] = strides4(wl);
+    let w = &w[wl.start_offset()..];
+    let ntaps = g.c * g.kh * g.kw;
+    let mut out = vec![0f32; g.co * ntaps];
+    for (co0, cob) in blocks(g.co) {
+        let dst = &mut out[co0 * ntaps..(co0 + cob) * ntaps];
+        let mut i = 0;
+        for ci in 0..g.c {
+            for kh in 0..g.kh {
+                for kw in 0..g.kw {
+                    for c in co0..co0 + cob {
+                        dst[i] = w[c * s0 + ci * s1 + kh * s2 + kw * s3];
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Output segments of one image: rows of `cols` pixels cut in 16s; input rows `in_row` apart.
+fn segments(rows: usize, cols: usize, in_row: usize) -> Vec<Seg> {
+    let mut v = Vec::with_capacity(rows * cols.div_ceil(16));
+    for r in 0..rows {
+        for c0 in (0..cols).step_by(16) {
+            let len = (cols - c0).min(16);
+            v.push(Seg {
+                x: r * in_row + c0,
+                y: r * cols + c0,
+                mask: if len == 16 { u16::MAX } else { (1u16 << len) - 1 },
+            });
+        }
+    }
+    v
+}
+
+/// Offsets of the taps `(ci, kh, kw)`, `ci < cb`, in packing order.
+fn taps(g: &Geom, v: &InView, cb: usize) -> Vec<isize> {
+    let mut t = Vec::with_capacity(cb * g.kh * g.kw);
+    for ci in 0..cb {
+        for kh in 0..g.kh {
+            for kw in 0..g.kw {
+                let off = ci * v.ch + kh * v.row + (kw % g.s) * v.phase + kw / g.s;
+                t.push(off as isize);
+            }
+        }
+    }
+    t
+}
+
+/// Runs one output-channel block over `segs`, in tiles of the kernel's segment count.
+///
+/// # Safety
+/// As for [`kernel`], for every segment.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_block(
+    cob: usize,
+    taps: &[isize],
+    w: *const f32,
+    segs: &[Seg],
+    x: *const f32,
+    y: *mut f32,
+    y_plane: usize,
+    init: Init,
+) {
+    macro_rules! go {
+        ($co:literal, $nv:literal) => {
+            run_tiles::<$co, $nv>(taps, w, segs, x, y, y_plane, init)
+        };
+    }
+    match cob {
+        8 => go!(8, 3),
+        7 => go!(7, 3),
+        6 => go!(6, 4),
+        5 => go!(5, 4),
+        4 => go!(4, 6),
+        3 => go!(3, 8),
+        2 => go!(2, 8),
+        1 => go!(1, 8),
+        _ => unreachable!("output-channel block of {cob}"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tiles<const CO: usize, const NV: usize>(
+    taps: &[isize],
+    w: *const f32,
+    segs: &[Seg],
+    x: *const f32,
+    y: *mut f32,
+    y_plane: usize,
+    init: Init,
+) {
+    for chunk in segs.chunks(NV) {
+        let (tile, tail) = tile::<NV>(chunk, x, y);
+        if tail {
+            kernel::<CO, NV, true>(taps, w, &tile, y_plane, init);
+        } else {
+            kernel::<CO, NV, false>(taps, w, &tile, y_plane, init);
+        }
+    }
+}
+
+/// The tile of up to `NV` segments (missing ones get an empty mask), and whether it needs the
+/// masked kernel.
+///
+/// # Safety
+/// The segments lie inside the image's input view and output planes.
+unsafe fn tile<const NV: usize>(chunk: &[Seg], x: *const f32, y: *mut f32) -> (Tile<NV>, bool) {
+    let mut tile = Tile::<NV> {
+        x: [x; NV],
+        y: [y; NV],
+        mask: [0; NV],
+    };
+    let mut full = chunk.len() == NV;
+    for (v, s) in chunk.iter().enumerate() {
+        tile.x[v] = x.add(s.x);
+        tile.y[v] = y.add(s.y);
+        tile.mask[v] = s.mask;
+        full &= s.mask == u16::MAX;
+    }
+    (tile, !full)
+}

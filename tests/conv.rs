@@ -1,0 +1,339 @@
+//! Parity of `model::conv::Conv2d` (the fast CPU path when the CPU has AVX-512F, candle's
+//! conv2d otherwise) against an f64 naive convolution and against candle's conv2d, on random
+//! data for every variant the kernel distinguishes: 1×1 (one long row, in place), 3×3 stride 1
+//! (padded copy / in place when unpadded), stride 2 (phase-split copy) with symmetric and the
+//! LDM `Downsample`'s asymmetric padding, odd sizes, batches, channel counts that are not
+//! multiples of the register tile, more taps than one tap block, strided inputs, no bias.
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::Conv2dConfig;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sdseg_volume::model::conv::{fast_available, Conv2d, ConvPath, Padding2d};
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// y[n, o, i, j] = b[o] + Σ x_pad[n, c, i·s + kh, j·s + kw] · w[o, c, kh, kw], in f64.
+fn naive(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: usize, p: Padding2d) -> Vec<f64> {
+    let (n, c, h, wd) = x.dims4().unwrap();
+    let (co, _, kh, kw) = w.dims4().unwrap();
+    let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+    let bv: Vec<f32> = b.map_or(vec![0.0; co], |b| b.to_vec1().unwrap());
+    let oh = (h + p.top + p.bottom - kh) / s + 1;
+    let ow = (wd + p.left + p.right - kw) / s + 1;
+    let mut y = vec![0f64; n * co * oh * ow];
+    for img in 0..n {
+        for o in 0..co {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut acc = bv[o] as f64;
+                    for ci in 0..c {
+                        for a in 0..kh {
+                            for bb in 0..kw {
+                                let (r, q) = ((i * s + a) as isize, (j * s + bb) as isize);
+                                let (r, q) = (r - p.top as isize, q - p.left as isize);
+                                if r < 0 || q < 0 || r >= h as isize || q >= wd as isize {
+                                    continue;
+                                }
+                                let xi = ((img * c + ci) * h + r as usize) * wd + q as usize;
+                                let wi = ((o * c + ci) * kh + a) * kw + bb;
+                                acc += xv[xi] as f64 * wv[wi] as f64;
+                            }
+                        }
+                    }
+                    y[((img * co + o) * oh + i) * ow + j] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// max |got − want| / max |want|.
+fn rel_err(got: &Tensor, want: &[f64]) -> f64 {
+    let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+    err / scale
+}
+
+struct Case {
+    x: Vec<usize>,
+    co: usize,
+    k: usize,
+    stride: usize,
+    pad: Padding2d,
+    bias: bool,
+}
+
+fn check(case: &Case, seed: u64) {
+    let x = random(&case.x, seed);
+    check_with(case, &x, seed);
+}
+
+fn check_with(case: &Case, x: &Tensor, seed: u64) {
+    let c = case.x[1];
+    let w = random(&[case.co, c, case.k, case.k], seed + 1);
+    let b = case.bias.then(|| random(&[case.co], seed + 2));
+    let cfg = Conv2dConfig {
+        stride: case.stride,
+        ..Default::default()
+    };
+    let conv = Conv2d::new(w.clone(), b.clone(), cfg).with_padding(case.pad);
+    if fast_available() {
+        assert_eq!(conv.path_for(x), ConvPath::FastCpu);
+    }
+    let got = conv.forward(x).unwrap();
+    let want = naive(x, &w, b.as_ref(), case.stride, case.pad);
+    let e = rel_err(&got, &want);
+    let cand = conv.forward_candle(x).unwrap();
+    assert_eq!(got.dims(), cand.dims(), "shape vs candle");
+    let e_cand = rel_err(&cand, &want);
+    let diff = (&got - &cand)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(
+        e <= 1e-5,
+        "x {:?} co {} k {} s {} {:?}: rel err vs f64 {e:e} (candle: {e_cand:e})",
+        case.x,
+        case.co,
+        case.k,
+        case.stride,
+        case.pad
+    );
+    assert!(
+        diff as f64 / scale <= 1e-5,
+        "x {:?}: rel diff vs candle {:e}",
+        case.x,
+        diff as f64 / scale
+    );
+}
+
+fn sym(p: usize) -> Padding2d {
+    Padding2d::symmetric(p)
+}
+
+#[test]
+fn one_by_one_odd_sizes_batches_and_channel_remainders() {
+    for (i, co) in [1, 3, 8, 13, 21].into_iter().enumerate() {
+        let case = Case {
+            x: vec![2, 19, 13, 17],
+            co,
+            k: 1,
+            stride: 1,
+            pad: sym(0),
+            bias: true,
+        };
+        check(&case, 10 + i as u64);
+    }
+}
+
+#[test]
+fn three_by_three_stride1_pad1_every_channel_remainder() {
+    for co in 1..=17 {
+        let case = Case {
+            x: vec![2, 5, 11, 23],
+            co,
+            k: 3,
+            stride: 1,
+            pad: sym(1),
+            bias: true,
+        };
+        check(&case, 100 + co as u64);
+    }
+}
+
+#[test]
+fn three_by_three_many_taps_wide_rows_no_bias() {
+    // 40·9 = 360 taps: more than one tap block, so later blocks accumulate into the output.
+    let case = Case {
+        x: vec![1, 40, 9, 70],
+        co: 19,
+        k: 3,
+        stride: 1,
+        pad: sym(1),
+        bias: false,
+    };
+    check(&case, 200);
+}
+
+#[test]
+fn three_by_three_unpadded_in_place() {
+    let case = Case {
+        x: vec![3, 7, 12, 21],
+        co: 10,
+        k: 3,
+        stride: 1,
+        pad: sym(0),
+        bias: true,
+    };
+    check(&case, 300);
+}
+
+#[test]
+fn stride2_asymmetric_downsample_pad() {
+    for (i, hw) in [(16, 16), (17, 23), (8, 33)].into_iter().enumerate() {
+        let case = Case {
+            x: vec![2, 12, hw.0, hw.1],
+            co: 11,
+            k: 3,
+            stride: 2,
+            pad: Padding2d::from_torch_pad(0, 1, 0, 1),
+            bias: true,
+        };
+        check(&case, 400 + i as u64);
+    }
+}
+
+#[test]
+fn stride2_symmetric_and_uneven_padding() {
+    let pads = [
+        sym(1),
+        sym(0),
+        Padding2d {
+            top: 2,
+            bottom: 0,
+            left: 1,
+            right: 3,
+        },
+    ];
+    for (i, pad) in pads.into_iter().enumerate() {
+        let case = Case {
+            x: vec![1, 9, 15, 14],
+            co: 9,
+            k: 3,
+            stride: 2,
+            pad,
+            bias: i != 1,
+        };
+        check(&case, 500 + i as u64);
+    }
+}
+
+#[test]
+fn non_contiguous_inputs() {
+    // Transposed H/W (unit stride along H only): goes through the padded copy.
+    let base = random(&[2, 6, 17, 13], 600);
+    let xt = base.transpose(2, 3).unwrap();
+    assert!(!xt.is_contiguous());
+    for (k, pad) in [(1, sym(0)), (3, sym(1)), (3, sym(0))] {
+        let case = Case {
+            x: xt.dims().to_vec(),
+            co: 7,
+            k,
+            stride: 1,
+            pad,
+            bias: true,
+        };
+        check_with(&case, &xt, 601);
+    }
+    // A column window (rows of 9 inside rows of 20) and a channel window: in place, strided.
+    let wide = random(&[2, 10, 11, 20], 610);
+    let xn = wide.narrow(3, 4, 9).unwrap().narrow(1, 2, 6).unwrap();
+    assert!(!xn.is_contiguous());
+    for (k, pad, stride) in [(1, sym(0), 1), (3, sym(0), 1), (3, sym(1), 2)] {
+        let case = Case {
+            x: xn.dims().to_vec(),
+            co: 12,
+            k,
+            stride,
+            pad,
+            bias: true,
+        };
+        check_with(&case, &xn, 611);
+    }
+}
+
+#[test]
+fn larger_layer_shapes() {
+    // A cut-down LDM block (3×3, 64 channels at 40×48) and a 1×1 shortcut 64 → 32.
+    check(
+        &Case {
+            x: vec![1, 64, 40, 48],
+            co: 64,
+            k: 3,
+            stride: 1,
+            pad: sym(1),
+            bias: true,
+        },
+        700,
+    );
+    check(
+        &Case {
+            x: vec![2, 64, 20, 20],
+            co: 32,
+            k: 1,
+            stride: 1,
+            pad: sym(0),
+            bias: true,
+        },
+        701,
+    );
+}
+
+#[test]
+fn tracked_tensors_use_candle_and_get_gradients() {
+    let x = random(&[1, 4, 6, 6], 800);
+    let w = Var::from_tensor(&random(&[5, 4, 3, 3], 801)).unwrap();
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    let conv = Conv2d::new(w.as_tensor().clone(), None, cfg);
+    assert_eq!(conv.path_for(&x), ConvPath::Candle);
+    let y = conv.forward(&x).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let g = grads.get(w.as_tensor()).expect("weight gradient");
+    assert_eq!(g.dims(), &[5, 4, 3, 3]);
+    // d(Σy)/dw[o, c, a, b] = Σ over output pixels of the input under that tap.
+    let want = x
+        .narrow(1, 0, 1)
+        .unwrap()
+        .pad_with_zeros(2, 1, 1)
+        .unwrap()
+        .pad_with_zeros(3, 1, 1)
+        .unwrap()
+        .narrow(2, 0, 6)
+        .unwrap()
+        .narrow(3, 0, 6)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let got = g
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert!((got.to_scalar::<f32>().unwrap() - want).abs() < 1e-4);
+}
+
+#[test]
+fn other_dtypes_use_candle() {
+    let x = random(&[1, 3, 8, 8], 900).to_dtype(DType::F64).unwrap();
+    let w = random(&[2, 3, 3, 3], 901).to_dtype(DType::F64).unwrap();
+    let conv = Conv2d::new(w, None, Default::default());
+    assert_eq!(conv.path_for(&x), ConvPath::Candle);
+    assert_eq!(conv.forward(&x).unwrap().dims(), &[1, 2, 6, 6]);
+}
