@@ -212,10 +212,17 @@ fn stride2_symmetric_and_uneven_padding() {
             left: 1,
             right: 3,
         },
+        Padding2d {
+            top: 0,
+            bottom: 1,
+            left: 2,
+            right: 0,
+        },
     ];
     for (i, pad) in pads.into_iter().enumerate() {
+        // Odd and even widths with odd and even left padding: all four deinterleave cases.
         let case = Case {
-            x: vec![1, 9, 15, 14],
+            x: vec![1, 9, 15, 14 + i % 2],
             co: 9,
             k: 3,
             stride: 2,
@@ -317,7 +324,15 @@ fn tracked_tensors_use_candle_and_get_gradients() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let got = g.get(0).unwrap().get(0).unwrap().get(0).unwrap().get(0).unwrap();
+    let got = g
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap();
     assert!((got.to_scalar::<f32>().unwrap() - want).abs() < 1e-4);
 }
 
