@@ -76,6 +76,10 @@ fn classify(cause: &(dyn StdError + 'static)) -> Option<ExitCode> {
     }
     // Every library error type that implements `Classify` is listed here.
     classify_as!(cause; crate::volume::VolumeError, crate::io::ReadError);
+    classify_as!(cause; crate::pipeline::PipelineError, crate::pipeline::PreprocessError, crate::pipeline::PostprocessError);
+    classify_as!(cause; crate::metrics::MetricsError, crate::eval::EvalError);
+    classify_as!(cause; crate::model::checkpoint::ModelError, crate::model::config::ConfigError);
+    classify_as!(cause; crate::pipeline::engine::CaseError, crate::pipeline::cases::CasesError, crate::pipeline::shard::ShardError);
     None
 }
 

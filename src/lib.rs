@@ -3,10 +3,12 @@
 
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod geometry;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod phantom;
 pub mod pipeline;
 pub mod train;
 pub mod volume;

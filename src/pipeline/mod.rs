@@ -1,1 +1,40 @@
-//! Pipelines: config, preprocessing, postprocessing, engine (see ARCHITECTURE.md).
+//! Pipelines: what a dataset's volumes become before and after the model.
+//!
+//! * [`config`]: the `pipelines/*.toml` schema ([`Pipeline::load`]).
+//! * [`preprocess`]: volume → S×S model slices (window, normalise, scipy-exact zoom), lazily
+//!   per slice ([`SliceSource`]), returning the [`SliceGeometry`] that inverts it.
+//! * [`postprocess`]: soft maps / logits → native-size label slices → label volume on the
+//!   input grid ([`Reassembler`]); label remapping and the 256² label resize for scoring.
+//! * [`resize`]: `scipy.ndimage.zoom` (order 0 and 1) reimplemented exactly.
+//! * [`engine`]: the streaming `run` stages (read → preprocess → model → postprocess → write),
+//!   with [`cases`], [`shard`], [`stats`], [`preview`], [`labels_sidecar`] and the model seam
+//!   [`segmenter`].
+
+pub mod cases;
+pub mod config;
+pub mod engine;
+pub mod labels_sidecar;
+pub mod postprocess;
+pub mod preprocess;
+pub mod preview;
+pub mod progress;
+pub mod report;
+pub mod resize;
+pub mod runner;
+pub mod segmenter;
+pub mod shard;
+pub mod stats;
+
+pub use config::{
+    builtin_names, Interpolation, Labels, ModelSection, Normalise, Origin, Pipeline, PipelineError,
+    Remap, SliceFrame, Slicing, Splits, TrainOptions, Window,
+};
+pub use postprocess::{
+    argmax_classes, binary_slice_to_native, binary_volume_to_labels, labels_slice_to_native,
+    logits_slice_to_native, remap_labels, resize_labels_nearest, PostprocessError, Reassembler,
+    ResizeBack,
+};
+pub use preprocess::{
+    prepare_slices, to_model_input, window_hu, LabelSlices, NormStats, PreprocessError,
+    SliceGeometry, SliceSource,
+};

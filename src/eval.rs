@@ -1,0 +1,709 @@
+//! Scoring prediction files against ground-truth files: pairing by case id, geometry checks,
+//! label remapping, per-case × per-label metrics ([`crate::metrics`]) and summaries.
+//! The writers (Markdown, CSV, JSON) are in [`write`](self::write).
+//!
+//! **Case ids** ([`case_id`]): the file name without `.nii.gz` / `.nii`; then one leading tag
+//! `img`, `image`, `label`, `labels`, `pred`, `prediction`, `seg`, `segmentation`, `mask` or
+//! `gt` (any case) is dropped when a digit or a separator (`_`, `-`, `.`) follows it (the
+//! separator goes too), and one trailing tag of that list is dropped when a separator
+//! precedes it. So BTCV's `img0001.nii.gz` / `label0001.nii.gz` and `pred_0001.nii.gz`,
+//! `0001_pred.nii.gz` all become `0001`, while `Teeth_0010_0000.nii.gz` and `segment01.nii`
+//! stay as they are. Only `.nii`/`.nii.gz` files directly inside a folder are considered.
+//! Every ground-truth case needs a prediction (else an error lists the missing ones);
+//! predictions without ground truth are reported and ignored. FILE/FILE is one case, named
+//! after the ground truth.
+
+mod write;
+
+use crate::geometry::Affine;
+use crate::metrics::protocol::{resample_in_plane_nearest, resampled_spacing, SDSEG_IN_PLANE};
+use crate::metrics::{self, LabelMetrics, MetricOptions, MetricsError, Stat};
+use ndarray::Array3;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Affines of a prediction and its ground truth may differ by this much per element (mm).
+pub const AFFINE_TOLERANCE_MM: f64 = 1e-3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: crate::io::ReadError,
+    },
+    #[error("{path}: not a label volume: voxel value {value} (labels are integers 0..=65535)")]
+    NotLabels { path: PathBuf, value: f64 },
+    #[error(
+        "case {case}: prediction and ground truth differ in shape: {pred} is {pred_shape:?}, \
+         {gt} is {gt_shape:?}"
+    )]
+    ShapeMismatch {
+        case: String,
+        pred: PathBuf,
+        gt: PathBuf,
+        pred_shape: [usize; 3],
+        gt_shape: [usize; 3],
+    },
+    #[error(
+        "case {case}: prediction and ground truth are on different grids (affines differ by up \
+         to {max_diff:.6} mm, tolerance {tol} mm)\n  prediction {pred}:\n{pred_affine}\n  ground \
+         truth {gt}:\n{gt_affine}",
+        tol = AFFINE_TOLERANCE_MM
+    )]
+    AffineMismatch {
+        case: String,
+        pred: PathBuf,
+        gt: PathBuf,
+        pred_affine: Box<Affine>,
+        gt_affine: Box<Affine>,
+        max_diff: f64,
+    },
+    #[error("{0}: no .nii or .nii.gz files in this folder")]
+    NoLabelFiles(PathBuf),
+    #[error("{dir}: {first} and {second} both have case id {case:?}")]
+    DuplicateCase {
+        dir: PathBuf,
+        case: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("{pred_dir}: no prediction for ground-truth case(s) {}", missing.join(", "))]
+    MissingPredictions {
+        pred_dir: PathBuf,
+        missing: Vec<String>,
+    },
+    #[error("--pred {pred} and --gt {gt}: give two files or two folders")]
+    MixedInputs { pred: PathBuf, gt: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unknown label pipeline {0:?}: use btcv (8 organs), btcv-binary or sts3d")]
+    UnknownPipeline(String),
+    #[error("case {case}: {source}")]
+    Metrics { case: String, source: MetricsError },
+}
+
+impl crate::error::Classify for EvalError {
+    fn is_input_error(&self) -> bool {
+        match self {
+            EvalError::Read { source, .. } => source.is_input_error(),
+            _ => true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Label schemes
+
+/// A label id and its display name.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LabelSpec {
+    pub id: u16,
+    pub name: String,
+}
+
+/// How stored label values become scored labels: remapping of ground truth and prediction
+/// values, and the label list with names (empty: discover the labels in the data).
+#[derive(Clone, Debug)]
+pub struct LabelScheme {
+    /// Short name for reports (`as stored`, `btcv`, ...).
+    pub name: String,
+    /// What the remapping does, for reports.
+    pub description: String,
+    pub labels: Vec<LabelSpec>,
+    gt_map: Option<Vec<u16>>,
+    pred_map: Option<Vec<u16>>,
+}
+
+const BTCV8_NAMES: [&str; 8] = [
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "liver",
+    "stomach",
+    "aorta",
+    "pancreas",
+];
+
+/// SDSeg's `SynapseBase.transfer_to_9` (reference §2.3): in-place replacements in this
+/// order 5→0, 6→5, 7→6, 8→7, 9→0, 10→0, 11→8, 12→0, 13→0, as a lookup table.
+///
+/// Local until `crate::pipeline` (which owns the BTCV remap) lands on main; then this
+/// module uses the pipeline's function.
+fn transfer_to_9_lut() -> Vec<u16> {
+    const STEPS: [(u16, u16); 9] = [
+        (5, 0),
+        (6, 5),
+        (7, 6),
+        (8, 7),
+        (9, 0),
+        (10, 0),
+        (11, 8),
+        (12, 0),
+        (13, 0),
+    ];
+    (0..=u16::MAX)
+        .map(|mut v| {
+            for (from, to) in STEPS {
+                if v == from {
+                    v = to;
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+fn binary_lut(base: Option<Vec<u16>>) -> Vec<u16> {
+    (0..=u16::MAX)
+        .map(|v| {
+            let v = base.as_ref().map_or(v, |b| b[v as usize]);
+            u16::from(v > 0)
+        })
+        .collect()
+}
+
+impl LabelScheme {
+    /// Labels as stored, discovered in the data (non-zero values of pred or gt).
+    pub fn as_stored() -> LabelScheme {
+        LabelScheme {
+            name: "as stored".into(),
+            description: "label values as stored; labels = non-zero values found".into(),
+            labels: vec![],
+            gt_map: None,
+            pred_map: None,
+        }
+    }
+
+    /// The built-in dataset schemes:
+    /// * `btcv`: ground truth mapped by `transfer_to_9` to the 8 TransUNet organs
+    ///   (1 spleen … 8 pancreas); predictions are taken as already in that space.
+    /// * `btcv-binary`: the paper's binary task: ground truth `transfer_to_9` then `> 0`,
+    ///   prediction `> 0`; one label 1.
+    /// * `sts3d`: teeth vs background: `> 0` on both; one label 1.
+    pub fn preset(name: &str) -> Result<LabelScheme, EvalError> {
+        match name {
+            "btcv" => Ok(LabelScheme {
+                name: "btcv".into(),
+                description: "BTCV 13 organs -> 8 (SDSeg transfer_to_9: 5->0, 6->5, 7->6, 8->7, \
+                              9->0, 10->0, 11->8, 12->0, 13->0) on the ground truth"
+                    .into(),
+                labels: BTCV8_NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| LabelSpec {
+                        id: i as u16 + 1,
+                        name: (*n).into(),
+                    })
+                    .collect(),
+                gt_map: Some(transfer_to_9_lut()),
+                pred_map: None,
+            }),
+            "btcv-binary" => Ok(LabelScheme {
+                name: "btcv-binary".into(),
+                description: "BTCV binary: union of the 8 transfer_to_9 organs on the ground \
+                              truth, prediction > 0"
+                    .into(),
+                labels: vec![LabelSpec {
+                    id: 1,
+                    name: "organs".into(),
+                }],
+                gt_map: Some(binary_lut(Some(transfer_to_9_lut()))),
+                pred_map: Some(binary_lut(None)),
+            }),
+            "sts3d" => Ok(LabelScheme {
+                name: "sts3d".into(),
+                description: "STS-3D binary: label > 0 on both".into(),
+                labels: vec![LabelSpec {
+                    id: 1,
+                    name: "teeth".into(),
+                }],
+                gt_map: Some(binary_lut(None)),
+                pred_map: Some(binary_lut(None)),
+            }),
+            other => Err(EvalError::UnknownPipeline(other.into())),
+        }
+    }
+
+    /// Apply the scheme's remapping to a ground-truth volume in place.
+    pub fn remap_gt(&self, a: &mut Array3<u16>) {
+        if let Some(m) = &self.gt_map {
+            a.par_mapv_inplace(|v| m[v as usize]);
+        }
+    }
+
+    /// Apply the scheme's remapping to a prediction volume in place.
+    pub fn remap_pred(&self, a: &mut Array3<u16>) {
+        if let Some(m) = &self.pred_map {
+            a.par_mapv_inplace(|v| m[v as usize]);
+        }
+    }
+
+    fn name_of(&self, id: u16) -> String {
+        self.labels
+            .iter()
+            .find(|l| l.id == id)
+            .map_or_else(|| format!("label {id}"), |l| l.name.clone())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pairing
+
+/// One prediction file and its ground truth.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CasePair {
+    pub case: String,
+    pub pred: PathBuf,
+    pub gt: PathBuf,
+}
+
+/// The pairs, sorted by case id, and the prediction files that had no ground truth.
+#[derive(Clone, Debug, Default)]
+pub struct Pairing {
+    pub pairs: Vec<CasePair>,
+    pub unmatched_predictions: Vec<PathBuf>,
+}
+
+const TAGS: [&str; 10] = [
+    "segmentation",
+    "prediction",
+    "labels",
+    "label",
+    "image",
+    "mask",
+    "pred",
+    "img",
+    "seg",
+    "gt",
+];
+
+fn is_sep(c: char) -> bool {
+    matches!(c, '_' | '-' | '.')
+}
+
+/// Whether `name` is a NIfTI file name (`.nii` or `.nii.gz`, any case).
+pub fn is_nifti_name(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    l.ends_with(".nii") || l.ends_with(".nii.gz")
+}
+
+/// The case id of a file name (see the module documentation for the rule).
+pub fn case_id(file_name: &str) -> String {
+    let lower = file_name.to_ascii_lowercase();
+    let stem_len = if lower.ends_with(".nii.gz") {
+        file_name.len() - 7
+    } else if lower.ends_with(".nii") {
+        file_name.len() - 4
+    } else {
+        file_name.len()
+    };
+    let mut id = &file_name[..stem_len];
+    for tag in TAGS {
+        let l = id.to_ascii_lowercase();
+        if l.starts_with(tag) {
+            let rest = &id[tag.len()..];
+            match rest.chars().next() {
+                Some(c) if c.is_ascii_digit() => {
+                    id = rest;
+                    break;
+                }
+                Some(c) if is_sep(c) && rest.len() > 1 => {
+                    id = &rest[1..];
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    for tag in TAGS {
+        let l = id.to_ascii_lowercase();
+        if l.len() > tag.len() + 1 && l.ends_with(tag) {
+            let cut = id.len() - tag.len();
+            if id[..cut].ends_with(is_sep) {
+                id = &id[..cut - 1];
+                break;
+            }
+        }
+    }
+    id.to_string()
+}
+
+fn list_cases(dir: &Path) -> Result<BTreeMap<String, PathBuf>, EvalError> {
+    let io = |source| EvalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !is_nifti_name(&name) || !entry.path().is_file() {
+            continue;
+        }
+        let id = case_id(&name);
+        if let Some(first) = out.get(&id) {
+            let (a, b) = if *first < entry.path() {
+                (first.clone(), entry.path())
+            } else {
+                (entry.path(), first.clone())
+            };
+            return Err(EvalError::DuplicateCase {
+                dir: dir.to_path_buf(),
+                case: id,
+                first: a,
+                second: b,
+            });
+        }
+        out.insert(id, entry.path());
+    }
+    if out.is_empty() {
+        return Err(EvalError::NoLabelFiles(dir.to_path_buf()));
+    }
+    Ok(out)
+}
+
+/// Pair prediction and ground-truth files (two files, or two folders matched by case id).
+pub fn pair_cases(pred: &Path, gt: &Path) -> Result<Pairing, EvalError> {
+    let missing = |p: &Path| EvalError::Read {
+        path: p.to_path_buf(),
+        source: crate::io::ReadError::NotFound {
+            path: p.to_path_buf(),
+        },
+    };
+    let pm = std::fs::metadata(pred).map_err(|_| missing(pred))?;
+    let gm = std::fs::metadata(gt).map_err(|_| missing(gt))?;
+    match (pm.is_dir(), gm.is_dir()) {
+        (false, false) => {
+            let name = gt.file_name().unwrap_or_default().to_string_lossy();
+            Ok(Pairing {
+                pairs: vec![CasePair {
+                    case: case_id(&name),
+                    pred: pred.to_path_buf(),
+                    gt: gt.to_path_buf(),
+                }],
+                unmatched_predictions: vec![],
+            })
+        }
+        (true, true) => {
+            let mut preds = list_cases(pred)?;
+            let gts = list_cases(gt)?;
+            let mut pairs = Vec::with_capacity(gts.len());
+            let mut missing = Vec::new();
+            for (case, g) in gts {
+                match preds.remove(&case) {
+                    Some(p) => pairs.push(CasePair {
+                        case,
+                        pred: p,
+                        gt: g,
+                    }),
+                    None => missing.push(case),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(EvalError::MissingPredictions {
+                    pred_dir: pred.to_path_buf(),
+                    missing,
+                });
+            }
+            Ok(Pairing {
+                pairs,
+                unmatched_predictions: preds.into_values().collect(),
+            })
+        }
+        _ => Err(EvalError::MixedInputs {
+            pred: pred.to_path_buf(),
+            gt: gt.to_path_buf(),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading and scoring
+
+/// Read a label volume: the voxel values rounded to the nearest integer (as the official
+/// code's `round().astype(int)`), which must lie in `0..=65535`.
+///
+/// Reads through `crate::io::read_volume` until `crate::io::nifti::read_labels` lands.
+pub fn read_labels(path: &Path) -> Result<(Array3<u16>, Affine), EvalError> {
+    let vol = crate::io::read_volume(path, &crate::io::ReadOptions::default()).map_err(|e| {
+        EvalError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })?;
+    let (data, affine, _) = vol.into_parts();
+    if let Some(&bad) = data
+        .iter()
+        .find(|v| !(v.round() >= 0.0 && v.round() <= u16::MAX as f32))
+    {
+        return Err(EvalError::NotLabels {
+            path: path.to_path_buf(),
+            value: bad as f64,
+        });
+    }
+    Ok((data.mapv(|v| v.round() as u16), affine))
+}
+
+/// Everything that decides how a set of cases is scored.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub metrics: MetricOptions,
+    pub scheme: LabelScheme,
+    /// `--labels`: score exactly these (after remapping); else the scheme's labels; else
+    /// every non-zero label found in any prediction or ground truth.
+    pub labels: Option<Vec<u16>>,
+}
+
+impl EvalOptions {
+    fn fixed_labels(&self) -> Option<Vec<u16>> {
+        self.labels.clone().or_else(|| {
+            (!self.scheme.labels.is_empty())
+                .then(|| self.scheme.labels.iter().map(|l| l.id).collect())
+        })
+    }
+}
+
+/// The scores of one case, for the labels that were looked at (absent labels are filled in
+/// by [`Report::new`]).
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    pub case: String,
+    pub pred: PathBuf,
+    pub gt: PathBuf,
+    pub labels: Vec<LabelMetrics>,
+}
+
+/// Check geometry, remap, resample (sdseg protocol) and score one case held in memory.
+pub fn evaluate_arrays(
+    pair: &CasePair,
+    (mut pred, pred_affine): (Array3<u16>, Affine),
+    (mut gt, gt_affine): (Array3<u16>, Affine),
+    opts: &EvalOptions,
+) -> Result<CaseResult, EvalError> {
+    let shape = |a: &Array3<u16>| {
+        let (x, y, z) = a.dim();
+        [x, y, z]
+    };
+    if pred.dim() != gt.dim() {
+        return Err(EvalError::ShapeMismatch {
+            case: pair.case.clone(),
+            pred: pair.pred.clone(),
+            gt: pair.gt.clone(),
+            pred_shape: shape(&pred),
+            gt_shape: shape(&gt),
+        });
+    }
+    let max_diff = pred_affine.max_abs_diff(&gt_affine);
+    if max_diff.is_nan() || max_diff > AFFINE_TOLERANCE_MM {
+        return Err(EvalError::AffineMismatch {
+            case: pair.case.clone(),
+            pred: pair.pred.clone(),
+            gt: pair.gt.clone(),
+            pred_affine: Box::new(pred_affine),
+            gt_affine: Box::new(gt_affine),
+            max_diff,
+        });
+    }
+    opts.scheme.remap_gt(&mut gt);
+    opts.scheme.remap_pred(&mut pred);
+    let mut spacing = gt_affine.spacing();
+    if opts.metrics.protocol.resamples_to_sdseg_grid() {
+        let size = [SDSEG_IN_PLANE; 2];
+        spacing = resampled_spacing(spacing, shape(&gt), size);
+        pred = resample_in_plane_nearest(pred.view(), size);
+        gt = resample_in_plane_nearest(gt.view(), size);
+    }
+    let labels = opts
+        .fixed_labels()
+        .unwrap_or_else(|| metrics::overlap::present_labels(pred.view(), gt.view()));
+    let scores = metrics::evaluate(pred.view(), gt.view(), spacing, &labels, &opts.metrics)
+        .map_err(|source| EvalError::Metrics {
+            case: pair.case.clone(),
+            source,
+        })?;
+    Ok(CaseResult {
+        case: pair.case.clone(),
+        pred: pair.pred.clone(),
+        gt: pair.gt.clone(),
+        labels: scores,
+    })
+}
+
+/// Read both files of a pair (in parallel) and score them.
+pub fn evaluate_pair(pair: &CasePair, opts: &EvalOptions) -> Result<CaseResult, EvalError> {
+    let (p, g) = rayon::join(|| read_labels(&pair.pred), || read_labels(&pair.gt));
+    evaluate_arrays(pair, p?, g?, opts)
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+/// Mean ± std over cases of each metric for one label.
+#[derive(Clone, Debug)]
+pub struct LabelSummary {
+    pub label: LabelSpec,
+    pub dice: Stat,
+    pub iou: Stat,
+    pub hd95_mm: Stat,
+    pub assd_mm: Stat,
+    pub nsd: Stat,
+}
+
+/// Means over labels of the per-label means (labels whose mean is undefined are skipped).
+#[derive(Clone, Copy, Debug)]
+pub struct LabelMean {
+    pub dice: f64,
+    pub iou: f64,
+    pub hd95_mm: f64,
+    pub assd_mm: f64,
+    pub nsd: f64,
+}
+
+/// All cases × labels of one evaluation, with the options that produced them.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub metrics: MetricOptions,
+    pub scheme_name: String,
+    pub scheme_description: String,
+    pub labels: Vec<LabelSpec>,
+    /// Each case's `labels` is in the order of [`Report::labels`].
+    pub cases: Vec<CaseResult>,
+    pub per_label: Vec<LabelSummary>,
+    pub mean: LabelMean,
+}
+
+fn nanmean(v: impl IntoIterator<Item = f64>) -> f64 {
+    Stat::of(v).mean
+}
+
+impl Report {
+    /// Fill in labels a case did not contain, order everything by label and summarise.
+    pub fn new(mut cases: Vec<CaseResult>, opts: &EvalOptions) -> Report {
+        let ids: Vec<u16> = match opts.fixed_labels() {
+            Some(l) => l,
+            None => cases
+                .iter()
+                .flat_map(|c| c.labels.iter().map(|m| m.label))
+                .collect::<BTreeSet<u16>>()
+                .into_iter()
+                .collect(),
+        };
+        let protocol = opts.metrics.protocol;
+        for c in &mut cases {
+            let have: BTreeMap<u16, LabelMetrics> =
+                c.labels.iter().map(|m| (m.label, *m)).collect();
+            c.labels = ids
+                .iter()
+                .map(|&l| {
+                    have.get(&l)
+                        .copied()
+                        .unwrap_or_else(|| LabelMetrics::absent(l, protocol))
+                })
+                .collect();
+        }
+        cases.sort_by(|a, b| a.case.cmp(&b.case));
+        let labels: Vec<LabelSpec> = ids
+            .iter()
+            .map(|&id| LabelSpec {
+                id,
+                name: opts.scheme.name_of(id),
+            })
+            .collect();
+        let per_label: Vec<LabelSummary> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let col =
+                    |f: fn(&LabelMetrics) -> f64| Stat::of(cases.iter().map(|c| f(&c.labels[i])));
+                LabelSummary {
+                    label: spec.clone(),
+                    dice: col(|m| m.dice),
+                    iou: col(|m| m.iou),
+                    hd95_mm: col(|m| m.hd95_mm),
+                    assd_mm: col(|m| m.assd_mm),
+                    nsd: col(|m| m.nsd),
+                }
+            })
+            .collect();
+        let over = |f: fn(&LabelSummary) -> f64| nanmean(per_label.iter().map(f));
+        let mean = LabelMean {
+            dice: over(|s| s.dice.mean),
+            iou: over(|s| s.iou.mean),
+            hd95_mm: over(|s| s.hd95_mm.mean),
+            assd_mm: over(|s| s.assd_mm.mean),
+            nsd: over(|s| s.nsd.mean),
+        };
+        Report {
+            metrics: opts.metrics,
+            scheme_name: opts.scheme.name.clone(),
+            scheme_description: opts.scheme.description.clone(),
+            labels,
+            cases,
+            per_label,
+            mean,
+        }
+    }
+
+    /// One line naming the protocol and definitions used (for stderr and headers).
+    pub fn definitions_line(&self) -> String {
+        let m = &self.metrics;
+        format!(
+            "protocol {} ({}); HD95 {}; NSD tolerance {} mm; labels: {}",
+            m.protocol,
+            if m.protocol.resamples_to_sdseg_grid() {
+                "256x256 in-plane"
+            } else {
+                "native resolution"
+            },
+            m.hd95,
+            m.nsd_tolerance_mm,
+            self.scheme_name
+        )
+    }
+}
+
+pub use write::{OutputFormat, ASSD_DEFINITION, NSD_DEFINITION, SURFACE_DEFINITION};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_ids() {
+        for (name, id) in [
+            ("img0001.nii.gz", "0001"),
+            ("label0001.nii.gz", "0001"),
+            ("pred_0001.nii", "0001"),
+            ("0001_pred.nii.gz", "0001"),
+            ("case-7-seg.NII.GZ", "case-7"),
+            ("Teeth_0010_0000.nii.gz", "Teeth_0010_0000"),
+            ("segment01.nii", "segment01"),
+            ("gt.nii", "gt"),
+            ("pred.nii.gz", "pred"),
+            ("Labels_12.nii", "12"),
+        ] {
+            assert_eq!(case_id(name), id, "{name}");
+        }
+    }
+
+    #[test]
+    fn transfer_to_9_matches_the_reference() {
+        let lut = transfer_to_9_lut();
+        let got: Vec<u16> = (0..=14).map(|v| lut[v]).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 0, 5, 6, 7, 0, 0, 8, 0, 0, 14]);
+        let s = LabelScheme::preset("btcv-binary").unwrap();
+        let mut a = Array3::from_shape_fn((14, 1, 1), |(i, _, _)| i as u16);
+        s.remap_gt(&mut a);
+        let want = [0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0];
+        assert_eq!(a.iter().copied().collect::<Vec<_>>(), want);
+        assert!(matches!(
+            LabelScheme::preset("nope"),
+            Err(EvalError::UnknownPipeline(_))
+        ));
+    }
+}

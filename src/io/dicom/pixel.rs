@@ -1,0 +1,291 @@
+//! Pixel data: transfer-syntax support, parallel decoding, and stored values → f32 HU.
+
+use super::scan::{open_object, FileHeader};
+use super::series::Geometry;
+use super::DicomError;
+use crate::volume::StoredType;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::DefaultDicomObject;
+use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use ndarray::{Array3, ShapeBuilder};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The registry name of a transfer syntax, or "unknown transfer syntax".
+pub(crate) fn syntax_name(uid: &str) -> String {
+    TransferSyntaxRegistry
+        .get(uid)
+        .map(|ts| ts.name().to_string())
+        .unwrap_or_else(|| "unknown transfer syntax".to_string())
+}
+
+/// Whether this build can decode the pixel data of `uid`; `Err` says why not.
+pub(crate) fn check_syntax(uid: &str) -> Result<(), String> {
+    let hint = |uid: &str| match uid {
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => {
+            " (JPEG-LS: rebuild sdseg-volume with `--features jpegls`, which needs cmake)"
+        }
+        "1.2.840.10008.1.2.4.51" => " (12-bit JPEG Extended has no Rust decoder)",
+        _ => "",
+    };
+    match TransferSyntaxRegistry.get(uid) {
+        None => Err(format!("unknown transfer syntax {uid}")),
+        Some(ts) if !ts.can_decode_all() => Err(format!(
+            "transfer syntax {uid} ({}) is not supported by this build{}",
+            ts.name(),
+            hint(uid)
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Storage type of the stored values.
+pub(crate) fn stored_type(h: &FileHeader) -> Result<StoredType, DicomError> {
+    Ok(match (h.bits_allocated, h.signed) {
+        (8, false) => StoredType::U8,
+        (8, true) => StoredType::I8,
+        (16, false) => StoredType::U16,
+        (16, true) => StoredType::I16,
+        (32, false) => StoredType::U32,
+        (32, true) => StoredType::I32,
+        (b, _) => {
+            return Err(DicomError::UnsupportedPixels {
+                path: h.source.display_path().to_path_buf(),
+                detail: format!("BitsAllocated {b} (expected 8, 16 or 32)"),
+            })
+        }
+    })
+}
+
+/// How stored bytes become an integer value.
+#[derive(Clone, Copy, Debug)]
+struct PixelFormat {
+    bytes: usize,
+    bits_stored: u32,
+    shift: u32,
+    signed: bool,
+}
+
+impl PixelFormat {
+    fn of(h: &FileHeader, native: bool) -> PixelFormat {
+        let bits_stored = u32::from(h.bits_stored.clamp(1, h.bits_allocated));
+        // Only native (uncompressed) data can carry the value above bit 0 (HighBit).
+        let shift = if native {
+            (u32::from(h.high_bit) + 1).saturating_sub(bits_stored)
+        } else {
+            0
+        };
+        PixelFormat {
+            bytes: usize::from(h.bits_allocated / 8),
+            bits_stored,
+            shift,
+            signed: h.signed,
+        }
+    }
+
+    #[inline]
+    fn value(&self, raw: u32) -> i64 {
+        let v = raw >> self.shift;
+        let v = if self.bits_stored >= 32 {
+            v
+        } else {
+            v & ((1u32 << self.bits_stored) - 1)
+        };
+        if self.signed && self.bits_stored < 64 && (v >> (self.bits_stored - 1)) & 1 == 1 {
+            i64::from(v) - (1i64 << self.bits_stored)
+        } else {
+            i64::from(v)
+        }
+    }
+}
+
+/// Convert one frame's little-endian samples to HU into `out`. Returns whether every value
+/// is an integer that fits i16.
+fn convert_frame(
+    bytes: &[u8],
+    fmt: PixelFormat,
+    slope: f64,
+    intercept: f64,
+    out: &mut [f32],
+) -> bool {
+    let mut integral = slope.fract() == 0.0 && intercept.fract() == 0.0;
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    match fmt.bytes {
+        1 => {
+            for (o, b) in out.iter_mut().zip(bytes) {
+                let v = fmt.value(u32::from(*b)) as f64 * slope + intercept;
+                lo = lo.min(v);
+                hi = hi.max(v);
+                *o = v as f32;
+            }
+        }
+        2 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                let raw = u32::from(u16::from_le_bytes([b[0], b[1]]));
+                let v = fmt.value(raw) as f64 * slope + intercept;
+                lo = lo.min(v);
+                hi = hi.max(v);
+                *o = v as f32;
+            }
+        }
+        _ => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                let raw = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                let v = fmt.value(raw) as f64 * slope + intercept;
+                lo = lo.min(v);
+                hi = hi.max(v);
+                *o = v as f32;
+            }
+        }
+    }
+    if !integral {
+        // Non-integer slope/intercept can still give integers (e.g. slope 0.5 on even values).
+        integral = out.iter().all(|v| v.fract() == 0.0);
+    }
+    integral && lo >= f64::from(i16::MIN) && hi <= f64::from(i16::MAX)
+}
+
+/// Decode the chosen stack into an `[i, j, k]` f32 HU array (column, row, sorted slice).
+/// Returns the array, the stored type, and whether all values are integers that fit i16.
+pub(crate) fn decode_stack(
+    headers: &[FileHeader],
+    geom: &Geometry,
+) -> Result<(Array3<f32>, StoredType, bool), DicomError> {
+    let (nx, ny, nz) = (geom.cols as usize, geom.rows as usize, geom.slices.len());
+    let first = &headers[geom.slices[0].file];
+    let stype = stored_type(first)?;
+
+    // Every file must share the pixel format, and its syntax must be decodable.
+    let mut files: Vec<usize> = geom.slices.iter().map(|s| s.file).collect();
+    files.sort_unstable();
+    files.dedup();
+    for &f in &files {
+        let h = &headers[f];
+        check_syntax(&h.transfer_syntax).map_err(|detail| DicomError::UnsupportedSyntax {
+            path: h.source.display_path().to_path_buf(),
+            uid: h.transfer_syntax.clone(),
+            name: syntax_name(&h.transfer_syntax),
+            detail,
+        })?;
+        if (h.bits_allocated, h.signed) != (first.bits_allocated, first.signed) {
+            return Err(DicomError::UnsupportedPixels {
+                path: h.source.display_path().to_path_buf(),
+                detail: format!(
+                    "BitsAllocated {} / PixelRepresentation {} differs from {} in the same series",
+                    h.bits_allocated,
+                    u8::from(h.signed),
+                    first.source.display_path().display()
+                ),
+            });
+        }
+        stored_type(h)?;
+    }
+
+    // Multi-frame files are opened once and shared by the workers.
+    let mut shared: HashMap<usize, Arc<DefaultDicomObject>> = HashMap::new();
+    for &f in &files {
+        if headers[f].n_frames > 1 {
+            shared.insert(f, Arc::new(open_full(&headers[f])?));
+        }
+    }
+
+    let mut data = Array3::<f32>::zeros((nx, ny, nz).f());
+    let plane = nx * ny;
+    let buf = data
+        .as_slice_memory_order_mut()
+        .expect("freshly allocated array is contiguous");
+    let integral: Result<Vec<bool>, DicomError> = buf
+        .par_chunks_mut(plane)
+        .zip(geom.slices.par_iter())
+        .map(|(out, s)| {
+            let h = &headers[s.file];
+            let owned;
+            let obj: &DefaultDicomObject = match shared.get(&s.file) {
+                Some(o) => o,
+                None => {
+                    owned = open_full(h)?;
+                    &owned
+                }
+            };
+            let decode_err = |e: String| DicomError::Decode {
+                path: h.source.display_path().to_path_buf(),
+                syntax: format!(
+                    "{} ({})",
+                    h.transfer_syntax,
+                    syntax_name(&h.transfer_syntax)
+                ),
+                detail: e,
+            };
+            let decoded = if h.n_frames > 1 {
+                obj.decode_pixel_data_frame(s.frame)
+            } else {
+                obj.decode_pixel_data()
+            }
+            .map_err(|e| decode_err(e.to_string()))?;
+            let bytes = decoded
+                .frame_data(0)
+                .map_err(|e| decode_err(e.to_string()))?;
+            let native = TransferSyntaxRegistry
+                .get(&h.transfer_syntax)
+                .is_some_and(|ts| !ts.is_encapsulated_pixel_data());
+            let fmt = PixelFormat::of(h, native);
+            if bytes.len() < plane * fmt.bytes {
+                return Err(decode_err(format!(
+                    "frame has {} bytes, expected {} ({}×{} × {} bytes)",
+                    bytes.len(),
+                    plane * fmt.bytes,
+                    nx,
+                    ny,
+                    fmt.bytes
+                )));
+            }
+            Ok(convert_frame(bytes, fmt, s.slope, s.intercept, out))
+        })
+        .collect();
+    let integral = integral?.into_iter().all(|b| b);
+    Ok((data, stype, integral))
+}
+
+fn open_full(h: &FileHeader) -> Result<DefaultDicomObject, DicomError> {
+    open_object(&h.source, false)
+        .map(|(o, _)| o)
+        .map_err(|e| DicomError::Unreadable {
+            path: h.source.display_path().to_path_buf(),
+            detail: e,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twelve_bit_signed_and_high_bit() {
+        let f = PixelFormat {
+            bytes: 2,
+            bits_stored: 12,
+            shift: 0,
+            signed: true,
+        };
+        assert_eq!(f.value(0x0FFF), -1);
+        assert_eq!(f.value(0xFFFF), -1); // sign-extended storage reads the same
+        assert_eq!(f.value(0x07FF), 2047);
+        assert_eq!(f.value(0x0800), -2048);
+        let u = PixelFormat {
+            bytes: 2,
+            bits_stored: 12,
+            shift: 4,
+            signed: false,
+        };
+        assert_eq!(u.value(0xABC0), 0xABC);
+        let mut out = [0f32; 2];
+        let ok = convert_frame(&[0x02, 0x00, 0xFE, 0x0F], f, 0.5, -10.0, &mut out);
+        assert_eq!(out, [-9.0, -11.0]);
+        assert!(ok);
+        let ok = convert_frame(&[0x03, 0x00, 0x00, 0x00], f, 0.5, 0.0, &mut out);
+        assert_eq!(out, [1.5, 0.0]);
+        assert!(!ok);
+    }
+}

@@ -1,0 +1,201 @@
+//! `ResBlock`, `Downsample` and `Upsample` of `ldm/modules/diffusionmodules/openaimodel.py`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+
+use super::GroupNorm32;
+use crate::model::conv::{conv2d, Conv2d};
+
+fn conv3x3(in_c: usize, out_c: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        stride,
+        ..Default::default()
+    };
+    conv2d(in_c, out_c, 3, cfg, vb)
+}
+
+/// The resampling a `ResBlock` applies to both branches (`h_upd`, `x_upd`), between the
+/// in-layers' SiLU and conv. These are the `use_conv=False` `Downsample`/`Upsample`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpDown {
+    None,
+    /// `Upsample(channels, False)`: nearest-neighbour ×2.
+    Up,
+    /// `Downsample(channels, False)`: 2×2 average pool, stride 2.
+    Down,
+}
+
+fn resample(x: &Tensor, how: UpDown) -> Result<Tensor> {
+    match how {
+        UpDown::None => Ok(x.clone()),
+        UpDown::Up => {
+            let (_, _, h, w) = x.dims4()?;
+            x.upsample_nearest2d(2 * h, 2 * w)
+        }
+        UpDown::Down => x.avg_pool2d(2),
+    }
+}
+
+/// `ResBlock(channels → out_channels)` conditioned on the time (+ class) embedding.
+///
+/// ```text
+/// h = in_layers(x)                   # GN, SiLU, [resample], conv3×3
+/// e = emb_layers(emb)                # SiLU, Linear → out or 2·out
+/// scale-shift: h = GN(h)·(1 + scale) + shift   (scale first: chunk(e, 2))
+/// otherwise:   h = GN(h + e)
+/// h = conv3×3(dropout(SiLU(h)))
+/// return skip_connection([resample](x)) + h
+/// ```
+#[derive(Clone, Debug)]
+pub struct ResBlock {
+    /// `in_layers.0`
+    in_norm: GroupNorm32,
+    /// `in_layers.2`
+    in_conv: Conv2d,
+    updown: UpDown,
+    /// `emb_layers.1`
+    emb_proj: Linear,
+    /// `out_layers.0`
+    out_norm: GroupNorm32,
+    /// `out_layers.3` (after SiLU and Dropout; zero-initialised in training)
+    out_conv: Conv2d,
+    /// `skip_connection`: a 1×1 conv when the channel count changes, else identity.
+    skip_connection: Option<Conv2d>,
+    use_scale_shift_norm: bool,
+}
+
+impl ResBlock {
+    pub fn new(
+        channels: usize,
+        emb_channels: usize,
+        out_channels: usize,
+        use_scale_shift_norm: bool,
+        updown: UpDown,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let emb_out = if use_scale_shift_norm {
+            2 * out_channels
+        } else {
+            out_channels
+        };
+        // `use_conv` is False for every ResBlock UNetModel builds: the skip is 1×1.
+        let skip_connection = if out_channels == channels {
+            None
+        } else {
+            Some(conv2d(
+                channels,
+                out_channels,
+                1,
+                Conv2dConfig::default(),
+                vb.pp("skip_connection"),
+            )?)
+        };
+        Ok(Self {
+            in_norm: GroupNorm32::new(channels, vb.pp("in_layers.0"))?,
+            in_conv: conv3x3(channels, out_channels, 1, vb.pp("in_layers.2"))?,
+            updown,
+            emb_proj: candle_nn::linear(emb_channels, emb_out, vb.pp("emb_layers.1"))?,
+            out_norm: GroupNorm32::new(out_channels, vb.pp("out_layers.0"))?,
+            out_conv: conv3x3(out_channels, out_channels, 1, vb.pp("out_layers.3"))?,
+            skip_connection,
+            use_scale_shift_norm,
+        })
+    }
+
+    /// `x`: [B, C, H, W]; `emb`: [B, emb_channels] (already in x's dtype).
+    pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
+        let h = self.in_norm.forward(x)?.silu()?;
+        let h = resample(&h, self.updown)?;
+        let x = resample(x, self.updown)?;
+        let h = self.in_conv.forward(&h)?;
+
+        let e = self.emb_proj.forward(&emb.silu()?)?;
+        let (b, n) = e.dims2()?;
+        let e = e.reshape((b, n, 1, 1))?;
+        let h = if self.use_scale_shift_norm {
+            let half = n / 2;
+            let scale = e.narrow(1, 0, half)?;
+            let shift = e.narrow(1, half, half)?;
+            self.out_norm
+                .forward(&h)?
+                .broadcast_mul(&(scale + 1.0)?)?
+                .broadcast_add(&shift)?
+        } else {
+            self.out_norm.forward(&h.broadcast_add(&e)?)?
+        };
+        // Dropout (out_layers.2) is the identity at inference.
+        let h = self.out_conv.forward(&h.silu()?)?;
+        match &self.skip_connection {
+            Some(skip) => skip.forward(&x)? + h,
+            None => x + h,
+        }
+    }
+}
+
+/// `Downsample(channels, use_conv=conv_resample)` between levels when `resblock_updown` is
+/// off: a 3×3 stride-2 conv (`op`) or a 2×2 average pool.
+#[derive(Clone, Debug)]
+pub struct Downsample {
+    op: Option<Conv2d>,
+}
+
+impl Downsample {
+    pub fn new(
+        channels: usize,
+        out_channels: usize,
+        use_conv: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let op = if use_conv {
+            Some(conv3x3(channels, out_channels, 2, vb.pp("op"))?)
+        } else {
+            if channels != out_channels {
+                candle_core::bail!("Downsample without conv cannot change channels");
+            }
+            None
+        };
+        Ok(Self { op })
+    }
+}
+
+impl Module for Downsample {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.op {
+            Some(conv) => conv.forward(x),
+            None => x.avg_pool2d(2),
+        }
+    }
+}
+
+/// `Upsample(channels, use_conv=conv_resample)`: nearest ×2, then an optional 3×3 conv.
+#[derive(Clone, Debug)]
+pub struct Upsample {
+    conv: Option<Conv2d>,
+}
+
+impl Upsample {
+    pub fn new(
+        channels: usize,
+        out_channels: usize,
+        use_conv: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let conv = if use_conv {
+            Some(conv3x3(channels, out_channels, 1, vb.pp("conv"))?)
+        } else {
+            None
+        };
+        Ok(Self { conv })
+    }
+}
+
+impl Module for Upsample {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = resample(x, UpDown::Up)?;
+        match &self.conv {
+            Some(conv) => conv.forward(&x),
+            None => Ok(x),
+        }
+    }
+}

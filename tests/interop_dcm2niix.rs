@@ -1,0 +1,234 @@
+//! Interoperability: our DICOM reader against dcm2niix (+ nibabel for canonical reorientation).
+//!
+//! For each generated series, dcm2niix converts it to NIfTI; nibabel loads that and reorients
+//! it to RAS canonical; our reader's volume is reoriented to RAS the same way and dumped as raw
+//! f32 + affine JSON. Voxels must be equal and affines within 1e-3 mm.
+//!
+//! Tools: `$SDSEG_PYTHON` (default `python3`) with nibabel + numpy, and `dcm2niix` from that
+//! interpreter's bin folder or PATH. Skipped with a notice only when they are absent and `CI`
+//! is unset; in CI a missing tool fails the test.
+
+use sdseg_volume::geometry::Affine;
+use sdseg_volume::io::dicom::read_dicom;
+use sdseg_volume::io::ReadOptions;
+use sdseg_volume::phantom::{
+    abdomen_phantom, write_dicom_series, DicomWriteOptions, FrameLayout, InstanceOrder,
+    PhantomParams, WriteSyntax,
+};
+use sdseg_volume::volume::{Provenance, Volume};
+use sdseg_volume::AxCodes;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Tools {
+    python: PathBuf,
+    dcm2niix: PathBuf,
+}
+
+fn tools() -> Option<Tools> {
+    let python = PathBuf::from(std::env::var("SDSEG_PYTHON").unwrap_or_else(|_| "python3".into()));
+    let in_ci = std::env::var_os("CI").is_some();
+    let py_ok = Command::new(&python)
+        .args(["-c", "import nibabel, numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    // dcm2niix next to the interpreter (a venv's bin/), else on PATH.
+    let beside = python
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.join("dcm2niix"))
+        .filter(|p| p.exists());
+    let dcm2niix = beside.unwrap_or_else(|| PathBuf::from("dcm2niix"));
+    let d_ok = Command::new(&dcm2niix)
+        .arg("-v")
+        .output()
+        .map(|o| !o.stdout.is_empty() || o.status.success())
+        .unwrap_or(false);
+    if py_ok && d_ok {
+        return Some(Tools { python, dcm2niix });
+    }
+    let msg = format!(
+        "interop_dcm2niix: missing tools (python {} with nibabel+numpy: {py_ok}; dcm2niix {}: {d_ok})",
+        python.display(),
+        dcm2niix.display()
+    );
+    if in_ci {
+        panic!("{msg}; CI must have them (see .ci/run)");
+    }
+    eprintln!("SKIPPED {msg}");
+    None
+}
+
+const COMPARE: &str = r#"
+import json, sys, glob
+import numpy as np, nibabel as nib
+ours_dir, niix_dir = sys.argv[1], sys.argv[2]
+meta = json.load(open(ours_dir + "/ours.json"))
+shape = tuple(meta["shape"])
+ours = np.fromfile(ours_dir + "/ours.f32", dtype="<f4").reshape(shape, order="F")
+ours_aff = np.array(meta["affine"])
+files = sorted(glob.glob(niix_dir + "/*.nii"))
+assert len(files) == 1, f"dcm2niix wrote {files}"
+img = nib.as_closest_canonical(nib.load(files[0]))
+theirs = np.asarray(img.dataobj, dtype=np.float64)
+if theirs.ndim == 4 and theirs.shape[3] == 1:
+    theirs = theirs[..., 0]
+assert theirs.shape == ours.shape, f"shape dcm2niix {theirs.shape} ours {ours.shape}"
+d = np.abs(theirs - ours.astype(np.float64))
+assert d.max() == 0, f"voxels differ: max {d.max()} at {np.unravel_index(d.argmax(), d.shape)}, {int((d > 0).sum())} voxels"
+ad = np.abs(img.affine - ours_aff).max()
+assert ad < 1e-3, f"affine differs by {ad}\ndcm2niix\n{img.affine}\nours\n{ours_aff}"
+print("ok", shape, "affine diff", ad)
+"#;
+
+fn dump_ras(v: &Volume, dir: &Path) {
+    let (ras, _) = v.reorient(AxCodes::RAS);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("ours.f32")).unwrap());
+    for x in ras.data().t().iter() {
+        f.write_all(&x.to_le_bytes()).unwrap();
+    }
+    f.flush().unwrap();
+    let meta = serde_json::json!({ "shape": ras.shape(), "affine": ras.affine().0 });
+    std::fs::write(dir.join("ours.json"), meta.to_string()).unwrap();
+}
+
+fn check_case(t: &Tools, name: &str, v: &Volume, o: &DicomWriteOptions) {
+    let tmp = tempfile::tempdir().unwrap();
+    let series = tmp.path().join("series");
+    let niix = tmp.path().join("niix");
+    std::fs::create_dir_all(&niix).unwrap();
+    write_dicom_series(v, &series, o).unwrap();
+    let ours = read_dicom(&series, &ReadOptions::default()).unwrap();
+    dump_ras(&ours, tmp.path());
+    let out = Command::new(&t.dcm2niix)
+        .args(["-z", "n", "-b", "n", "-f", "out", "-o"])
+        .arg(&niix)
+        .arg(&series)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: dcm2niix failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cmp = Command::new(&t.python)
+        .args(["-c", COMPARE])
+        .arg(tmp.path())
+        .arg(&niix)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "{name}: differs from dcm2niix:\n{}{}\ndcm2niix said:\n{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn phantom(shape: [usize; 3], seed: u64) -> Volume {
+    abdomen_phantom(&PhantomParams::new(shape), seed).volume
+}
+
+fn with_affine(v: &Volume, a: Affine) -> Volume {
+    Volume::new(v.data().clone(), a, Provenance::synthetic()).unwrap()
+}
+
+/// Rotation about an axis (unit vector) by `deg`, applied to the 3×3 part of `a`.
+#[allow(clippy::needless_range_loop)]
+fn rotated(a: &Affine, axis: [f64; 3], deg: f64) -> Affine {
+    let (s, c) = deg.to_radians().sin_cos();
+    let [x, y, z] = axis;
+    let r = [
+        [
+            c + x * x * (1.0 - c),
+            x * y * (1.0 - c) - z * s,
+            x * z * (1.0 - c) + y * s,
+        ],
+        [
+            y * x * (1.0 - c) + z * s,
+            c + y * y * (1.0 - c),
+            y * z * (1.0 - c) - x * s,
+        ],
+        [
+            z * x * (1.0 - c) - y * s,
+            z * y * (1.0 - c) + x * s,
+            c + z * z * (1.0 - c),
+        ],
+    ];
+    let mut out = *a;
+    for row in 0..3 {
+        for col in 0..3 {
+            out.0[row][col] = (0..3).map(|k| r[row][k] * a.0[k][col]).sum();
+        }
+    }
+    out
+}
+
+#[test]
+fn matches_dcm2niix_axial() {
+    let Some(t) = tools() else { return };
+    let v = phantom([48, 48, 16], 3);
+    check_case(&t, "axial", &v, &DicomWriteOptions::default());
+}
+
+#[test]
+fn matches_dcm2niix_oblique() {
+    let Some(t) = tools() else { return };
+    let v = phantom([40, 40, 14], 4);
+    let n = (1.0f64 / 3.0).sqrt();
+    let a = rotated(v.affine(), [n, n, n], 23.0);
+    check_case(
+        &t,
+        "oblique",
+        &with_affine(&v, a),
+        &DicomWriteOptions::default(),
+    );
+}
+
+#[test]
+fn matches_dcm2niix_feet_first() {
+    let Some(t) = tools() else { return };
+    let v = phantom([40, 40, 12], 5);
+    // Feet-first supine: rows run toward patient right, slices run head → feet.
+    let mut a = *v.affine();
+    a.0[0][0] = -a.0[0][0];
+    a.0[2][2] = -a.0[2][2];
+    let o = DicomWriteOptions {
+        patient_position: Some("FFS".into()),
+        instance_order: InstanceOrder::Descending,
+        ..Default::default()
+    };
+    check_case(&t, "feet-first", &with_affine(&v, a), &o);
+}
+
+#[test]
+fn matches_dcm2niix_non_square_signed_slope() {
+    let Some(t) = tools() else { return };
+    let v = phantom([56, 40, 10], 6);
+    let o = DicomWriteOptions {
+        signed: true,
+        bits_stored: 16,
+        rescale_slope: 0.5,
+        rescale_intercept: -100.0,
+        shuffle_file_names: true,
+        instance_order: InstanceOrder::Shuffled,
+        ..Default::default()
+    };
+    check_case(&t, "non-square", &v, &o);
+}
+
+#[test]
+fn matches_dcm2niix_multiframe_rle() {
+    let Some(t) = tools() else { return };
+    let v = phantom([32, 36, 9], 7);
+    let o = DicomWriteOptions {
+        layout: FrameLayout::MultiFrame,
+        syntax: WriteSyntax::Rle,
+        ..Default::default()
+    };
+    check_case(&t, "multi-frame RLE", &v, &o);
+}
