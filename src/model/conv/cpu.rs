@@ -120,8 +120,20 @@ struct Ptrs {
     x: *const f32,
     y: *mut f32,
 }
+// SAFETY: the pointers are only dereferenced inside `run`, while the buffers live, and tasks
+// write disjoint output pixels.
 unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
+
+impl Ptrs {
+    // Methods, not fields, so closures capture the whole (Sync) struct.
+    fn x(&self) -> *const f32 {
+        self.x
+    }
+    fn y(&self) -> *mut f32 {
+        self.y
+    }
+}
 
 impl FastConv2d {
     fn geom(&self, xl: &Layout, wl: &Layout) -> Result<Geom> {
@@ -184,14 +196,13 @@ impl FastConv2d {
         let ntaps = g.c * kk;
         (0..g.n * plan.tasks_per_img).into_par_iter().for_each(|t| {
             let (img, part) = (t / plan.tasks_per_img, t % plan.tasks_per_img);
-            let ptrs = ptrs;
             SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 // SAFETY: offsets stay inside the input view or the scratch band (see `Plan`,
                 // `segments`, `taps`) and each task writes only its own output pixels.
                 unsafe {
-                    let x_img = ptrs.x.add(img * xs[0]);
-                    let mut y_task = ptrs.y.add(img * g.co * y_plane);
+                    let x_img = ptrs.x().add(img * xs[0]);
+                    let mut y_task = ptrs.y().add(img * g.co * y_plane);
                     let (segs, x_task, r0) = match plan.src {
                         Source::Flat => {
                             let a = part * plan.segs_per_task;
@@ -236,9 +247,21 @@ impl FastConv2d {
                                 let w = wpack.as_ptr().add(co0 * ntaps + k0 * CO_MAIN);
                                 let t = tile.offset_y(co0 * y_plane);
                                 if tail {
-                                    kernel::<CO_MAIN, NV_MAIN, true>(taps, w, &t, y_plane, init(co0));
+                                    kernel::<CO_MAIN, NV_MAIN, true>(
+                                        taps,
+                                        w,
+                                        &t,
+                                        y_plane,
+                                        init(co0),
+                                    );
                                 } else {
-                                    kernel::<CO_MAIN, NV_MAIN, false>(taps, w, &t, y_plane, init(co0));
+                                    kernel::<CO_MAIN, NV_MAIN, false>(
+                                        taps,
+                                        w,
+                                        &t,
+                                        y_plane,
+                                        init(co0),
+                                    );
                                 }
                             }
                         }
@@ -294,6 +317,8 @@ struct Plan {
 
 /// Bytes of a tile's input per channel block that should stay in L1 (32 KiB on Zen 4).
 const L1_INPUT: usize = 16 * 1024;
+/// Bytes of a task's output tile, kept in L2.
+const L2_OUTPUT: usize = 256 * 1024;
 /// Bytes of one channel block's packed weights for all output channels, kept in L2.
 const L2_WEIGHTS: usize = 512 * 1024;
 
@@ -310,18 +335,22 @@ impl Plan {
         };
         let kk = g.kh * g.kw;
         // Cache lines a tile reads per input channel: kh rows × phases × (NV + 1) lines.
-        let lines = g.kh * g.s.min(g.kw) * (NV_MAIN + 1 + (g.kw - 1) / g.s / 16);
+        let lines = match src {
+            Source::Flat => NV_MAIN,
+            _ => g.kh * g.s.min(g.kw) * (NV_MAIN + 1 + (g.kw - 1) / g.s / 16),
+        };
         let cb = (L1_INPUT / (lines * 64))
             .min(L2_WEIGHTS / (4 * g.co * kk))
             .clamp(1, g.c);
 
+        // A task's output tile (all channels) stays in L2 while the channel blocks add into it.
         let min_tasks = 4 * threads;
-        let mut rows_per_task = 8usize.min(g.oh);
+        let mut rows_per_task = (L2_OUTPUT / (4 * g.co * g.ow)).clamp(1, 8).min(g.oh);
         while rows_per_task > 1 && g.n * g.oh.div_ceil(rows_per_task) < min_tasks {
             rows_per_task /= 2;
         }
         let plane_segs = (g.oh * g.ow).div_ceil(16);
-        let mut segs_per_task = 96usize.min(plane_segs);
+        let mut segs_per_task = (L2_OUTPUT / (64 * g.co) / 24 * 24).max(24).min(plane_segs);
         while segs_per_task > NV_MAIN && g.n * plane_segs.div_ceil(segs_per_task) < min_tasks {
             segs_per_task = segs_per_task.div_ceil(2);
         }
@@ -406,6 +435,33 @@ fn fill_band(
                     }
                 }
                 drow[p.left + g.w..].fill(0.0);
+            } else if s == 2 && xs[3] == 1 {
+                // Even columns go to phase `left % 2`, odd ones to the other, from column
+                // `left / 2` resp. `(left + 1) / 2` (written as a deinterleave LLVM vectorises).
+                drow.fill(0.0);
+                let (pe, po) = (p.left % 2, (p.left + 1) % 2);
+                let (ce, co) = (pe * ws + p.left / 2, po * ws + p.left.div_ceil(2));
+                let half = g.w / 2;
+                let (ev, od) = if pe == 0 {
+                    let (a, b) = drow.split_at_mut(ws);
+                    (
+                        &mut a[ce..ce + half + g.w % 2],
+                        &mut b[co - ws..co - ws + half],
+                    )
+                } else {
+                    let (a, b) = drow.split_at_mut(ws);
+                    (
+                        &mut b[ce - ws..ce - ws + half + g.w % 2],
+                        &mut a[co..co + half],
+                    )
+                };
+                for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(srow.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if g.w % 2 == 1 {
+                    ev[half] = srow[g.w - 1];
+                }
             } else {
                 drow.fill(0.0);
                 for j in 0..g.w {
@@ -433,7 +489,7 @@ fn gather_bias(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
 /// Output-channel blocks `(first channel, width)`: full `CO_MAIN` blocks, then the remainder.
 fn blocks(co: usize) -> Vec<(usize, usize)> {
     let mut v: Vec<_> = (0..co / CO_MAIN).map(|i| (i * CO_MAIN, CO_MAIN)).collect();
-    if co % CO_MAIN != 0 {
+    if !co.is_multiple_of(CO_MAIN) {
         v.push((co - co % CO_MAIN, co % CO_MAIN));
     }
     v
@@ -471,7 +527,11 @@ fn segments(rows: usize, cols: usize, in_row: usize) -> Vec<Seg> {
             v.push(Seg {
                 x: r * in_row + c0,
                 y: r * cols + c0,
-                mask: if len == 16 { u16::MAX } else { (1u16 << len) - 1 },
+                mask: if len == 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << len) - 1
+                },
             });
         }
     }
