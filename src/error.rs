@@ -78,6 +78,7 @@ fn classify(cause: &(dyn StdError + 'static)) -> Option<ExitCode> {
     classify_as!(cause; crate::volume::VolumeError, crate::io::ReadError);
     classify_as!(cause; crate::pipeline::PipelineError, crate::pipeline::PreprocessError, crate::pipeline::PostprocessError);
     classify_as!(cause; crate::metrics::MetricsError, crate::eval::EvalError);
+    classify_as!(cause; crate::model::checkpoint::ModelError, crate::model::config::ConfigError);
     None
 }
 

@@ -1,11 +1,13 @@
 //! The SDSeg network in candle, mirroring the LDM module tree so that `VarBuilder` paths
 //! spell the official checkpoint keys. `model` never opens files except in `checkpoint`.
 
+pub mod checkpoint;
 pub mod cond;
 pub mod config;
 pub mod conv;
 pub mod latent;
 pub mod norm;
 pub mod schedule;
+pub mod sdseg;
 pub mod unet;
 pub mod vae;
