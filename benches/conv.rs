@@ -32,13 +32,41 @@ fn shapes() -> Vec<Shape> {
         pad,
     };
     vec![
-        s("3x3 128->128 1x128x256x256", [1, 128, 256, 256], 128, 3, 1, p1),
+        s(
+            "3x3 128->128 1x128x256x256",
+            [1, 128, 256, 256],
+            128,
+            3,
+            1,
+            p1,
+        ),
         s("3x3 320->320 4x320x32x32", [4, 320, 32, 32], 320, 3, 1, p1),
-        s("3x3 256->256 1x256x128x128", [1, 256, 128, 128], 256, 3, 1, p1),
+        s(
+            "3x3 256->256 1x256x128x128",
+            [1, 256, 128, 128],
+            256,
+            3,
+            1,
+            p1,
+        ),
         s("3x3 512->512 1x512x64x64", [1, 512, 64, 64], 512, 3, 1, p1),
         s("3x3 128->3 1x128x256x256", [1, 128, 256, 256], 3, 3, 1, p1),
-        s("1x1 256->128 1x256x256x256", [1, 256, 256, 256], 128, 1, 1, p0),
-        s("3x3/2 pad(0,1,0,1) 128->128 256->128", [1, 128, 256, 256], 128, 3, 2, down),
+        s(
+            "1x1 256->128 1x256x256x256",
+            [1, 256, 256, 256],
+            128,
+            1,
+            1,
+            p0,
+        ),
+        s(
+            "3x3/2 pad(0,1,0,1) 128->128 256->128",
+            [1, 128, 256, 256],
+            128,
+            3,
+            2,
+            down,
+        ),
     ]
 }
 
@@ -56,7 +84,10 @@ fn time(f: impl Fn() -> Tensor) -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mut reps = 5usize;
     let mut ours_only = false;
     let mut filter = None;
@@ -78,7 +109,10 @@ fn main() -> candle_core::Result<()> {
         "shape", "ours ms", "GFLOP/s", "candle ms", "GFLOP/s", "ratio"
     );
     for s in shapes() {
-        if filter.as_ref().is_some_and(|f| !s.name.contains(f.as_str())) {
+        if filter
+            .as_ref()
+            .is_some_and(|f| !s.name.contains(f.as_str()))
+        {
             continue;
         }
         let dev = Device::Cpu;

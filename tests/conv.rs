@@ -317,7 +317,15 @@ fn tracked_tensors_use_candle_and_get_gradients() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let got = g.get(0).unwrap().get(0).unwrap().get(0).unwrap().get(0).unwrap();
+    let got = g
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap();
     assert!((got.to_scalar::<f32>().unwrap() - want).abs() < 1e-4);
 }
 

@@ -142,9 +142,21 @@ fn rotated(a: &Affine, axis: [f64; 3], deg: f64) -> Affine {
     let (s, c) = deg.to_radians().sin_cos();
     let [x, y, z] = axis;
     let r = [
-        [c + x * x * (1.0 - c), x * y * (1.0 - c) - z * s, x * z * (1.0 - c) + y * s],
-        [y * x * (1.0 - c) + z * s, c + y * y * (1.0 - c), y * z * (1.0 - c) - x * s],
-        [z * x * (1.0 - c) - y * s, z * y * (1.0 - c) + x * s, c + z * z * (1.0 - c)],
+        [
+            c + x * x * (1.0 - c),
+            x * y * (1.0 - c) - z * s,
+            x * z * (1.0 - c) + y * s,
+        ],
+        [
+            y * x * (1.0 - c) + z * s,
+            c + y * y * (1.0 - c),
+            y * z * (1.0 - c) - x * s,
+        ],
+        [
+            z * x * (1.0 - c) - y * s,
+            z * y * (1.0 - c) + x * s,
+            c + z * z * (1.0 - c),
+        ],
     ];
     let mut out = *a;
     for row in 0..3 {
@@ -168,7 +180,12 @@ fn matches_dcm2niix_oblique() {
     let v = phantom([40, 40, 14], 4);
     let n = (1.0f64 / 3.0).sqrt();
     let a = rotated(v.affine(), [n, n, n], 23.0);
-    check_case(&t, "oblique", &with_affine(&v, a), &DicomWriteOptions::default());
+    check_case(
+        &t,
+        "oblique",
+        &with_affine(&v, a),
+        &DicomWriteOptions::default(),
+    );
 }
 
 #[test]

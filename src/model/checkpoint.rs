@@ -108,16 +108,27 @@ impl std::fmt::Display for KeyProblems {
             write!(f, "\n  … and {} more missing", self.missing.len() - SHOW)?;
         }
         for (k, (file, want)) in self.mismatched.iter().take(SHOW) {
-            write!(f, "\n  mis-shaped: {k}: file {file:?}, model expects {want:?}")?;
+            write!(
+                f,
+                "\n  mis-shaped: {k}: file {file:?}, model expects {want:?}"
+            )?;
         }
         if self.mismatched.len() > SHOW {
-            write!(f, "\n  … and {} more mis-shaped", self.mismatched.len() - SHOW)?;
+            write!(
+                f,
+                "\n  … and {} more mis-shaped",
+                self.mismatched.len() - SHOW
+            )?;
         }
         for (k, s) in self.unexpected.iter().take(SHOW) {
             write!(f, "\n  unexpected: {k} {s:?}")?;
         }
         if self.unexpected.len() > SHOW {
-            write!(f, "\n  … and {} more unexpected", self.unexpected.len() - SHOW)?;
+            write!(
+                f,
+                "\n  … and {} more unexpected",
+                self.unexpected.len() - SHOW
+            )?;
         }
         if let Some(h) = &self.hint {
             write!(f, "\n  hint: {h}")?;
@@ -143,7 +154,8 @@ pub const SCHEDULE_BUFFERS: &[&str] = &[
 ];
 
 /// The two schedule buffers inference reads.
-pub const INFERENCE_BUFFERS: &[&str] = &["sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"];
+pub const INFERENCE_BUFFERS: &[&str] =
+    &["sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"];
 
 /// Where the UNet lives in an SDSeg state dict.
 pub const UNET_PREFIX: &str = "model.diffusion_model";
@@ -317,7 +329,11 @@ impl Checkpoint {
         };
         let items = match obj {
             Object::Dict(items) => items,
-            _ => return Err(read_err("the pickle's top-level object is not a dict".into())),
+            _ => {
+                return Err(read_err(
+                    "the pickle's top-level object is not a dict".into(),
+                ))
+            }
         };
         // Lightning: {"state_dict": {...}, "optimizer_states": ..., ...}; else a state dict.
         let state_key = Object::Unicode("state_dict".into());
@@ -425,7 +441,12 @@ impl Checkpoint {
     }
 
     /// A tensor converted to `dtype` on `device`.
-    pub fn tensor_as(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
+    pub fn tensor_as(
+        &self,
+        key: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor, ModelError> {
         let t = self.tensor(key)?;
         t.to_dtype(dtype)
             .and_then(|t| t.to_device(device))
@@ -439,7 +460,9 @@ impl Checkpoint {
         }
         let t = self.tensor_as(key, DType::F64, &Device::Cpu)?;
         if t.elem_count() != 1 {
-            return Err(self.tensor_err(key, format!("expected one value, got shape {:?}", t.dims())));
+            return Err(
+                self.tensor_err(key, format!("expected one value, got shape {:?}", t.dims()))
+            );
         }
         let v = t
             .flatten_all()
@@ -491,7 +514,9 @@ fn pth_entry(value: Object, dir: &str) -> Result<PthEntry, String> {
             module_name,
             class_name,
         } if module_name == "torch._tensor" && class_name == "_rebuild_from_type_v2" => {
-            let mut a = args.tuple().map_err(|o| format!("bad args {}", short(&o)))?;
+            let mut a = args
+                .tuple()
+                .map_err(|o| format!("bad args {}", short(&o)))?;
             if a.len() < 3 {
                 return Err("bad _rebuild_from_type_v2 args".into());
             }
@@ -502,7 +527,9 @@ fn pth_entry(value: Object, dir: &str) -> Result<PthEntry, String> {
             module_name,
             class_name,
         } if module_name == "torch._utils" && class_name == "_rebuild_parameter" => {
-            let mut a = args.tuple().map_err(|o| format!("bad args {}", short(&o)))?;
+            let mut a = args
+                .tuple()
+                .map_err(|o| format!("bad args {}", short(&o)))?;
             if a.is_empty() {
                 return Err("bad _rebuild_parameter args".into());
             }
@@ -519,11 +546,14 @@ fn pth_entry(value: Object, dir: &str) -> Result<PthEntry, String> {
         } if module_name == "torch._utils" && class_name == "_rebuild_tensor_v2" => {}
         other => return Err(format!("not a tensor ({})", short(other))),
     }
-    let mut a = args.tuple().map_err(|o| format!("bad args {}", short(&o)))?;
+    let mut a = args
+        .tuple()
+        .map_err(|o| format!("bad args {}", short(&o)))?;
     if a.len() < 4 {
         return Err("bad _rebuild_tensor_v2 args".into());
     }
-    let stride = Vec::<usize>::try_from(a.remove(3)).map_err(|o| format!("stride {}", short(&o)))?;
+    let stride =
+        Vec::<usize>::try_from(a.remove(3)).map_err(|o| format!("stride {}", short(&o)))?;
     let shape = Vec::<usize>::try_from(a.remove(2)).map_err(|o| format!("size {}", short(&o)))?;
     let offset = a
         .remove(1)
@@ -572,7 +602,10 @@ fn pth_entry(value: Object, dir: &str) -> Result<PthEntry, String> {
 fn short(o: &Object) -> String {
     let s = format!("{o:?}");
     if s.len() > 80 {
-        format!("{}…", &s[..s.char_indices().nth(80).map_or(s.len(), |(i, _)| i)])
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(80).map_or(s.len(), |(i, _)| i)]
+        )
     } else {
         s
     }
@@ -656,7 +689,9 @@ impl SimpleBackend for Tracked {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let Some(info) = self.ckpt.keys.get(name) else {
-            self.log().missing.insert(name.to_owned(), s.dims().to_vec());
+            self.log()
+                .missing
+                .insert(name.to_owned(), s.dims().to_vec());
             return Tensor::zeros(s, dtype, dev);
         };
         if info.shape != s.dims() {
@@ -858,18 +893,48 @@ fn owned_view(t: &Tensor) -> candle_core::Result<OwnedView> {
     use safetensors::Dtype as S;
     let t = t.flatten_all()?;
     let (dtype, data): (S, Vec<u8>) = match t.dtype() {
-        DType::F32 => (S::F32, t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        DType::F64 => (S::F64, t.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::F32 => (
+            S::F32,
+            t.to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        DType::F64 => (
+            S::F64,
+            t.to_vec1::<f64>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
         DType::F16 => (
             S::F16,
-            t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            t.to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
         ),
         DType::BF16 => (
             S::BF16,
-            t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            t.to_vec1::<half::bf16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
         ),
-        DType::I64 => (S::I64, t.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        DType::U32 => (S::U32, t.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::I64 => (
+            S::I64,
+            t.to_vec1::<i64>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        DType::U32 => (
+            S::U32,
+            t.to_vec1::<u32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
         DType::U8 => (S::U8, t.to_vec1::<u8>()?),
         d => candle_core::bail!("cannot serialise dtype {d:?}"),
     };
@@ -894,9 +959,16 @@ pub fn convert_checkpoint(
     verify: Option<&dyn Fn(&Path) -> Result<(), ModelError>>,
 ) -> Result<ConvertReport, ModelError> {
     let ckpt = Checkpoint::open(input)?;
-    let has_unet = ckpt.keys().keys().any(|k| inference_key(k, use_ema) && k.starts_with("model"));
+    let has_unet = ckpt
+        .keys()
+        .keys()
+        .any(|k| inference_key(k, use_ema) && k.starts_with("model"));
     if !has_unet {
-        let which = if use_ema { "model_ema.* (try --no-ema)" } else { "model.diffusion_model.*" };
+        let which = if use_ema {
+            "model_ema.* (try --no-ema)"
+        } else {
+            "model.diffusion_model.*"
+        };
         return Err(ModelError::Read {
             path: input.to_owned(),
             message: format!("no UNet weights under {which}"),
@@ -922,10 +994,16 @@ pub fn convert_checkpoint(
     }
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_owned(), "sdseg-volume/inference".to_owned());
-    meta.insert("unet_weights".to_owned(), if use_ema { "ema" } else { "raw" }.to_owned());
+    meta.insert(
+        "unet_weights".to_owned(),
+        if use_ema { "ema" } else { "raw" }.to_owned(),
+    );
     meta.insert(
         "source".to_owned(),
-        input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     );
 
     let write_err = |source: std::io::Error| ModelError::Write {
@@ -936,14 +1014,21 @@ pub fn convert_checkpoint(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".part.safetensors")
         .tempfile_in(&dir)
         .map_err(write_err)?;
-    safetensors::serialize_to_file(views.iter().map(|(k, v)| (k.as_str(), v)), Some(meta), tmp.path())
-        .map_err(|e| write_err(std::io::Error::other(e.to_string())))?;
+    safetensors::serialize_to_file(
+        views.iter().map(|(k, v)| (k.as_str(), v)),
+        Some(meta),
+        tmp.path(),
+    )
+    .map_err(|e| write_err(std::io::Error::other(e.to_string())))?;
     if let Some(verify) = verify {
         verify(tmp.path())?;
     }
@@ -976,8 +1061,14 @@ mod tests {
         assert!(expected_extra("model.diffusion_model.out.2.weight", true));
         assert!(!expected_extra("model.diffusion_model.out.2.weight", false));
         assert!(expected_extra("model_ema.diffusion_modelout2weight", false));
-        assert!(expected_extra("first_stage_model.encoder.conv_in.weight", true));
-        assert!(!expected_extra("first_stage_model.decoder.conv_in.weight", true));
+        assert!(expected_extra(
+            "first_stage_model.encoder.conv_in.weight",
+            true
+        ));
+        assert!(!expected_extra(
+            "first_stage_model.decoder.conv_in.weight",
+            true
+        ));
         assert!(!expected_extra("cond_stage_model.out.weight", true));
         assert!(inference_key("model_ema.diffusion_modelout2weight", true));
         assert!(!inference_key("model_ema.num_updates", true));

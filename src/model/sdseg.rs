@@ -84,7 +84,10 @@ impl Output {
 
     /// Labels from a (resampled) soft map of the same kind: `> 0.5` for one channel, argmax
     /// mapped to the class ids otherwise. [B, C, H, W] → [B, H, W] u8.
-    pub fn labels_from_soft(soft: &Tensor, class_ids: Option<&[u32]>) -> candle_core::Result<Tensor> {
+    pub fn labels_from_soft(
+        soft: &Tensor,
+        class_ids: Option<&[u32]>,
+    ) -> candle_core::Result<Tensor> {
         if soft.dim(1)? == 1 {
             soft.squeeze(1)?.gt(0.5)?.to_dtype(DType::U8)
         } else {
@@ -165,11 +168,13 @@ impl Sdseg {
         let mut schedule = config.schedule();
         let [a, b] = [INFERENCE_BUFFERS[0], INFERENCE_BUFFERS[1]];
         if let (Some(sr), Some(srm1)) = (ckpt.vector_f32(a)?, ckpt.vector_f32(b)?) {
-            schedule = schedule.with_buffers(sr, srm1).map_err(|m| ModelError::Tensor {
-                path: weights.to_owned(),
-                key: a.into(),
-                message: m,
-            })?;
+            schedule = schedule
+                .with_buffers(sr, srm1)
+                .map_err(|m| ModelError::Tensor {
+                    path: weights.to_owned(),
+                    key: a.into(),
+                    message: m,
+                })?;
             session.mark_used(a);
             session.mark_used(b);
         }
@@ -234,7 +239,9 @@ impl Sdseg {
         let t = schedule.final_t();
         self.coeffs = schedule.coefficients(t).expect("final_t is in range");
         if t != self.t {
-            self.t_emb = self.unet.time_embedding(&[t as u32], &self.device, self.dtype)?;
+            self.t_emb = self
+                .unet
+                .time_embedding(&[t as u32], &self.device, self.dtype)?;
             self.t = t;
         }
         self.schedule = schedule;
@@ -333,7 +340,12 @@ impl Sdseg {
     /// Single-step segmentation of `image` [B, 3, H, W] (values in [−1, 1]) with `noise`
     /// [B or 1, C, h, w] (see [`NoiseSource`]). `classes`: the class ids to run for a
     /// multi-class model (None = all, 0..K, as the official loop); must be None for binary.
-    pub fn segment(&self, image: &Tensor, noise: &Tensor, classes: Option<&[u32]>) -> Result<Output> {
+    pub fn segment(
+        &self,
+        image: &Tensor,
+        noise: &Tensor,
+        classes: Option<&[u32]>,
+    ) -> Result<Output> {
         self.run(image, noise, classes, None)
     }
 
@@ -343,7 +355,12 @@ impl Sdseg {
     /// `z0_unscaled_class{k}`, `decoded_class{k}` (before the class-0 sign flip), `logits`,
     /// `label_map` (multi-class), plus the scalars `scale_factor`,
     /// `sqrt_recip_alphas_cumprod_t`, `sqrt_recipm1_alphas_cumprod_t`.
-    pub fn trace(&self, image: &Tensor, noise: &Tensor, classes: Option<&[u32]>) -> Result<(Output, Trace)> {
+    pub fn trace(
+        &self,
+        image: &Tensor,
+        noise: &Tensor,
+        classes: Option<&[u32]>,
+    ) -> Result<(Output, Trace)> {
         let mut trace = Trace::new();
         let out = self.run(image, noise, classes, Some(&mut trace))?;
         Ok((out, trace))
@@ -351,7 +368,8 @@ impl Sdseg {
 
     fn check_image(&self, image: &Tensor) -> Result<Tensor> {
         let want_c = self.config.cond_stage().ddconfig.in_channels;
-        let f = self.config.cond_stage().ddconfig.downsample_factor() * self.config.unet().downsample_factor();
+        let f = self.config.cond_stage().ddconfig.downsample_factor()
+            * self.config.unet().downsample_factor();
         match image.dims() {
             &[_, c, h, w] if c == want_c && h % f == 0 && w % f == 0 && h > 0 && w > 0 => {}
             d => {
@@ -429,7 +447,11 @@ impl Sdseg {
                 Some(Tensor::new(y.as_slice(), &self.device)?),
             )
         };
-        let chunk = if self.max_batch == 0 { b } else { self.max_batch };
+        let chunk = if self.max_batch == 0 {
+            b
+        } else {
+            self.max_batch
+        };
         let keep = trace.is_some();
         let mut reduced = Vec::new();
         let mut kept: [Vec<Tensor>; 4] = Default::default();
@@ -485,7 +507,10 @@ impl Sdseg {
         } else {
             let (h, w) = (reduced.dim(1)?, reduced.dim(2)?);
             // Class 0 was trained on the foreground union: negate it into a background score.
-            let sign: Vec<f32> = classes.iter().map(|&c| if c == 0 { -1.0 } else { 1.0 }).collect();
+            let sign: Vec<f32> = classes
+                .iter()
+                .map(|&c| if c == 0 { -1.0 } else { 1.0 })
+                .collect();
             let sign = Tensor::new(sign.as_slice(), &self.device)?.reshape((k, 1, 1, 1))?;
             let logits = reduced
                 .reshape((k, b, h, w))?
@@ -544,7 +569,9 @@ pub enum NoiseMode {
 pub fn standard_normal(seed: u64, stream: u64, count: usize) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(stream);
-    (0..count).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
+    (0..count)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect()
 }
 
 /// Seeded noise latents for batches of slices.
@@ -599,17 +626,33 @@ mod tests {
     #[test]
     fn noise_is_seeded_and_mode_dependent() {
         let shared = NoiseSource::new(7, NoiseMode::Shared, [4, 2, 2]);
-        let a = shared.for_slices(&[0, 5]).unwrap().to_vec3::<f32>().unwrap_or_default();
+        let a = shared
+            .for_slices(&[0, 5])
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap_or_default();
         let t = shared.for_slices(&[0, 5]).unwrap();
         assert_eq!(t.dims(), &[2, 4, 2, 2]);
         let rows = t.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(rows[0], rows[1], "shared mode: one draw for every slice");
         let _ = a;
         let per = NoiseSource::new(7, NoiseMode::PerSlice, [4, 2, 2]);
-        let rows2 = per.for_slices(&[0, 5]).unwrap().flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+        let rows2 = per
+            .for_slices(&[0, 5])
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_ne!(rows2[0], rows2[1]);
         // Independent of batching: slice 5 alone equals slice 5 in a batch.
-        let alone = per.for_slices(&[5]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let alone = per
+            .for_slices(&[5])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(alone, rows2[1]);
         assert_eq!(standard_normal(7, 0, 16), rows[0]);
         assert_ne!(standard_normal(8, 0, 16), rows[0]);
@@ -617,7 +660,10 @@ mod tests {
         let v = standard_normal(1, 0, 20000);
         let mean = v.iter().sum::<f32>() / v.len() as f32;
         let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
     }
 
     #[test]

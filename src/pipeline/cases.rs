@@ -357,7 +357,10 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, CasesError> {
     let (mut col_in, mut col_out, mut col_case) = (0usize, Some(1usize), None);
     if is_csv {
         if let Some((_, first)) = rows.first() {
-            let names: Vec<String> = first.iter().map(|f| f.trim().to_ascii_lowercase()).collect();
+            let names: Vec<String> = first
+                .iter()
+                .map(|f| f.trim().to_ascii_lowercase())
+                .collect();
             if let Some(i) = names.iter().position(|f| f == "input") {
                 col_in = i;
                 col_out = names.iter().position(|f| f == "output");
@@ -578,9 +581,15 @@ mod tests {
 
     #[test]
     fn case_ids() {
-        assert_eq!(case_id_for(Path::new("a/img0001.nii.gz")).as_deref(), Some("img0001"));
+        assert_eq!(
+            case_id_for(Path::new("a/img0001.nii.gz")).as_deref(),
+            Some("img0001")
+        );
         assert_eq!(case_id_for(Path::new("a/x.y.NII")).as_deref(), Some("x.y"));
-        assert_eq!(case_id_for(Path::new("a/scan.zip")).as_deref(), Some("scan"));
+        assert_eq!(
+            case_id_for(Path::new("a/scan.zip")).as_deref(),
+            Some("scan")
+        );
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("patient7");
         std::fs::create_dir(&p).unwrap();
@@ -654,7 +663,10 @@ mod tests {
         assert_eq!(m[0].output.as_deref(), Some(Path::new("x, y.nii.gz")));
         assert_eq!(m[1].case, None);
         assert_eq!(m[1].output, None);
-        touch(&root.join("list.txt"), b"in/a.nii.gz\tA.nii\n\nin/b.nii.gz\n");
+        touch(
+            &root.join("list.txt"),
+            b"in/a.nii.gz\tA.nii\n\nin/b.nii.gz\n",
+        );
         let m = read_manifest(&root.join("list.txt")).unwrap();
         assert_eq!(m[0].output.as_deref(), Some(Path::new("A.nii")));
         assert_eq!(m[1].output, None);
@@ -712,7 +724,10 @@ mod tests {
             name: &name,
         })
         .unwrap_err();
-        assert!(matches!(e, CasesError::OutFileNeedsOneCase { n: 2, .. }), "{e}");
+        assert!(
+            matches!(e, CasesError::OutFileNeedsOneCase { n: 2, .. }),
+            "{e}"
+        );
         let disc = discover(&CaseSpec {
             inputs: &inputs[..1],
             manifest: None,

@@ -39,8 +39,12 @@ use prep::SlicePrep;
 pub trait CaseIo: Sync {
     fn read(&self, input: &Path, opts: &ReadOptions) -> anyhow::Result<Volume>;
     /// Write `labels` (on the input grid) with the input's geometry, atomically.
-    fn write_labels(&self, output: &Path, labels: &Array3<u16>, like: &VolumeMeta)
-        -> anyhow::Result<()>;
+    fn write_labels(
+        &self,
+        output: &Path,
+        labels: &Array3<u16>,
+        like: &VolumeMeta,
+    ) -> anyhow::Result<()>;
 }
 
 /// The geometry and provenance of an input volume, without its voxels (what a label writer

@@ -31,7 +31,11 @@ pub struct PreviewSlices {
 }
 
 /// Cut the three mid-slices from the input `hu` and `labels` (both on the stored grid).
-pub fn extract(hu: ArrayView3<'_, f32>, labels: ArrayView3<'_, u16>, affine: &Affine) -> PreviewSlices {
+pub fn extract(
+    hu: ArrayView3<'_, f32>,
+    labels: ArrayView3<'_, u16>,
+    affine: &Affine,
+) -> PreviewSlices {
     let s = hu.shape();
     let r = Reorientation::to_codes(affine, [s[0], s[1], s[2]], AxCodes::RAS);
     let sp = r.apply_affine(affine).spacing();
@@ -50,9 +54,24 @@ pub fn extract(hu: ArrayView3<'_, f32>, labels: ArrayView3<'_, u16>, affine: &Af
     let (sh, sl) = cut(nz, ny, &|i, j| [xm, ny - 1 - j, nz - 1 - i]);
     PreviewSlices {
         panels: vec![
-            Panel { title: "AXIAL", hu: ah, labels: al, spacing: [sp[1], sp[0]] },
-            Panel { title: "CORONAL", hu: ch, labels: cl, spacing: [sp[2], sp[0]] },
-            Panel { title: "SAGITTAL", hu: sh, labels: sl, spacing: [sp[2], sp[1]] },
+            Panel {
+                title: "AXIAL",
+                hu: ah,
+                labels: al,
+                spacing: [sp[1], sp[0]],
+            },
+            Panel {
+                title: "CORONAL",
+                hu: ch,
+                labels: cl,
+                spacing: [sp[2], sp[0]],
+            },
+            Panel {
+                title: "SAGITTAL",
+                hu: sh,
+                labels: sl,
+                spacing: [sp[2], sp[1]],
+            },
         ],
     }
 }
@@ -67,7 +86,11 @@ pub struct Rgb {
 
 impl Rgb {
     fn new(width: usize, height: usize) -> Rgb {
-        Rgb { width, height, data: vec![0; width * height * 3] }
+        Rgb {
+            width,
+            height,
+            data: vec![0; width * height * 3],
+        }
     }
     fn put(&mut self, x: usize, y: usize, c: [u8; 3]) {
         if x < self.width && y < self.height {
@@ -149,7 +172,11 @@ pub fn render(p: &PreviewSlices, window: (f32, f32), legend: &[LabelInfo], title
                         px[k] = px[k] * (1.0 - OVERLAY_ALPHA) + col[k] as f32 * OVERLAY_ALPHA;
                     }
                 }
-                img.put(x0 + x, top + y, px.map(|v| v.round().clamp(0.0, 255.0) as u8));
+                img.put(
+                    x0 + x,
+                    top + y,
+                    px.map(|v| v.round().clamp(0.0, 255.0) as u8),
+                );
             }
         }
         x0 += w + GAP;
@@ -159,7 +186,13 @@ pub fn render(p: &PreviewSlices, window: (f32, f32), legend: &[LabelInfo], title
         let x = GAP + (n % legend_cols) * col_w;
         let y = top + panels_h + GAP + (n / legend_cols) * LINE;
         img.fill(x, y, 7 * SCALE, 7 * SCALE, l.color);
-        draw_text(&mut img, x + 10 * SCALE, y, &format!("{} {}", l.id, l.name), [255, 255, 255]);
+        draw_text(
+            &mut img,
+            x + 10 * SCALE,
+            y,
+            &format!("{} {}", l.id, l.name),
+            [255, 255, 255],
+        );
     }
     img
 }
@@ -176,7 +209,8 @@ pub fn write_png(path: &Path, img: &Rgb) -> std::io::Result<()> {
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             let mut w = enc.write_header().map_err(std::io::Error::other)?;
-            w.write_image_data(&img.data).map_err(std::io::Error::other)?;
+            w.write_image_data(&img.data)
+                .map_err(std::io::Error::other)?;
         }
         f.write_all(&buf)
     })
@@ -193,7 +227,13 @@ fn draw_text(img: &mut Rgb, x: usize, y: usize, s: &str, color: [u8; 3]) {
         for (row, bits) in g.iter().enumerate() {
             for col in 0..5 {
                 if bits & (0x10 >> col) != 0 {
-                    img.fill(x + (n * 6 + col) * SCALE, y + row * SCALE, SCALE, SCALE, color);
+                    img.fill(
+                        x + (n * 6 + col) * SCALE,
+                        y + row * SCALE,
+                        SCALE,
+                        SCALE,
+                        color,
+                    );
                 }
             }
         }
@@ -286,7 +326,10 @@ mod tests {
         // Axial panel: 20 mm × 30 mm extents, largest extent (30 mm) = 320 px.
         let top = GAP + LINE * 2;
         let left = img.pixel(GAP + 1, top + 1);
-        assert!(left[0] > left[1], "overlay red on the patient's right: {left:?}");
+        assert!(
+            left[0] > left[1],
+            "overlay red on the patient's right: {left:?}"
+        );
         let right_px = img.pixel(GAP + 200, top + 1);
         assert_eq!(right_px[0], right_px[1], "no overlay on the left side");
         let d = tempfile::tempdir().unwrap();
@@ -296,7 +339,10 @@ mod tests {
         let mut r = dec.read_info().unwrap();
         let mut buf = vec![0; r.output_buffer_size().unwrap()];
         let info = r.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width as usize, info.height as usize), (img.width, img.height));
+        assert_eq!(
+            (info.width as usize, info.height as usize),
+            (img.width, img.height)
+        );
         assert_eq!(&buf[..info.buffer_size()], &img.data[..]);
     }
 }

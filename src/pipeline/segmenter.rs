@@ -161,7 +161,9 @@ impl SliceSegmenter for ThresholdSegmenter {
             }
         }
         if self.classes <= 2 {
-            planes.iter_mut().for_each(|v| *v = ((*v + 1.0) / 2.0).clamp(0.0, 1.0));
+            planes
+                .iter_mut()
+                .for_each(|v| *v = ((*v + 1.0) / 2.0).clamp(0.0, 1.0));
             return Ok(SoftOutput::Probabilities(planes));
         }
         let k = self.classes;

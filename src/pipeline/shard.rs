@@ -22,7 +22,9 @@ pub struct Shard {
 pub enum ShardError {
     #[error("shard '{0}': expected I/N with 0 <= I < N, e.g. 0/4")]
     Syntax(String),
-    #[error("shard {index}/{count}: the index must be below the count (shards are numbered from 0)")]
+    #[error(
+        "shard {index}/{count}: the index must be below the count (shards are numbered from 0)"
+    )]
     OutOfRange { index: usize, count: usize },
     #[error("Slurm array: {var}={value} is not a number")]
     SlurmVar { var: &'static str, value: String },
@@ -84,10 +86,8 @@ impl Shard {
                     .map_err(|_| ShardError::SlurmVar { var, value: v }),
             }
         };
-        let (Some(id), Some(count)) = (
-            num("SLURM_ARRAY_TASK_ID")?,
-            num("SLURM_ARRAY_TASK_COUNT")?,
-        ) else {
+        let (Some(id), Some(count)) = (num("SLURM_ARRAY_TASK_ID")?, num("SLURM_ARRAY_TASK_COUNT")?)
+        else {
             return Ok(None);
         };
         let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
@@ -154,16 +154,24 @@ mod tests {
             "8/8".parse::<Shard>(),
             Err(ShardError::OutOfRange { .. })
         ));
-        assert!(matches!("1/0".parse::<Shard>(), Err(ShardError::OutOfRange { .. })));
+        assert!(matches!(
+            "1/0".parse::<Shard>(),
+            Err(ShardError::OutOfRange { .. })
+        ));
         for bad in ["", "3", "a/b", "-1/4", "1/2/3"] {
-            assert!(matches!(bad.parse::<Shard>(), Err(ShardError::Syntax(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<Shard>(), Err(ShardError::Syntax(_))),
+                "{bad}"
+            );
         }
         assert_eq!(Shard::new(2, 5).unwrap().to_string(), "2/5");
     }
 
     #[test]
     fn assignment_is_a_partition_independent_of_order() {
-        let ids: Vec<String> = (0..23).map(|i| format!("case{:03}", (i * 7) % 23)).collect();
+        let ids: Vec<String> = (0..23)
+            .map(|i| format!("case{:03}", (i * 7) % 23))
+            .collect();
         let mut reversed = ids.clone();
         reversed.reverse();
         let n = 4;
@@ -173,8 +181,12 @@ mod tests {
             let sel = s.select(&ids);
             let sel_rev = s.select(&reversed);
             let a: Vec<&String> = ids.iter().zip(&sel).filter(|p| *p.1).map(|p| p.0).collect();
-            let mut b: Vec<&String> =
-                reversed.iter().zip(&sel_rev).filter(|p| *p.1).map(|p| p.0).collect();
+            let mut b: Vec<&String> = reversed
+                .iter()
+                .zip(&sel_rev)
+                .filter(|p| *p.1)
+                .map(|p| p.0)
+                .collect();
             b.reverse();
             assert_eq!(a, b, "shard {i} depends on listing order");
             assert!(a.len() == 5 || a.len() == 6, "unbalanced: {}", a.len());

@@ -126,7 +126,10 @@ mod tests {
         // 0.8 × 0.8 × 2.5 mm = 1.6 mm³ = 0.0016 ml per voxel
         let st = acc.finish(0.0016, &label_table(3, &[(1, "liver".into())]));
         assert_eq!(st.len(), 2);
-        assert_eq!((st[0].label, st[0].name.as_str(), st[0].voxels), (1, "liver", 3));
+        assert_eq!(
+            (st[0].label, st[0].name.as_str(), st[0].voxels),
+            (1, "liver", 3)
+        );
         assert!((st[0].volume_ml - 0.0048).abs() < 1e-12);
         assert_eq!(st[0].mean_hu, Some(50.0));
         assert_eq!(st[1].mean_hu, Some(300.0));

@@ -196,11 +196,7 @@ impl FastConv2d {
             padded = buf;
             (&padded[..], view)
         };
-        let (rows, cols) = if flat {
-            (1, g.oh * g.ow)
-        } else {
-            (g.oh, g.ow)
-        };
+        let (rows, cols) = if flat { (1, g.oh * g.ow) } else { (g.oh, g.ow) };
         let segs = segments(rows, cols, g.s * view.row);
         let taps = taps(&g, &view);
 
@@ -342,7 +338,11 @@ fn segments(rows: usize, cols: usize, in_row: usize) -> Vec<Seg> {
             v.push(Seg {
                 x: r * in_row + c0,
                 y: r * cols + c0,
-                mask: if len == 16 { u16::MAX } else { (1u16 << len) - 1 },
+                mask: if len == 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << len) - 1
+                },
             });
         }
     }

@@ -13,12 +13,13 @@ use crate::geometry::Affine;
 use crate::volume::{NiftiSource, Provenance, Source, StoredType, Volume};
 
 pub fn read_nifti(path: &Path) -> anyhow::Result<Volume> {
-    let obj = nifti::ReaderOptions::new()
-        .read_file(path)
-        .map_err(|e| crate::error::InputError {
-            path: path.into(),
-            message: format!("not a readable NIfTI file: {e}"),
-        })?;
+    let obj =
+        nifti::ReaderOptions::new()
+            .read_file(path)
+            .map_err(|e| crate::error::InputError {
+                path: path.into(),
+                message: format!("not a readable NIfTI file: {e}"),
+            })?;
     use nifti::{IntoNdArray, NiftiObject};
     let header = obj.header().clone();
     let data = obj
@@ -83,9 +84,27 @@ pub fn write_labels(path: &Path, labels: &Array3<u16>, like: &VolumeMeta) -> any
 
 fn header_from_affine(a: &Affine, shape: [usize; 3]) -> nifti::NiftiHeader {
     let mut h = nifti::NiftiHeader::default();
-    h.dim = [3, shape[0] as u16, shape[1] as u16, shape[2] as u16, 1, 1, 1, 1];
+    h.dim = [
+        3,
+        shape[0] as u16,
+        shape[1] as u16,
+        shape[2] as u16,
+        1,
+        1,
+        1,
+        1,
+    ];
     let sp = a.spacing();
-    h.pixdim = [1.0, sp[0] as f32, sp[1] as f32, sp[2] as f32, 1.0, 1.0, 1.0, 1.0];
+    h.pixdim = [
+        1.0,
+        sp[0] as f32,
+        sp[1] as f32,
+        sp[2] as f32,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ];
     h.sform_code = 1;
     h.qform_code = 0;
     let row = |r: usize| [0, 1, 2, 3].map(|c| a.0[r][c] as f32);

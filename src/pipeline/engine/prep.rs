@@ -288,7 +288,10 @@ mod tests {
         assert_eq!(t[0], (0, 1, 0.0));
         assert_eq!(t[255].0, 511);
         let t = taps(256, 256);
-        assert!(t.iter().enumerate().all(|(i, &(a, _, w))| a == i && w == 0.0));
+        assert!(t
+            .iter()
+            .enumerate()
+            .all(|(i, &(a, _, w))| a == i && w == 0.0));
     }
 
     #[test]
@@ -303,8 +306,14 @@ mod tests {
         let view = frame_view(vol.data().view(), &plan.reorientation);
         let mut out = vec![0f32; 3 * PLANE_LEN];
         prep.prepare(&plan, view.index_axis(Axis(2), 0), &mut out);
-        assert!((out[0] + 1.0).abs() < 1e-6, "corner (0,0) is -200 → clipped → -1");
-        assert!((out[PLANE_LEN - 1] - 1.0).abs() < 1e-6, "corner (3,2) = 300 → 1");
+        assert!(
+            (out[0] + 1.0).abs() < 1e-6,
+            "corner (0,0) is -200 → clipped → -1"
+        );
+        assert!(
+            (out[PLANE_LEN - 1] - 1.0).abs() < 1e-6,
+            "corner (3,2) = 300 → 1"
+        );
         assert_eq!(out[..PLANE_LEN], out[PLANE_LEN..2 * PLANE_LEN]);
         assert_eq!(out[..PLANE_LEN], out[2 * PLANE_LEN..]);
     }

@@ -12,9 +12,7 @@ use sha2::{Digest, Sha256};
 use super::prep::{frame_view, frame_view_mut, VolumePlan};
 use super::{CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
 use crate::pipeline::preview::{self, PreviewSlices};
-use crate::pipeline::segmenter::{
-    NoiseSource, SliceSegmenter, SoftOutput, PLANE_LEN, SLICE_LEN,
-};
+use crate::pipeline::segmenter::{NoiseSource, SliceSegmenter, SoftOutput, PLANE_LEN, SLICE_LEN};
 use crate::pipeline::stats::LabelAccumulator;
 use crate::volume::{Source, Volume};
 
@@ -88,7 +86,11 @@ pub(super) fn run(
     jobs: &[Job],
     model: &mut dyn SliceSegmenter,
 ) -> Vec<CaseOutcome> {
-    let noise = NoiseSource::new(engine.options.noise, engine.options.seed, model.latent_shape());
+    let noise = NoiseSource::new(
+        engine.options.noise,
+        engine.options.seed,
+        model.latent_shape(),
+    );
     let batch = engine.options.batch_size.max(1);
     let (tx_read, rx_read) = bounded::<Result<Loaded, Failure>>(0);
     let (tx_model, rx_model) = bounded::<ToModel>(2);
@@ -257,7 +259,13 @@ fn prepare(
                 return;
             }
         }
-        if tx.send(ToModel::End { idx, prepare: spent }).is_err() {
+        if tx
+            .send(ToModel::End {
+                idx,
+                prepare: spent,
+            })
+            .is_err()
+        {
             return;
         }
     }
@@ -435,7 +443,9 @@ fn finish_batch(
         .into_par_iter()
         .enumerate()
         .map(|(s, mut out)| {
-            engine.prep.finish(soft.slice_planes(s), classes, out.view_mut());
+            engine
+                .prep
+                .finish(soft.slice_planes(s), classes, out.view_mut());
             let mut a = LabelAccumulator::new(classes);
             a.add_slice(out.view(), hu.index_axis(Axis(2), first + s));
             a
@@ -563,7 +573,12 @@ fn write_case(
     preview: Option<&PreviewSlices>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    if let Some(dir) = job.case.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = job
+        .case
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating output folder {}", dir.display()))?;
     }
@@ -572,7 +587,12 @@ fn write_case(
         .write_labels(&job.case.output, labels, meta)
         .with_context(|| format!("writing {}", job.case.output.display()))?;
     if let (Some(path), Some(p)) = (&job.preview, preview) {
-        let img = preview::render(p, engine.prep.window(), &engine.options.labels, &job.case.id);
+        let img = preview::render(
+            p,
+            engine.prep.window(),
+            &engine.options.labels,
+            &job.case.id,
+        );
         preview::write_png(path, &img)
             .with_context(|| format!("writing preview {}", path.display()))?;
     }

@@ -109,7 +109,11 @@ fn labels_match_the_pointwise_model_and_keep_the_grid() {
         EngineOptions::default(),
         &mut ThresholdSegmenter::binary(),
     );
-    assert!(matches!(out[0].status, CaseStatus::Written), "{:?}", out[0].status);
+    assert!(
+        matches!(out[0].status, CaseStatus::Written),
+        "{:?}",
+        out[0].status
+    );
     let w = io.written.lock().unwrap();
     let (labels, affine) = &w[Path::new("/out/a.nii.gz")];
     assert_eq!(affine, &aff);
@@ -145,7 +149,10 @@ fn oriented_frame_writes_back_on_the_input_grid() {
         EngineOptions::default(),
         &mut ThresholdSegmenter::binary(),
     );
-    assert_eq!(io.written.lock().unwrap()[Path::new("/out/a.nii.gz")].0, want);
+    assert_eq!(
+        io.written.lock().unwrap()[Path::new("/out/a.nii.gz")].0,
+        want
+    );
 }
 
 #[test]
@@ -178,7 +185,10 @@ fn outputs_do_not_depend_on_batch_size_or_company() {
         }
         let b = Path::new("/out/b.nii.gz");
         assert_eq!(results[0][b].0, results[1][b].0, "{noise:?}: batch 1 vs 4");
-        assert_eq!(results[0][b].0, results[2][b].0, "{noise:?}: alone vs with others");
+        assert_eq!(
+            results[0][b].0, results[2][b].0,
+            "{noise:?}: alone vs with others"
+        );
         let a = Path::new("/out/a.nii.gz");
         assert_eq!(results[0][a].0, results[1][a].0);
     }
@@ -192,7 +202,11 @@ fn outputs_do_not_depend_on_batch_size_or_company() {
             ..EngineOptions::default()
         };
         run_with(&io, &prep, &[job("a")], opts, &mut model);
-        per_seed.push(io.written.lock().unwrap()[Path::new("/out/a.nii.gz")].0.clone());
+        per_seed.push(
+            io.written.lock().unwrap()[Path::new("/out/a.nii.gz")]
+                .0
+                .clone(),
+        );
     }
     assert_ne!(per_seed[0], per_seed[1]);
 }
@@ -233,7 +247,10 @@ fn failures_are_per_case() {
     let CaseStatus::Failed(e) = &out[1].status else {
         unreachable!()
     };
-    assert!(e.input_error && e.message.contains("no such test volume"), "{e:?}");
+    assert!(
+        e.input_error && e.message.contains("no such test volume"),
+        "{e:?}"
+    );
     let CaseStatus::Failed(e) = &out[2].status else {
         unreachable!()
     };
@@ -298,7 +315,11 @@ fn observer_sees_every_slice_and_case() {
         "/in/a".into(),
         phantom([20, 20, 11], Affine::from_spacing([1.0; 3])),
     );
-    let count = Count(AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let count = Count(
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
     let prep = SimplePrep::btcv();
     let engine = Engine {
         prep: &prep,
