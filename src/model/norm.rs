@@ -23,7 +23,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     pub fn new(weight: Tensor, bias: Tensor, num_groups: usize, eps: f64) -> Result<Self> {
         let num_channels = weight.elem_count();
-        if num_groups == 0 || num_channels % num_groups != 0 {
+        if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
             candle_core::bail!(
                 "GroupNorm: {num_channels} channels do not split into {num_groups} groups"
             );
@@ -45,7 +45,7 @@ pub fn group_norm(
     eps: f64,
     vb: VarBuilder,
 ) -> Result<GroupNorm> {
-    if num_groups == 0 || num_channels % num_groups != 0 {
+    if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
         candle_core::bail!(
             "GroupNorm: {num_channels} channels do not split into {num_groups} groups \
              (at {})",

@@ -79,7 +79,7 @@ impl DdConfig {
             candle_core::bail!("ddconfig: ch_mult must not be empty");
         }
         for &m in &self.ch_mult {
-            if (self.ch * m) % NUM_GROUPS != 0 || m == 0 {
+            if !(self.ch * m).is_multiple_of(NUM_GROUPS) || m == 0 {
                 candle_core::bail!(
                     "ddconfig: ch {} × ch_mult {m} is not a positive multiple of {NUM_GROUPS} \
                      (GroupNorm groups)",

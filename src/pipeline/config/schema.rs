@@ -225,7 +225,7 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
             )
         })?)
     };
-    if raw.slicing.size < 8 || raw.slicing.size % 8 != 0 {
+    if raw.slicing.size < 8 || !raw.slicing.size.is_multiple_of(8) {
         return Err(invalid(
             o,
             "slicing.size",
