@@ -70,17 +70,55 @@ fn shapes() -> Vec<Shape> {
     ]
 }
 
+/// Medians of one side: wall ms, GFLOP/s, and GFLOP per CPU-second × threads (what the
+/// threads would reach on an otherwise idle machine; robust to other load).
+struct Stats {
+    ms: f64,
+    gflops: f64,
+    cpu_gflops: f64,
+}
+
+impl Stats {
+    fn of(t: &[(f64, f64)], flops: f64, threads: usize) -> Stats {
+        if t.is_empty() {
+            return Stats {
+                ms: f64::NAN,
+                gflops: f64::NAN,
+                cpu_gflops: f64::NAN,
+            };
+        }
+        let wall = median(&mut t.iter().map(|t| t.0).collect::<Vec<_>>());
+        let cpu = median(&mut t.iter().map(|t| t.1).collect::<Vec<_>>());
+        Stats {
+            ms: wall * 1e3,
+            gflops: flops / wall / 1e9,
+            cpu_gflops: flops / cpu / 1e9 * threads as f64,
+        }
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
-fn time(f: impl Fn() -> Tensor) -> f64 {
-    let t = Instant::now();
+/// CPU time of the whole process (all threads), in seconds.
+fn cpu_time() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// (wall seconds, CPU seconds) of one call.
+fn time(f: impl Fn() -> Tensor) -> (f64, f64) {
+    let (t, c) = (Instant::now(), cpu_time());
     let y = f();
-    // Touch the result so nothing is lazily skipped.
     std::hint::black_box(y.dims());
-    t.elapsed().as_secs_f64()
+    (t.elapsed().as_secs_f64(), cpu_time() - c)
 }
 
 fn main() -> candle_core::Result<()> {
@@ -104,9 +142,10 @@ fn main() -> candle_core::Result<()> {
         fast_available(),
         rayon::current_num_threads()
     );
+    let threads = rayon::current_num_threads();
     println!(
-        "{:<40} {:>10} {:>10} {:>10} {:>10} {:>7}",
-        "shape", "ours ms", "GFLOP/s", "candle ms", "GFLOP/s", "ratio"
+        "{:<38} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "shape", "ours ms", "GF/s", "GF/cpu", "cand ms", "GF/s", "GF/cpu", "wall x", "cpu x"
     );
     for s in shapes() {
         if filter
@@ -139,21 +178,19 @@ fn main() -> candle_core::Result<()> {
                 cand.push(time(|| conv.forward_candle(&x).unwrap()));
             }
         }
-        let to = median(&mut ours);
-        let (tc, gc, ratio) = if ours_only {
-            (f64::NAN, f64::NAN, f64::NAN)
-        } else {
-            let tc = median(&mut cand);
-            (tc * 1e3, flops / tc / 1e9, tc / to)
-        };
+        let ours = Stats::of(&ours, flops, threads);
+        let cand = Stats::of(&cand, flops, threads);
         println!(
-            "{:<40} {:>10.2} {:>10.1} {:>10.2} {:>10.1} {:>6.2}x",
+            "{:<38} {:>8.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>6.2}x {:>6.2}x",
             s.name,
-            to * 1e3,
-            flops / to / 1e9,
-            tc,
-            gc,
-            ratio
+            ours.ms,
+            ours.gflops,
+            ours.cpu_gflops,
+            cand.ms,
+            cand.gflops,
+            cand.cpu_gflops,
+            cand.ms / ours.ms,
+            ours.cpu_gflops / cand.cpu_gflops,
         );
     }
     Ok(())

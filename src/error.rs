@@ -79,6 +79,8 @@ fn classify(cause: &(dyn StdError + 'static)) -> Option<ExitCode> {
     classify_as!(cause; crate::pipeline::PipelineError, crate::pipeline::PreprocessError, crate::pipeline::PostprocessError);
     classify_as!(cause; crate::metrics::MetricsError, crate::eval::EvalError);
     classify_as!(cause; crate::model::checkpoint::ModelError, crate::model::config::ConfigError);
+    classify_as!(cause; crate::pipeline::engine::CaseError, crate::pipeline::cases::CasesError, crate::pipeline::shard::ShardError);
+    classify_as!(cause; crate::train::TrainError, crate::train::DataError);
     None
 }
 

@@ -27,11 +27,9 @@ pub const AFFINE_TOLERANCE_MM: f64 = 1e-3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: crate::io::ReadError,
-    },
+    /// Reading a file failed (the error names the file).
+    #[error(transparent)]
+    Read(crate::io::ReadError),
     #[error("{path}: not a label volume: voxel value {value} (labels are integers 0..=65535)")]
     NotLabels { path: PathBuf, value: f64 },
     #[error(
@@ -75,21 +73,21 @@ pub enum EvalError {
     },
     #[error("--pred {pred} and --gt {gt}: give two files or two folders")]
     MixedInputs { pred: PathBuf, gt: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("unknown label pipeline {0:?}: use btcv (8 organs), btcv-binary or sts3d")]
+    #[error("unknown label pipeline {0:?}: use btcv (binary union), btcv:cls9 (8 organs), btcv:cls14 or sts3d")]
     UnknownPipeline(String),
-    #[error("case {case}: {source}")]
-    Metrics { case: String, source: MetricsError },
+    #[error("case {case}: {error}")]
+    Metrics { case: String, error: MetricsError },
 }
 
 impl crate::error::Classify for EvalError {
     fn is_input_error(&self) -> bool {
         match self {
-            EvalError::Read { source, .. } => source.is_input_error(),
+            EvalError::Read(e) => e.is_input_error(),
             _ => true,
         }
     }
@@ -117,6 +115,22 @@ pub struct LabelScheme {
     gt_map: Option<Vec<u16>>,
     pred_map: Option<Vec<u16>>,
 }
+
+const BTCV13_NAMES: [&str; 13] = [
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+    "portal and splenic veins",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+];
 
 const BTCV8_NAMES: [&str; 8] = [
     "spleen",
@@ -179,51 +193,61 @@ impl LabelScheme {
         }
     }
 
-    /// The built-in dataset schemes:
-    /// * `btcv`: ground truth mapped by `transfer_to_9` to the 8 TransUNet organs
-    ///   (1 spleen … 8 pancreas); predictions are taken as already in that space.
-    /// * `btcv-binary`: the paper's binary task: ground truth `transfer_to_9` then `> 0`,
-    ///   prediction `> 0`; one label 1.
-    /// * `sts3d`: teeth vs background: `> 0` on both; one label 1.
+    /// The built-in dataset schemes, named like the pipelines (`pipelines/*.toml`) and their
+    /// variants (`NAME:VARIANT`):
+    /// * `btcv`: the paper's binary task: ground truth `transfer_to_9` then `> 0` (the union
+    ///   of the 8 TransUNet organs), prediction `> 0`; one label 1.
+    /// * `btcv:cls9`: ground truth `transfer_to_9` (1 spleen … 8 pancreas); predictions are
+    ///   taken as already in that space.
+    /// * `btcv:cls14`: the 13 raw BTCV labels on both.
+    /// * `sts3d`: label 1 (tooth), raw on both.
+    ///
+    /// Local until `crate::pipeline` lands on main; then `--pipeline` reads its files.
     pub fn preset(name: &str) -> Result<LabelScheme, EvalError> {
+        let specs = |names: &[&str]| -> Vec<LabelSpec> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| LabelSpec {
+                    id: i as u16 + 1,
+                    name: (*n).into(),
+                })
+                .collect()
+        };
         match name {
             "btcv" => Ok(LabelScheme {
                 name: "btcv".into(),
-                description: "BTCV 13 organs -> 8 (SDSeg transfer_to_9: 5->0, 6->5, 7->6, 8->7, \
-                              9->0, 10->0, 11->8, 12->0, 13->0) on the ground truth"
+                description: "BTCV binary: ground truth transfer_to_9 (5->0, 6->5, 7->6, 8->7, \
+                              9->0, 10->0, 11->8, 12->0, 13->0) then > 0 (union of the 8 \
+                              organs); prediction > 0"
                     .into(),
-                labels: BTCV8_NAMES
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| LabelSpec {
-                        id: i as u16 + 1,
-                        name: (*n).into(),
-                    })
-                    .collect(),
-                gt_map: Some(transfer_to_9_lut()),
-                pred_map: None,
-            }),
-            "btcv-binary" => Ok(LabelScheme {
-                name: "btcv-binary".into(),
-                description: "BTCV binary: union of the 8 transfer_to_9 organs on the ground \
-                              truth, prediction > 0"
-                    .into(),
-                labels: vec![LabelSpec {
-                    id: 1,
-                    name: "organs".into(),
-                }],
+                labels: specs(&["abdominal organs (union of 8)"]),
                 gt_map: Some(binary_lut(Some(transfer_to_9_lut()))),
                 pred_map: Some(binary_lut(None)),
             }),
+            "btcv:cls9" => Ok(LabelScheme {
+                name: "btcv:cls9".into(),
+                description: "BTCV 13 organs -> 8 on the ground truth (transfer_to_9: 5->0, \
+                              6->5, 7->6, 8->7, 9->0, 10->0, 11->8, 12->0, 13->0); prediction \
+                              as stored"
+                    .into(),
+                labels: specs(&BTCV8_NAMES),
+                gt_map: Some(transfer_to_9_lut()),
+                pred_map: None,
+            }),
+            "btcv:cls14" => Ok(LabelScheme {
+                name: "btcv:cls14".into(),
+                description: "BTCV raw labels 1..13 on both".into(),
+                labels: specs(&BTCV13_NAMES),
+                gt_map: None,
+                pred_map: None,
+            }),
             "sts3d" => Ok(LabelScheme {
                 name: "sts3d".into(),
-                description: "STS-3D binary: label > 0 on both".into(),
-                labels: vec![LabelSpec {
-                    id: 1,
-                    name: "teeth".into(),
-                }],
-                gt_map: Some(binary_lut(None)),
-                pred_map: Some(binary_lut(None)),
+                description: "STS-3D: label 1 (tooth), raw on both".into(),
+                labels: specs(&["tooth"]),
+                gt_map: None,
+                pred_map: None,
             }),
             other => Err(EvalError::UnknownPipeline(other.into())),
         }
@@ -334,9 +358,9 @@ pub fn case_id(file_name: &str) -> String {
 }
 
 fn list_cases(dir: &Path) -> Result<BTreeMap<String, PathBuf>, EvalError> {
-    let io = |source| EvalError::Io {
+    let io = |error| EvalError::Io {
         path: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -369,11 +393,10 @@ fn list_cases(dir: &Path) -> Result<BTreeMap<String, PathBuf>, EvalError> {
 
 /// Pair prediction and ground-truth files (two files, or two folders matched by case id).
 pub fn pair_cases(pred: &Path, gt: &Path) -> Result<Pairing, EvalError> {
-    let missing = |p: &Path| EvalError::Read {
-        path: p.to_path_buf(),
-        source: crate::io::ReadError::NotFound {
+    let missing = |p: &Path| {
+        EvalError::Read(crate::io::ReadError::NotFound {
             path: p.to_path_buf(),
-        },
+        })
     };
     let pm = std::fs::metadata(pred).map_err(|_| missing(pred))?;
     let gm = std::fs::metadata(gt).map_err(|_| missing(gt))?;
@@ -430,12 +453,8 @@ pub fn pair_cases(pred: &Path, gt: &Path) -> Result<Pairing, EvalError> {
 ///
 /// Reads through `crate::io::read_volume` until `crate::io::nifti::read_labels` lands.
 pub fn read_labels(path: &Path) -> Result<(Array3<u16>, Affine), EvalError> {
-    let vol = crate::io::read_volume(path, &crate::io::ReadOptions::default()).map_err(|e| {
-        EvalError::Read {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })?;
+    let vol = crate::io::read_volume(path, &crate::io::ReadOptions::default())
+        .map_err(EvalError::Read)?;
     let (data, affine, _) = vol.into_parts();
     if let Some(&bad) = data
         .iter()
@@ -522,9 +541,9 @@ pub fn evaluate_arrays(
         .fixed_labels()
         .unwrap_or_else(|| metrics::overlap::present_labels(pred.view(), gt.view()));
     let scores = metrics::evaluate(pred.view(), gt.view(), spacing, &labels, &opts.metrics)
-        .map_err(|source| EvalError::Metrics {
+        .map_err(|error| EvalError::Metrics {
             case: pair.case.clone(),
-            source,
+            error,
         })?;
     Ok(CaseResult {
         case: pair.case.clone(),
@@ -696,7 +715,7 @@ mod tests {
         let lut = transfer_to_9_lut();
         let got: Vec<u16> = (0..=14).map(|v| lut[v]).collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4, 0, 5, 6, 7, 0, 0, 8, 0, 0, 14]);
-        let s = LabelScheme::preset("btcv-binary").unwrap();
+        let s = LabelScheme::preset("btcv").unwrap();
         let mut a = Array3::from_shape_fn((14, 1, 1), |(i, _, _)| i as u16);
         s.remap_gt(&mut a);
         let want = [0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0];

@@ -274,7 +274,7 @@ pub fn abdomen_phantom(params: &PhantomParams, seed: u64) -> Phantom {
         .zip(lbuf.par_chunks_mut(plane))
         .enumerate()
         .for_each(|(k, (d, l))| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_5a11_ce00);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_5a11_ce00);
             rng.set_stream(k as u64);
             let c = (k as f64 + 0.5) / nz as f64 * 2.0 - 1.0;
             for j in 0..ny {

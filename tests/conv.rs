@@ -212,10 +212,17 @@ fn stride2_symmetric_and_uneven_padding() {
             left: 1,
             right: 3,
         },
+        Padding2d {
+            top: 0,
+            bottom: 1,
+            left: 2,
+            right: 0,
+        },
     ];
     for (i, pad) in pads.into_iter().enumerate() {
+        // Odd and even widths with odd and even left padding: all four deinterleave cases.
         let case = Case {
-            x: vec![1, 9, 15, 14],
+            x: vec![1, 9, 15, 14 + i % 2],
             co: 9,
             k: 3,
             stride: 2,

@@ -2,7 +2,8 @@
 //!
 //! For each generated series, dcm2niix converts it to NIfTI; nibabel loads that and reorients
 //! it to RAS canonical; our reader's volume is reoriented to RAS the same way and dumped as raw
-//! f32 + affine JSON. Voxels must be equal and affines within 1e-3 mm.
+//! f32 + affine JSON. Voxels must be equal and affines within 1e-3 mm. A label file we
+//! write for the DICOM input (on our grid) must overlay dcm2niix's output voxel for voxel.
 //!
 //! Tools: `$SDSEG_PYTHON` (default `python3`) with nibabel + numpy, and `dcm2niix` from that
 //! interpreter's bin folder or PATH. Skipped with a notice only when they are absent and `CI`
@@ -10,6 +11,7 @@
 
 use sdseg_volume::geometry::Affine;
 use sdseg_volume::io::dicom::read_dicom;
+use sdseg_volume::io::nifti::write_labels;
 use sdseg_volume::io::ReadOptions;
 use sdseg_volume::phantom::{
     abdomen_phantom, write_dicom_series, DicomWriteOptions, FrameLayout, InstanceOrder,
@@ -80,7 +82,17 @@ d = np.abs(theirs - ours.astype(np.float64))
 assert d.max() == 0, f"voxels differ: max {d.max()} at {np.unravel_index(d.argmax(), d.shape)}, {int((d > 0).sum())} voxels"
 ad = np.abs(img.affine - ours_aff).max()
 assert ad < 1e-3, f"affine differs by {ad}\ndcm2niix\n{img.affine}\nours\n{ours_aff}"
-print("ok", shape, "affine diff", ad)
+# Labels we write for this DICOM input overlay dcm2niix's conversion exactly.
+lab = nib.as_closest_canonical(nib.load(ours_dir + "/labels.nii.gz"))
+assert lab.get_data_dtype() == np.uint8, lab.get_data_dtype()
+assert lab.header["sform_code"] > 0 or lab.header["qform_code"] > 0
+la = np.asarray(lab.dataobj)
+assert la.shape == theirs.shape, f"label shape {la.shape} vs {theirs.shape}"
+ld = np.abs(lab.affine - img.affine).max()
+assert ld < 1e-3, f"label affine differs from dcm2niix by {ld}"
+expected = (theirs > 100).astype(np.uint8) + (theirs > 400).astype(np.uint8)
+assert (la == expected).all(), f"{int((la != expected).sum())} label voxels misplaced"
+print("ok", shape, "affine diff", ad, "label affine diff", ld)
 "#;
 
 fn dump_ras(v: &Volume, dir: &Path) {
@@ -102,6 +114,11 @@ fn check_case(t: &Tools, name: &str, v: &Volume, o: &DicomWriteOptions) {
     write_dicom_series(v, &series, o).unwrap();
     let ours = read_dicom(&series, &ReadOptions::default()).unwrap();
     dump_ras(&ours, tmp.path());
+    // A label volume on our grid (not reoriented): 1 above 100 HU, 2 above 400 HU.
+    let labels = ours
+        .data()
+        .mapv(|v| u16::from(v > 100.0) + u16::from(v > 400.0));
+    write_labels(&tmp.path().join("labels.nii.gz"), &labels, &ours).unwrap();
     let out = Command::new(&t.dcm2niix)
         .args(["-z", "n", "-b", "n", "-f", "out", "-o"])
         .arg(&niix)
@@ -138,6 +155,7 @@ fn with_affine(v: &Volume, a: Affine) -> Volume {
 }
 
 /// Rotation about an axis (unit vector) by `deg`, applied to the 3×3 part of `a`.
+#[allow(clippy::needless_range_loop)]
 fn rotated(a: &Affine, axis: [f64; 3], deg: f64) -> Affine {
     let (s, c) = deg.to_radians().sin_cos();
     let [x, y, z] = axis;

@@ -12,8 +12,8 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use ndarray::{Array3, ShapeBuilder};
 use sdseg_volume::io::nifti::{
-    read_header, read_labels, read_nifti, write_labels, write_volume, AffineSource, NiftiError,
-    VolumeDtype,
+    read_header, read_labels, read_nifti, write_labels, write_labels_on, write_volume,
+    AffineSource, Grid, NiftiError, VolumeDtype,
 };
 use sdseg_volume::volume::StoredType;
 use sdseg_volume::{Affine, AxCodes, Provenance, Volume};
@@ -778,6 +778,31 @@ fn labels_for_nifti_input_keep_its_header_geometry() {
     let (_, affine, src) = read_labels(&out).unwrap();
     assert_eq!(&affine, ct.affine(), "exactly the input's affine");
     assert_eq!(src.header.qform_code, 1);
+}
+
+#[test]
+fn labels_on_a_kept_grid_match_labels_like_the_volume() {
+    // The engine drops the voxels after preprocessing and keeps shape, affine and provenance.
+    let dir = tmp();
+    let mut h = int16_header(false);
+    h.sform(2, oblique_sform());
+    h.qform(1, [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]);
+    let (p, _) = i16_file(dir.path(), "ct.nii", &h, &[]);
+    let ct = read_nifti(&p).unwrap();
+    let labels = labels_for(SHAPE, 7);
+    let a = dir.path().join("a.nii");
+    write_labels(&a, &labels, &ct).unwrap();
+    let shape = ct.shape();
+    let (_, affine, provenance) = ct.into_parts();
+    let grid = Grid {
+        shape,
+        affine: &affine,
+        source: &provenance.source,
+    };
+    let b = dir.path().join("b.nii");
+    write_labels_on(&b, &labels, grid).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(le_i16(&file_bytes(&b), 254), 2);
 }
 
 #[test]

@@ -17,8 +17,8 @@ pub struct Args {
     /// extension and without a leading img/label/pred/seg/gt/... tag: img0001 ↔ label0001).
     #[arg(long, value_name = "DIR|FILE")]
     pub gt: PathBuf,
-    /// Label scheme: `btcv` (13 organs → the 8 TransUNet organs), `btcv-binary` (their union),
-    /// `sts3d` (teeth > 0). Default: labels as stored.
+    /// Label scheme: `btcv` (the paper's binary task: union of the 8 TransUNet organs),
+    /// `btcv:cls9` (13 organs → the 8), `btcv:cls14` (raw), `sts3d`. Default: labels as stored.
     #[arg(long, value_name = "NAME")]
     pub pipeline: Option<String>,
     /// Score only these labels (after remapping), e.g. `1,2,3`.

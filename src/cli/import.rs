@@ -53,13 +53,11 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         .into());
     }
     let t0 = Instant::now();
-    let volume = read_volume(&args.input, &args.read_options())
-        .with_context(|| format!("reading {}", args.input.display()))?;
+    let volume = read_volume(&args.input, &args.read_options()).context("reading the input")?;
     let t_read = t0.elapsed();
     let dtype = nifti::resolve_dtype(&args.out, &volume, args.dtype)?;
     let t1 = Instant::now();
-    nifti::write_volume(&args.out, &volume, dtype)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    nifti::write_volume(&args.out, &volume, dtype).context("writing the output")?;
     let t_write = t1.elapsed();
     if !g.quiet {
         for w in &volume.provenance().warnings {
@@ -67,7 +65,13 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         }
         let [nx, ny, nz] = volume.shape();
         let [sx, sy, sz] = volume.spacing();
-        let (lo, hi) = volume.hu_range();
+        // A memory-order fold: `Volume::hu_range` iterates in logical order, which is slow on
+        // the readers' Fortran-layout arrays.
+        let (lo, hi) = volume
+            .data()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
         let written = match dtype {
             VolumeDtype::I16 => "int16",
             _ => "float32",

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod eval;
 pub mod import;
 pub mod inspect;
+pub mod phantom;
 pub mod reproduce;
 pub mod run;
 pub mod slurm;
@@ -32,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Segment volumes (DICOM series folders or NIfTI files) into NIfTI label volumes.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Show what would be read from an input, which series is chosen and why.
     Inspect(inspect::Args),
     /// Write the HU volume exactly as the pipeline sees it, as NIfTI.
@@ -54,7 +55,9 @@ pub enum Command {
     /// Train a KL-f8 autoencoder on 3-channel masks.
     TrainAutoencoder(train::AutoencoderArgs),
     /// Print a ready sbatch job-array script for `run` on a Slurm cluster.
-    SlurmScript(slurm::Args),
+    SlurmScript(Box<slurm::Args>),
+    /// Write a synthetic abdomen CT phantom as DICOM or NIfTI (developer tool).
+    Phantom(phantom::Args),
 }
 
 /// Options every command shares, resolved once.
@@ -66,7 +69,7 @@ pub struct Globals {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let g = Globals { quiet: cli.quiet };
     match cli.command {
-        Command::Run(a) => run::run(a, g),
+        Command::Run(a) => run::run(*a, g),
         Command::Inspect(a) => inspect::run(a, g),
         Command::Import(a) => import::run(a, g),
         Command::Eval(a) => eval::run(a, g),
@@ -77,7 +80,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a, g),
         Command::Train(a) => train::run_train(a, g),
         Command::TrainAutoencoder(a) => train::run_autoencoder(a, g),
-        Command::SlurmScript(a) => slurm::run(a, g),
+        Command::SlurmScript(a) => slurm::run(*a, g),
+        Command::Phantom(a) => phantom::run(a, g),
     }
 }
 

@@ -1,8 +1,251 @@
+//! `sdseg-volume run`: segment volumes into NIfTI label volumes.
+
+use std::path::PathBuf;
+
 use super::Globals;
+use crate::error::UsageError;
+use crate::pipeline::cases::{NamePattern, OutTarget};
+use crate::pipeline::engine::prep::{Norm, Resize, SimplePrep};
+use crate::pipeline::runner::{
+    DTypeSpec, DeviceSpec, ModelChoice, PreviewTarget, RunOptions, TestModel,
+};
+use crate::pipeline::segmenter::NoiseMode;
+use crate::pipeline::shard::Shard;
+
+/// Model and pipeline flags (shared with `slurm-script`, which passes them on).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Model weights: an official Lightning .ckpt or a .safetensors (default: the pipeline's).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Model config (official YAML/JSON hyper-parameters); default: config.json or
+    /// <weights>.json beside the weights, else the pipeline's preset.
+    #[arg(long, value_name = "FILE")]
+    pub model_config: Option<PathBuf>,
+    /// Pipeline: a built-in name (btcv, sts3d) or a pipeline TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "btcv")]
+    pub pipeline: String,
+    /// Slices per model batch (batches never span two volumes).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceSpec>,
+    /// Model dtype: f32, f16 or bf16 (f16/bf16 are meant for CUDA).
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: DTypeSpec,
+    /// Seed of the noise latents; the same seed gives bit-identical outputs.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// shared: one noise draw for every slice (the official evaluation); per-slice: a draw
+    /// per (case, slice) derived from the seed.
+    #[arg(long, value_name = "MODE", default_value = "shared")]
+    pub noise: NoiseMode,
+    /// Use the raw UNet weights instead of the EMA copy.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Resize of soft maps back to the native slice size: bilinear (then threshold) or nearest.
+    #[arg(long, value_name = "MODE", default_value = "bilinear")]
+    pub resize: Resize,
+    /// DICOM: read this SeriesInstanceUID instead of choosing one.
+    #[arg(long, value_name = "UID")]
+    pub series: Option<String>,
+    /// DICOM: accept missing slices (non-uniform spacing).
+    #[arg(long)]
+    pub allow_gaps: bool,
+    /// DICOM: accept gantry tilt.
+    #[arg(long)]
+    pub allow_tilt: bool,
+    /// Developer: replace the model by a threshold test double (threshold or threshold:K).
+    #[arg(long, value_name = "threshold[:K]", hide = true)]
+    pub test_segmenter: Option<TestModel>,
+}
+
+/// Output flags (shared with `slurm-script`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Output file name under --out DIR; {case} is the case id.
+    #[arg(long, value_name = "PATTERN")]
+    pub name: Option<NamePattern>,
+    /// Redo cases whose output exists (default: skip them, i.e. resume).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Write a JSON run report (provenance, timings, statistics); {shard} is the shard index.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write a PNG preview (axial, coronal, sagittal mid-slices with the labels); use {case}
+    /// in the path when there are several cases.
+    #[arg(long, value_name = "FILE")]
+    pub preview: Option<String>,
+    /// Print per-label voxels, volume (ml) and mean HU for every case.
+    #[arg(long)]
+    pub statistics: bool,
+    /// Print one JSON object per finished case on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// NIfTI files, DICOM series folders, or dataset folders (NIfTI files and/or DICOM series
+    /// subfolders; each is a case).
+    #[arg(value_name = "INPUT", required_unless_present = "manifest")]
+    pub inputs: Vec<PathBuf>,
+    /// Output: a .nii/.nii.gz file (one case) or a folder.
+    #[arg(long, short, value_name = "FILE|DIR")]
+    pub out: PathBuf,
+    /// A list of inputs: .csv with columns input[,output][,case] (header optional) or text
+    /// with one input per line (input<TAB>output allowed). Relative inputs are relative to
+    /// the manifest, relative outputs to --out.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Process only shard I of N (0-based); default: from SLURM_ARRAY_TASK_ID/COUNT in a job
+    /// array, else everything.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
 
-pub fn run(_args: Args, _g: Globals) -> anyhow::Result<()> {
-    anyhow::bail!("`run` is not implemented yet")
+/// A built-in pipeline: slicing, description, class names, model preset.
+type Interim = (SimplePrep, String, Vec<(u16, String)>, String);
+
+/// Built-in pipelines until `pipeline::config` lands (values: sdseg-reference.md §1.2, §2.4).
+fn interim_pipeline(name: &str) -> Result<Interim, UsageError> {
+    match name {
+        "btcv" => Ok((
+            SimplePrep::btcv(),
+            "BTCV abdominal CT: window [-125, 275] HU, per-volume min-max to [-1, 1], native slices".into(),
+            vec![(0, "background".into()), (1, "abdominal organs (union of 8)".into())],
+            "sdseg-binary".into(),
+        )),
+        "sts3d" => Ok((
+            SimplePrep {
+                name: "sts3d".into(),
+                window: (-100.0, 1100.0),
+                norm: Norm::MinMax { eps: 1e-8 },
+                ..SimplePrep::btcv()
+            },
+            "STS-3D dental CBCT: window [-100, 1100] HU, per-volume min-max to [-1, 1], native slices".into(),
+            vec![(0, "background".into()), (1, "teeth".into())],
+            "sdseg-binary".into(),
+        )),
+        other => Err(UsageError(format!(
+            "pipeline '{other}': the built-in pipelines are btcv and sts3d"
+        ))),
+    }
+}
+
+impl Args {
+    /// Validate everything that can be checked before reading data or loading a model.
+    pub fn to_options(&self, g: Globals) -> Result<RunOptions, UsageError> {
+        let m = &self.model;
+        if m.batch_size == 0 {
+            return Err(UsageError("--batch-size must be at least 1".into()));
+        }
+        let out = OutTarget::from_path(&self.out);
+        if let OutTarget::File(f) = &out {
+            if self.manifest.is_some() || self.inputs.len() != 1 {
+                return Err(UsageError(format!(
+                    "--out {} is one file: give exactly one INPUT (no --manifest), or --out DIR",
+                    f.display()
+                )));
+            }
+            if self.output.name.is_some() {
+                return Err(UsageError("--name applies to --out DIR only".into()));
+            }
+        } else if self.out.is_file() {
+            return Err(UsageError(format!(
+                "--out {}: an existing file that is not .nii/.nii.gz; --out must be a .nii/.nii.gz file or a folder",
+                self.out.display()
+            )));
+        }
+        let (shard, shard_source) = match self.shard {
+            Some(s) => (s, "--shard"),
+            None => match Shard::from_env().map_err(|e| UsageError(e.to_string()))? {
+                Some(s) => (s, "Slurm array"),
+                None => (Shard::ALL, "none"),
+            },
+        };
+        let device = m.device.unwrap_or(DeviceSpec::Cpu);
+        if matches!(device, DeviceSpec::Cuda(_)) && !cfg!(feature = "cuda") {
+            return Err(UsageError(format!(
+                "--device {device}: this build has no CUDA support; rebuild with `cargo build --release --features cuda`"
+            )));
+        }
+        for (flag, p) in [
+            ("--weights", &m.weights),
+            ("--model-config", &m.model_config),
+        ] {
+            if let Some(p) = p {
+                if !p.is_file() {
+                    return Err(UsageError(format!("{flag} {}: no such file", p.display())));
+                }
+            }
+        }
+        if m.weights.is_none() && m.test_segmenter.is_none() {
+            return Err(UsageError(
+                "--weights is required (model.ckpt or model.safetensors)".into(),
+            ));
+        }
+        if let Some(p) = &self.manifest {
+            if !p.is_file() {
+                return Err(UsageError(format!(
+                    "--manifest {}: no such file",
+                    p.display()
+                )));
+            }
+        }
+        let (mut prep, description, label_names, preset) = interim_pipeline(&m.pipeline)?;
+        prep.output_resize = m.resize;
+        let preview = self.output.preview.clone().map(PreviewTarget);
+        if let Some(p) = &preview {
+            if !p.0.to_ascii_lowercase().ends_with(".png") {
+                return Err(UsageError(format!("--preview {}: must end in .png", p.0)));
+            }
+        }
+        Ok(RunOptions {
+            inputs: self.inputs.clone(),
+            manifest: self.manifest.clone(),
+            out,
+            name: self.output.name.clone().unwrap_or_default(),
+            shard,
+            shard_source,
+            prep,
+            pipeline_description: description,
+            label_names,
+            model: ModelChoice {
+                weights: m.weights.clone(),
+                model_config: m.model_config.clone(),
+                preset,
+                num_classes: m.test_segmenter.map(|t| t.classes).unwrap_or(2),
+                ema: !m.no_ema,
+                device,
+                dtype: m.dtype,
+                test: m.test_segmenter,
+            },
+            batch_size: m.batch_size,
+            seed: m.seed,
+            noise: m.noise,
+            read: crate::io::ReadOptions {
+                series: m.series.clone(),
+                allow_gaps: m.allow_gaps,
+                allow_tilt: m.allow_tilt,
+            },
+            overwrite: self.output.overwrite,
+            report: self.output.report.clone(),
+            preview,
+            statistics: self.output.statistics,
+            json: self.output.json,
+            quiet: g.quiet,
+            command: std::env::args().collect(),
+        })
+    }
+}
+
+pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
+    let opts = args.to_options(g)?;
+    crate::pipeline::runner::execute(&opts)
 }

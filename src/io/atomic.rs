@@ -17,10 +17,13 @@ where
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".part")
-        .tempfile_in(&dir)?;
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".part");
+    // tempfile creates 0600 files; an output should get the usual 0666 & !umask.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(&dir)?;
     fill(tmp.as_file_mut())?;
     tmp.as_file_mut().flush()?;
     tmp.as_file().sync_all()?;
@@ -49,5 +52,14 @@ mod tests {
         );
         write_atomic(&p, |f| f.write_all(b"whole")).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+        #[cfg(unix)]
+        {
+            // Same mode as a file created the ordinary way (umask applied), not 0600.
+            use std::os::unix::fs::PermissionsExt;
+            let plain = dir.path().join("plain.bin");
+            std::fs::write(&plain, b"x").unwrap();
+            let mode = |q: &Path| std::fs::metadata(q).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&p), mode(&plain));
+        }
     }
 }

@@ -11,7 +11,8 @@
 //! evaluated in f64 (the final value of each pass is formed as `(s·Δ)²` from the integer
 //! offset, so axis-aligned distances such as `3 × 2.5 mm` come out exactly).
 
-use ndarray::{Array3, ArrayView1, ArrayView3, ArrayViewMut1, Axis, Zip};
+use ndarray::{Array3, ArrayView1, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
+use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Squared Euclidean distance in mm² from every voxel to the nearest `true` voxel of
@@ -23,11 +24,18 @@ pub fn squared_edt(features: ArrayView3<bool>, spacing: [f64; 3]) -> Array3<f64>
     if d.is_empty() {
         return d;
     }
+    // Axis 2 (contiguous): nearest feature on each line.
     Zip::from(d.lanes_mut(Axis(2)))
         .and(features.lanes(Axis(2)))
         .par_for_each(|out, f| scan_line(f, out, spacing[2]));
-    Zip::from(d.lanes_mut(Axis(1))).par_for_each(|line| envelope_line(line, spacing[1]));
-    Zip::from(d.lanes_mut(Axis(0))).par_for_each(|line| envelope_line(line, spacing[0]));
+    // Axis 1: per i, the [n1, n2] plane; axis 0: per j, the [n0, n2] plane. Each plane is
+    // transposed into a local buffer so that every line is contiguous.
+    d.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .for_each(|plane| envelope_plane(plane, spacing[1]));
+    d.axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .for_each(|plane| envelope_plane(plane, spacing[0]));
     d
 }
 
@@ -73,6 +81,8 @@ fn sq(x: f64) -> f64 {
 
 #[derive(Default)]
 struct Scratch {
+    /// The plane, transposed: line `c` is `t[c * len..(c + 1) * len]`.
+    t: Vec<f64>,
     f: Vec<f64>,
     v: Vec<usize>,
     z: Vec<f64>,
@@ -82,52 +92,72 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Later passes: `out[q] = min_p f[p] + (s·(q − p))²` by the lower envelope of parabolas.
-fn envelope_line(mut line: ArrayViewMut1<f64>, s: f64) {
-    if line.iter().all(|v| v.is_infinite()) {
-        return;
-    }
+/// Run the lower-envelope pass along axis 0 of a 2-D plane (lines = columns).
+fn envelope_plane(mut plane: ArrayViewMut2<f64>, s: f64) {
+    let (len, cols) = plane.dim();
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let Scratch { f, v, z } = &mut *scratch;
-        f.clear();
-        f.extend(line.iter().copied());
-        v.clear();
-        z.clear();
-        let w = s * s;
-        let n = f.len();
-        // v: parabola apexes in the envelope; z[i]: where parabola v[i] starts to be lowest.
-        for q in 0..n {
-            let fq = f[q];
-            if fq.is_infinite() {
-                continue;
+        let Scratch { t, f, v, z } = &mut *scratch;
+        t.clear();
+        t.resize(len * cols, f64::INFINITY);
+        for (r, row) in plane.outer_iter().enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                t[c * len + r] = x;
             }
-            let qf = q as f64;
-            let mut start = f64::NEG_INFINITY;
-            while let Some(&p) = v.last() {
-                let pf = p as f64;
-                let x = ((fq + w * qf * qf) - (f[p] + w * pf * pf)) / (2.0 * w * (qf - pf));
-                if x <= *z.last().expect("z and v have equal length") {
-                    v.pop();
-                    z.pop();
-                } else {
-                    start = x;
-                    break;
-                }
-            }
-            v.push(q);
-            z.push(start);
         }
-        let mut j = 0;
-        for q in 0..n {
-            let qf = q as f64;
-            while j + 1 < v.len() && z[j + 1] < qf {
-                j += 1;
+        for line in t.chunks_exact_mut(len) {
+            envelope_line(line, s, f, v, z);
+        }
+        for (r, mut row) in plane.outer_iter_mut().enumerate() {
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = t[c * len + r];
             }
-            let p = v[j];
-            line[q] = f[p] + sq(q.abs_diff(p) as f64 * s);
         }
     });
+}
+
+/// `line[q] = min_p f[p] + (s·(q − p))²` by the lower envelope of parabolas (in place).
+fn envelope_line(line: &mut [f64], s: f64, f: &mut Vec<f64>, v: &mut Vec<usize>, z: &mut Vec<f64>) {
+    if line.iter().all(|x| x.is_infinite()) {
+        return;
+    }
+    f.clear();
+    f.extend_from_slice(line);
+    v.clear();
+    z.clear();
+    let w = s * s;
+    let n = f.len();
+    // v: parabola apexes in the envelope; z[i]: where parabola v[i] starts to be lowest.
+    for q in 0..n {
+        let fq = f[q];
+        if fq.is_infinite() {
+            continue;
+        }
+        let qf = q as f64;
+        let mut start = f64::NEG_INFINITY;
+        while let (Some(&p), Some(&zl)) = (v.last(), z.last()) {
+            let pf = p as f64;
+            let x = ((fq + w * qf * qf) - (f[p] + w * pf * pf)) / (2.0 * w * (qf - pf));
+            if x <= zl {
+                v.pop();
+                z.pop();
+            } else {
+                start = x;
+                break;
+            }
+        }
+        v.push(q);
+        z.push(start);
+    }
+    let mut j = 0;
+    for (q, out) in line.iter_mut().enumerate() {
+        let qf = q as f64;
+        while j + 1 < v.len() && z[j + 1] < qf {
+            j += 1;
+        }
+        let p = v[j];
+        *out = f[p] + sq(q.abs_diff(p) as f64 * s);
+    }
 }
 
 #[cfg(test)]

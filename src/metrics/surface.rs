@@ -12,31 +12,41 @@
 //! ([`super::distance`]). `pred_to_gt` and `gt_to_pred` are the two directed sets.
 
 use super::distance::squared_edt;
-use ndarray::{Array3, ArrayView3, Zip};
+use ndarray::{Array3, ArrayView3};
+use rayon::prelude::*;
 
 /// Boundary voxels of `mask` (6-connectivity; the array border counts as outside).
 pub fn boundary(mask: ArrayView3<bool>) -> Array3<bool> {
     let (n0, n1, n2) = mask.dim();
-    let mut out = Array3::from_elem((n0, n1, n2), false);
-    Zip::indexed(&mut out).par_for_each(|(i, j, k), o| {
-        if !mask[[i, j, k]] {
-            return;
+    let plane = n1 * n2;
+    if plane * n0 == 0 {
+        return Array3::from_elem((n0, n1, n2), false);
+    }
+    let mask = mask.as_standard_layout();
+    let m = mask.as_slice().expect("standard layout is contiguous");
+    let mut out = vec![false; n0 * plane];
+    out.par_chunks_mut(plane).enumerate().for_each(|(i, o)| {
+        let edge_i = i == 0 || i + 1 == n0;
+        for j in 0..n1 {
+            let edge_ij = edge_i || j == 0 || j + 1 == n1;
+            for k in 0..n2 {
+                let at = i * plane + j * n2 + k;
+                if !m[at] {
+                    continue;
+                }
+                o[j * n2 + k] = edge_ij
+                    || k == 0
+                    || k + 1 == n2
+                    || !m[at - plane]
+                    || !m[at + plane]
+                    || !m[at - n2]
+                    || !m[at + n2]
+                    || !m[at - 1]
+                    || !m[at + 1];
+            }
         }
-        let inside = |a: usize, b: usize, c: usize| mask[[a, b, c]];
-        *o = i == 0
-            || j == 0
-            || k == 0
-            || i + 1 == n0
-            || j + 1 == n1
-            || k + 1 == n2
-            || !inside(i - 1, j, k)
-            || !inside(i + 1, j, k)
-            || !inside(i, j - 1, k)
-            || !inside(i, j + 1, k)
-            || !inside(i, j, k - 1)
-            || !inside(i, j, k + 1);
     });
-    out
+    Array3::from_shape_vec((n0, n1, n2), out).expect("shape matches the buffer")
 }
 
 /// The two directed sets of surface distances between a prediction and a ground truth.

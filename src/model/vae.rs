@@ -249,8 +249,17 @@ impl Upsample {
 
 impl Module for Upsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        self.conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+        let (b, c, h, w) = x.dims4()?;
+        let up = if x.track_op() {
+            // Training: the broadcast form backpropagates correctly and fast (candle 0.11's
+            // upsample_nearest2d backward is a grouped conv that overwrites accumulated grads).
+            x.reshape((b, c, h, 1, w, 1))?
+                .broadcast_as((b, c, h, 2, w, 2))?
+                .reshape((b, c, 2 * h, 2 * w))?
+        } else {
+            x.upsample_nearest2d(2 * h, 2 * w)?
+        };
+        self.conv.forward(&up)
     }
 }
 

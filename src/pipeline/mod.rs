@@ -6,11 +6,24 @@
 //! * [`postprocess`]: soft maps / logits → native-size label slices → label volume on the
 //!   input grid ([`Reassembler`]); label remapping and the 256² label resize for scoring.
 //! * [`resize`]: `scipy.ndimage.zoom` (order 0 and 1) reimplemented exactly.
+//! * [`engine`]: the streaming `run` stages (read → preprocess → model → postprocess → write),
+//!   with [`cases`], [`shard`], [`stats`], [`preview`], [`labels_sidecar`] and the model seam
+//!   [`segmenter`].
 
+pub mod cases;
 pub mod config;
+pub mod engine;
+pub mod labels_sidecar;
 pub mod postprocess;
 pub mod preprocess;
+pub mod preview;
+pub mod progress;
+pub mod report;
 pub mod resize;
+pub mod runner;
+pub mod segmenter;
+pub mod shard;
+pub mod stats;
 
 pub use config::{
     builtin_names, Interpolation, Labels, ModelSection, Normalise, Origin, Pipeline, PipelineError,

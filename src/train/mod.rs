@@ -1,1 +1,110 @@
-//! Training SDSeg and its autoencoder (see ARCHITECTURE.md).
+//! Training SDSeg (stage 2) and its KL autoencoder (stage 1), writing checkpoints in the
+//! official LDM key layout so that `run` — and the official code — load them directly.
+//!
+//! * [`data`]: labelled volumes (BTCV, STS-3D, generic `images/` + `labels/`, or generated
+//!   phantoms) → slices with the pipeline's preprocessing → deterministic batches prepared on
+//!   rayon threads ahead of the optimiser.
+//! * [`model`]: the trainable SDSeg (`Var`s named like the checkpoint keys), PyTorch default
+//!   initialisation, `--init` from official-layout checkpoints, and the loss of
+//!   `SDSeg.p_losses`: L1(ε̂, ε) + L1(ẑ0, z0) through the latent-estimation op.
+//! * [`optim`]: AdamW with parameter groups and the linear warm-up schedule; [`ema`]: LitEma.
+//! * [`session`]: the `train` loop (scale factor from the first batch, logging, checkpoints,
+//!   `--resume`, validation Dice); [`autoencoder`]: `train-autoencoder`.
+//! * [`checkpoint`]: writing weights (official keys), optimiser state and `config.json`.
+//! * [`validate`]: single-step inference on held-out volumes and 3-D Dice.
+//!
+//! The bundled demo model (`testdata/demo-model/`, pipeline `demo`) was made with these
+//! commands on phantoms; [`looks_like_demo_phantom`] lets `run` warn when that toy model meets
+//! anything else.
+
+pub mod autoencoder;
+pub mod checkpoint;
+pub mod data;
+pub mod ema;
+pub mod model;
+pub mod optim;
+pub mod session;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use crate::volume::{Source, Volume};
+
+pub use data::{DataError, DataSource};
+pub use session::{train_sdseg, RunOptions, RunSummary};
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] crate::model::checkpoint::ModelError),
+    #[error(transparent)]
+    Postprocess(#[from] crate::pipeline::PostprocessError),
+    #[error("--init {path}: {message}")]
+    Init { path: PathBuf, message: String },
+    #[error("cannot resume the run in {run_dir}: {message}")]
+    Resume { run_dir: PathBuf, message: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("training diverged at step {step}: loss is {loss}")]
+    Diverged { step: u64, loss: f32 },
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl crate::error::Classify for TrainError {
+    fn is_input_error(&self) -> bool {
+        match self {
+            TrainError::Data(e) => crate::error::Classify::is_input_error(e),
+            TrainError::Model(e) => crate::error::Classify::is_input_error(e),
+            TrainError::Postprocess(e) => crate::error::Classify::is_input_error(e),
+            TrainError::Init { .. } | TrainError::Resume { .. } | TrainError::Usage(_) => true,
+            TrainError::Write { .. }
+            | TrainError::Diverged { .. }
+            | TrainError::Candle(_)
+            | TrainError::Internal(_) => false,
+        }
+    }
+}
+
+/// The DICOM SeriesDescription and NIfTI `descrip` the phantom writers stamp.
+pub const PHANTOM_TAG: &str = "sdseg phantom";
+
+/// Does `volume` look like one of our synthetic phantoms (what the demo model was trained
+/// on)? True for in-memory phantoms, DICOM series whose SeriesDescription starts with
+/// [`PHANTOM_TAG`] and NIfTI files whose `descrip` starts with it. `run` should warn loudly
+/// when the demo model is applied to anything else: it is a toy trained on synthetic shapes,
+/// not a medical model.
+pub fn looks_like_demo_phantom(volume: &Volume) -> bool {
+    let tagged = |s: &str| s.trim_start().to_ascii_lowercase().starts_with(PHANTOM_TAG);
+    match &volume.provenance().source {
+        Source::Synthetic => true,
+        Source::Dicom(d) => d.series_description.as_deref().is_some_and(tagged),
+        Source::Nifti(n) => {
+            let d = &n.header.descrip;
+            let end = d.iter().position(|&c| c == 0).unwrap_or(d.len());
+            tagged(&String::from_utf8_lossy(&d[..end]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phantom::{abdomen_phantom, PhantomParams};
+
+    #[test]
+    fn in_memory_phantoms_are_recognised() {
+        let p = abdomen_phantom(&PhantomParams::new([8, 8, 2]), 1);
+        assert!(looks_like_demo_phantom(&p.volume));
+    }
+}

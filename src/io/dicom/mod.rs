@@ -468,7 +468,6 @@ fn choose(
     groups: &[Group],
     infos: &mut [SeriesInfo],
 ) -> Result<usize, DicomError> {
-    let _ = headers;
     // Why each series can or cannot be read as a volume.
     for (g, info) in groups.iter().zip(infos.iter_mut()) {
         info.reason = match &g.geometry {
@@ -549,6 +548,18 @@ fn choose(
     }
     // Groups are sorted by slices (desc), SeriesNumber, UID: the first candidate wins.
     let Some(&best) = candidates.first() else {
+        // The largest CT (non-localizer) series is broken: report its own error.
+        let broken = groups.iter().zip(infos.iter()).find(|(g, info)| {
+            g.geometry.is_err()
+                && !is_localizer(info)
+                && info
+                    .modality
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case("CT"))
+        });
+        if let Some((g, _)) = broken {
+            series::geometry(&g.uid, headers, &g.members)?;
+        }
         let detail = infos
             .iter()
             .map(|s| format!("series {} ({} slices): {}", s.uid, s.slices, s.reason))

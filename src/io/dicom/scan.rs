@@ -44,13 +44,11 @@ pub(crate) struct FileHeader {
     pub source: FileSource,
     pub transfer_syntax: String,
     pub has_meta: bool,
-    pub sop_class_uid: Option<String>,
     pub series_uid: String,
     pub series_description: Option<String>,
     pub series_number: Option<i32>,
     pub modality: Option<String>,
     pub image_type: Vec<String>,
-    pub instance_number: Option<i32>,
     pub rows: u32,
     pub cols: u32,
     pub samples_per_pixel: u16,
@@ -61,9 +59,6 @@ pub(crate) struct FileHeader {
     pub n_frames: u32,
     /// One entry per frame (length `n_frames`).
     pub frames: Vec<FrameInfo>,
-    pub slice_thickness: Option<f64>,
-    /// `true` when the file had per-frame functional groups (enhanced multi-frame).
-    pub enhanced: bool,
 }
 
 /// Why a file was not used.
@@ -352,8 +347,8 @@ pub(crate) fn header_from_object(
         _ => {
             let what = sop_class_uid
                 .as_deref()
-                .map(sop_class_name)
-                .unwrap_or("no SOP class");
+                .map(|u| format!("{}, {u}", sop_class_name(u)))
+                .unwrap_or_else(|| "no SOP class".into());
             return Err(Skipped {
                 path,
                 kind: SkipKind::NoImage,
@@ -379,7 +374,6 @@ pub(crate) fn header_from_object(
         .ok()
         .flatten()
         .and_then(|e| e.items());
-    let enhanced = per_frame.is_some();
     let frames: Vec<FrameInfo> = match per_frame {
         Some(items) => (0..n_frames as usize)
             .map(|i| {
@@ -397,7 +391,6 @@ pub(crate) fn header_from_object(
     Ok(FileHeader {
         transfer_syntax: clean(obj.meta().transfer_syntax()),
         has_meta,
-        sop_class_uid,
         series_uid,
         series_description: get_str(ds, tags::SERIES_DESCRIPTION),
         series_number: get_int(ds, tags::SERIES_NUMBER).map(|v| v as i32),
@@ -412,7 +405,6 @@ pub(crate) fn header_from_object(
                     .map(|v| v.iter().map(|s| clean(s)).collect())
             })
             .unwrap_or_default(),
-        instance_number: get_int(ds, tags::INSTANCE_NUMBER).map(|v| v as i32),
         rows,
         cols,
         samples_per_pixel: get_int(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1) as u16,
@@ -422,8 +414,6 @@ pub(crate) fn header_from_object(
         signed: get_int(ds, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1,
         n_frames,
         frames,
-        slice_thickness: get_f64(ds, tags::SLICE_THICKNESS),
-        enhanced,
         source: src,
     })
 }

@@ -383,9 +383,10 @@ impl Geometry {
     /// The same affine in RAS (NIfTI) world coordinates: x and y negated, as dcm2niix does.
     pub fn affine_ras(&self) -> crate::geometry::Affine {
         let mut m = self.affine_lps();
-        for c in 0..4 {
-            m[0][c] = -m[0][c];
-            m[1][c] = -m[1][c];
+        for row in m.iter_mut().take(2) {
+            for x in row.iter_mut() {
+                *x = -*x + 0.0; // + 0.0: no negative zeros
+            }
         }
         crate::geometry::Affine(m)
     }

@@ -28,7 +28,8 @@ mod xform;
 pub use header::{Datatype, NiftiInfo};
 pub use read::read_header;
 pub use write::{
-    lossless_i16, write_array_like, write_array_with_affine, ArrayRole, NiftiElement, GZ_LEVEL,
+    lossless_i16, write_array_like, write_array_on, write_array_with_affine, ArrayRole, Grid,
+    NiftiElement, GZ_LEVEL,
 };
 pub use xform::AffineSource;
 
@@ -214,12 +215,21 @@ pub fn read_labels(path: &Path) -> Result<(Array3<u16>, Affine, NiftiSource), Ni
 /// Write a label volume on `like`'s grid: uint8, or uint16 if any label exceeds 255; exactly
 /// `like`'s shape and affine (its sform/qform and codes when `like` came from NIfTI).
 pub fn write_labels(path: &Path, labels: &Array3<u16>, like: &Volume) -> Result<(), NiftiError> {
-    let max = labels.iter().copied().max().unwrap_or(0);
+    write_labels_on(path, labels, Grid::of(like))
+}
+
+/// [`write_labels`] for a caller that kept the grid (shape, affine, provenance) but not the voxels.
+pub fn write_labels_on(
+    path: &Path,
+    labels: &Array3<u16>,
+    grid: Grid<'_>,
+) -> Result<(), NiftiError> {
+    let max = labels.fold(0u16, |m, &v| m.max(v));
     if max <= u8::MAX as u16 {
         let small = labels.mapv(|v| v as u8);
-        write_array_like(path, small.view(), like, ArrayRole::Labels)
+        write_array_on(path, small.view(), grid, ArrayRole::Labels)
     } else {
-        write_array_like(path, labels.view(), like, ArrayRole::Labels)
+        write_array_on(path, labels.view(), grid, ArrayRole::Labels)
     }
 }
 
@@ -228,7 +238,7 @@ pub fn write_labels(path: &Path, labels: &Array3<u16>, like: &Volume) -> Result<
 pub fn write_volume(path: &Path, volume: &Volume, dtype: VolumeDtype) -> Result<(), NiftiError> {
     match resolve_dtype(path, volume, dtype)? {
         VolumeDtype::I16 => {
-            let data = volume.data().mapv(|v| v as i16);
+            let data = ndarray::Zip::from(volume.data()).par_map_collect(|&v| v as i16);
             write_array_like(path, data.view(), volume, ArrayRole::Intensity)
         }
         _ => write_array_like(path, volume.data().view(), volume, ArrayRole::Intensity),

@@ -59,6 +59,26 @@ pub enum ArrayRole {
     Intensity,
 }
 
+/// The reference grid an output is written on: shape, affine, and where the grid came from
+/// (a NIfTI source's header is reused). A `Volume` gives one with [`Grid::of`]; a stage that
+/// has dropped the voxels builds one from the shape, affine and provenance it kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid<'a> {
+    pub shape: [usize; 3],
+    pub affine: &'a Affine,
+    pub source: &'a Source,
+}
+
+impl<'a> Grid<'a> {
+    pub fn of(volume: &'a Volume) -> Grid<'a> {
+        Grid {
+            shape: volume.shape(),
+            affine: volume.affine(),
+            source: &volume.provenance().source,
+        }
+    }
+}
+
 /// Write `data` on `like`'s grid (same shape required) with `like`'s geometry.
 pub fn write_array_like<T: NiftiElement>(
     path: &Path,
@@ -66,15 +86,25 @@ pub fn write_array_like<T: NiftiElement>(
     like: &Volume,
     role: ArrayRole,
 ) -> Result<(), NiftiError> {
+    write_array_on(path, data, Grid::of(like), role)
+}
+
+/// Write `data` on `grid` (same shape required) with the grid's geometry.
+pub fn write_array_on<T: NiftiElement>(
+    path: &Path,
+    data: ArrayView3<'_, T>,
+    grid: Grid<'_>,
+    role: ArrayRole,
+) -> Result<(), NiftiError> {
     let shape = dim3(&data);
-    if shape != like.shape() {
+    if shape != grid.shape {
         return Err(NiftiError::ShapeMismatch {
             path: path.to_path_buf(),
             got: shape,
-            expected: like.shape(),
+            expected: grid.shape,
         });
     }
-    let h = geometry_header(like);
+    let h = geometry_header(grid);
     write_with_header(path, h, data, role)
 }
 
@@ -111,35 +141,36 @@ fn dim3<T>(a: &ArrayView3<'_, T>) -> [usize; 3] {
     [s[0], s[1], s[2]]
 }
 
-/// The header that carries `like`'s geometry: its own NIfTI header when that header still
-/// describes `like`'s grid, else a fresh one from the affine.
-fn geometry_header(like: &Volume) -> NiftiHeader {
-    let Source::Nifti(src) = &like.provenance().source else {
-        return xform::header_from_affine(like.affine(), like.shape());
+/// The header that carries `grid`'s geometry: its own NIfTI header when that header still
+/// describes the grid, else a fresh one from the affine.
+fn geometry_header(grid: Grid<'_>) -> NiftiHeader {
+    let fresh = || xform::header_from_affine(grid.affine, grid.shape);
+    let Source::Nifti(src) = grid.source else {
+        return fresh();
     };
     let h = &src.header;
     let mut warnings = vec![];
     let Ok((affine, affine_source)) = xform::best_affine(h, &mut warnings) else {
-        return xform::header_from_affine(like.affine(), like.shape());
+        return fresh();
     };
     let ndim = (h.dim[0] as usize).clamp(1, 7);
     let hshape: [usize; 3] =
         std::array::from_fn(|a| if a < ndim { h.dim[a + 1] as usize } else { 1 });
-    if hshape == like.shape() && affine.max_abs_diff(like.affine()) <= 1e-9 {
+    if hshape == grid.shape && affine.max_abs_diff(grid.affine) <= 1e-9 {
         let mut out = h.clone();
         out.sizeof_hdr = 348;
         out.magic = *nifti::header::MAGIC_CODE_NIP1;
         out.endianness = Endianness::Little;
         out
     } else {
-        // `like` was moved off the file's grid (e.g. reoriented): its affine is the truth.
+        // The grid was moved off the file's (e.g. reoriented): its affine is the truth.
         // Keep the code of the transform it came from.
         let code = match affine_source {
             AffineSource::Sform => h.sform_code,
             AffineSource::Qform => h.qform_code,
             AffineSource::Pixdim => XFORM_SCANNER,
         };
-        let mut out = xform::header_from_affine(like.affine(), like.shape());
+        let mut out = fresh();
         out.sform_code = code;
         out.qform_code = code;
         out
@@ -185,7 +216,7 @@ fn write_with_header<T: NiftiElement>(
         ArrayRole::Labels => {
             h.intent_code = INTENT_LABEL;
             h.cal_min = 0.0;
-            h.cal_max = data.iter().map(|v| v.to_f64()).fold(0.0, f64::max) as f32;
+            h.cal_max = data.fold(0.0, |m: f64, v| m.max(v.to_f64())) as f32;
             h.descrip = header::descrip("sdseg-volume labels");
         }
         ArrayRole::Intensity => {

@@ -28,6 +28,20 @@ pub(super) struct Tile<const NV: usize> {
     pub mask: [u16; NV],
 }
 
+impl<const NV: usize> Tile<NV> {
+    /// The same tile, `by` floats further in the output (another block of channels).
+    ///
+    /// # Safety
+    /// The moved pointers stay inside the output allocation.
+    pub unsafe fn offset_y(&self, by: usize) -> Tile<NV> {
+        Tile {
+            x: self.x,
+            y: self.y.map(|p| p.add(by)),
+            mask: self.mask,
+        }
+    }
+}
+
 /// # Safety
 /// The CPU supports AVX-512F; `w` holds `taps.len() * CO` floats; for every tap `t` and
 /// segment `v`, the 16 floats at `x[v] + taps[t]` are readable (only the masked lanes when
@@ -68,9 +82,9 @@ pub(super) unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool>(
     let mut wp = w;
     for &off in taps {
         let mut xv = [_mm512_setzero_ps(); NV];
-        for v in 0..NV {
+        for (v, xr) in xv.iter_mut().enumerate() {
             let p = tile.x[v].offset(off);
-            xv[v] = if TAIL {
+            *xr = if TAIL {
                 _mm512_maskz_loadu_ps(tile.mask[v], p)
             } else {
                 _mm512_loadu_ps(p)
@@ -78,8 +92,8 @@ pub(super) unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool>(
         }
         for (c, row) in acc.iter_mut().enumerate() {
             let wb = _mm512_set1_ps(*wp.add(c));
-            for v in 0..NV {
-                row[v] = _mm512_fmadd_ps(wb, xv[v], row[v]);
+            for (a, xr) in row.iter_mut().zip(&xv) {
+                *a = _mm512_fmadd_ps(wb, *xr, *a);
             }
         }
         wp = wp.add(CO);

@@ -18,12 +18,11 @@ use super::avx512::{kernel, Init, Tile};
 use super::Padding2d;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Output channels per register tile of the main kernel, and its segments (16 pixels each).
 const CO_MAIN: usize = 8;
 const NV_MAIN: usize = 3;
-/// Taps per block: the `CO_MAIN × KC` weights of one block (8 KiB) stay in L1.
-const KC: usize = 256;
 /// Floats past the end of the padded buffer: unmasked loads of a full segment never pass the
 /// end, but keep a margin for the `kw / s` shift of the last tap.
 const SLACK: usize = 32;
@@ -99,11 +98,9 @@ struct Geom {
     ow: usize,
 }
 
-/// Where input pixel `(img, ci, padded row r, phase p, column j)` lives:
-/// `img·img + ci·ch + r·row + p·phase + j`.
+/// Where input pixel `(ci, row r, phase p, column j)` lives: `ci·ch + r·row + p·phase + j`.
 #[derive(Clone, Copy, Debug)]
 struct InView {
-    img: usize,
     ch: usize,
     row: usize,
     phase: usize,
@@ -123,8 +120,20 @@ struct Ptrs {
     x: *const f32,
     y: *mut f32,
 }
+// SAFETY: the pointers are only dereferenced inside `run`, while the buffers live, and tasks
+// write disjoint output pixels.
 unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
+
+impl Ptrs {
+    // Methods, not fields, so closures capture the whole (Sync) struct.
+    fn x(&self) -> *const f32 {
+        self.x
+    }
+    fn y(&self) -> *mut f32 {
+        self.y
+    }
+}
 
 impl FastConv2d {
     fn geom(&self, xl: &Layout, wl: &Layout) -> Result<Geom> {
@@ -176,73 +185,291 @@ impl FastConv2d {
             Some((b, bl)) => Some(gather_bias(b, bl, g.co)?),
         };
         let wpack = pack_weights(w, wl, &g);
+        let plan = Plan::new(&g, xl, rayon::current_num_threads().max(1));
+        let ptrs = Ptrs {
+            x: x[xl.start_offset()..].as_ptr(),
+            y: y.as_mut_ptr(),
+        };
+        let xs = strides4(xl);
+        let x = &x[xl.start_offset()..];
+        let (y_plane, kk) = (g.oh * g.ow, g.kh * g.kw);
+        let ntaps = g.c * kk;
+        (0..g.n * plan.tasks_per_img).into_par_iter().for_each(|t| {
+            let (img, part) = (t / plan.tasks_per_img, t % plan.tasks_per_img);
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                // SAFETY: offsets stay inside the input view or the scratch band (see `Plan`,
+                // `segments`, `taps`) and each task writes only its own output pixels.
+                unsafe {
+                    let x_img = ptrs.x().add(img * xs[0]);
+                    let mut y_task = ptrs.y().add(img * g.co * y_plane);
+                    let (segs, x_task, r0) = match plan.src {
+                        Source::Flat => {
+                            let a = part * plan.segs_per_task;
+                            let b = (a + plan.segs_per_task).min(plan.segs.len());
+                            (&plan.segs[a..b], x_img, 0)
+                        }
+                        Source::Direct | Source::Band => {
+                            let r0 = part * plan.rows_per_task;
+                            let r1 = (r0 + plan.rows_per_task).min(g.oh);
+                            y_task = y_task.add(r0 * g.ow);
+                            let n = (r1 - r0) * g.ow.div_ceil(16);
+                            (&plan.segs[..n], x_img.add(r0 * g.s * xs[2]), r0)
+                        }
+                    };
+                    if plan.src == Source::Band && scratch.len() < plan.scratch_len() {
+                        scratch.resize(plan.scratch_len(), 0.0);
+                    }
+                    for c0 in (0..g.c).step_by(plan.cb) {
+                        let cn = plan.cb.min(g.c - c0);
+                        let x_k = if plan.src == Source::Band {
+                            let rows = (segs.len() / g.ow.div_ceil(16) - 1) * g.s + g.kh;
+                            fill_band(&mut scratch, x, xs, &g, &plan, img, c0, cn, r0 * g.s, rows);
+                            scratch.as_ptr()
+                        } else {
+                            x_task.add(c0 * xs[1])
+                        };
+                        let (k0, taps) = (c0 * kk, &plan.taps[..cn * kk]);
+                        let init = |co0: usize| {
+                            if c0 > 0 {
+                                Init::Accumulate
+                            } else if let Some(b) = &bias {
+                                Init::Bias(b.as_ptr().add(co0))
+                            } else {
+                                Init::Zero
+                            }
+                        };
+                        // Full blocks: each tile of input segments (in L1) meets every
+                        // block's weights, which stream from L2.
+                        for chunk in segs.chunks(NV_MAIN) {
+                            let (tile, tail) = tile::<NV_MAIN>(chunk, x_k, y_task);
+                            for co0 in (0..g.co / CO_MAIN).map(|blk| blk * CO_MAIN) {
+                                let w = wpack.as_ptr().add(co0 * ntaps + k0 * CO_MAIN);
+                                let t = tile.offset_y(co0 * y_plane);
+                                if tail {
+                                    kernel::<CO_MAIN, NV_MAIN, true>(
+                                        taps,
+                                        w,
+                                        &t,
+                                        y_plane,
+                                        init(co0),
+                                    );
+                                } else {
+                                    kernel::<CO_MAIN, NV_MAIN, false>(
+                                        taps,
+                                        w,
+                                        &t,
+                                        y_plane,
+                                        init(co0),
+                                    );
+                                }
+                            }
+                        }
+                        let rest = g.co % CO_MAIN;
+                        if rest > 0 {
+                            let co0 = g.co - rest;
+                            let w = wpack.as_ptr().add(co0 * ntaps + k0 * rest);
+                            let yb = y_task.add(co0 * y_plane);
+                            run_block(rest, taps, w, segs, x_k, yb, y_plane, init(co0));
+                        }
+                    }
+                }
+            })
+        });
+        Ok((y, out_shape))
+    }
+}
 
-        // Input: in place when unpadded, stride 1 and unit-stride rows; a padded copy otherwise.
-        let [xs_n, xs_c, xs_h, xs_w] = strides4(xl);
-        let direct = g.pad == Padding2d::default() && g.s == 1 && xs_w == 1;
-        // A 1×1 conv over a plane with no row gaps is one long output row.
-        let flat = direct && g.kh == 1 && g.kw == 1 && xs_h == g.w;
-        let padded;
-        let (xbase, view): (&[f32], InView) = if direct {
-            let view = InView {
-                img: xs_n,
+thread_local! {
+    /// Per-thread band of padded input (reused across calls: no page faults per conv).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where a task's input comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// In place, one long output row per plane (unpadded stride-1 1×1 over gap-free planes).
+    Flat,
+    /// In place, row by row (unpadded, stride 1, unit-stride rows).
+    Direct,
+    /// Copied per task and channel block into a zero-padded, phase-split scratch band.
+    Band,
+}
+
+/// How one conv call is cut into tasks and channel blocks.
+struct Plan {
+    src: Source,
+    /// Strides the taps index: the input's, or the scratch band's.
+    view: InView,
+    /// Output rows per task (Direct, Band) or segments per task (Flat).
+    rows_per_task: usize,
+    segs_per_task: usize,
+    tasks_per_img: usize,
+    /// Input channels per block: one block's slice of a tile's input stays in L1.
+    cb: usize,
+    /// Padded input rows in a band of `rows_per_task` output rows.
+    band_rows: usize,
+    /// Segments of one task (Direct, Band: the first `rows_per_task` rows) or of the plane.
+    segs: Vec<Seg>,
+    /// Tap offsets of the first `cb` channels, relative to the block's first channel.
+    taps: Vec<isize>,
+}
+
+/// Bytes of a tile's input per channel block that should stay in L1 (32 KiB on Zen 4).
+const L1_INPUT: usize = 16 * 1024;
+/// Bytes of a task's output tile, kept in L2.
+const L2_OUTPUT: usize = 256 * 1024;
+/// Bytes of one channel block's packed weights for all output channels, kept in L2.
+const L2_WEIGHTS: usize = 512 * 1024;
+
+impl Plan {
+    fn new(g: &Geom, xl: &Layout, threads: usize) -> Plan {
+        let [_, xs_c, xs_h, xs_w] = strides4(xl);
+        let unpadded = g.pad == Padding2d::default() && g.s == 1 && xs_w == 1;
+        let src = if unpadded && g.kh == 1 && g.kw == 1 && xs_h == g.w {
+            Source::Flat
+        } else if unpadded {
+            Source::Direct
+        } else {
+            Source::Band
+        };
+        let kk = g.kh * g.kw;
+        // Cache lines a tile reads per input channel: kh rows × phases × (NV + 1) lines.
+        let lines = match src {
+            Source::Flat => NV_MAIN,
+            _ => g.kh * g.s.min(g.kw) * (NV_MAIN + 1 + (g.kw - 1) / g.s / 16),
+        };
+        let cb = (L1_INPUT / (lines * 64))
+            .min(L2_WEIGHTS / (4 * g.co * kk))
+            .clamp(1, g.c);
+
+        // A task's output tile (all channels) stays in L2 while the channel blocks add into it.
+        let min_tasks = 4 * threads;
+        let mut rows_per_task = (L2_OUTPUT / (4 * g.co * g.ow)).clamp(1, 8).min(g.oh);
+        while rows_per_task > 1 && g.n * g.oh.div_ceil(rows_per_task) < min_tasks {
+            rows_per_task /= 2;
+        }
+        let plane_segs = (g.oh * g.ow).div_ceil(16);
+        let mut segs_per_task = (L2_OUTPUT / (64 * g.co) / 24 * 24).max(24).min(plane_segs);
+        while segs_per_task > NV_MAIN && g.n * plane_segs.div_ceil(segs_per_task) < min_tasks {
+            segs_per_task = segs_per_task.div_ceil(2);
+        }
+        let band_rows = (rows_per_task - 1) * g.s + g.kh;
+        let ws = (g.w + g.pad.left + g.pad.right).div_ceil(g.s);
+        let view = match src {
+            Source::Flat | Source::Direct => InView {
                 ch: xs_c,
                 row: xs_h,
                 phase: 0,
-            };
-            (&x[xl.start_offset()..], view)
-        } else {
-            let (buf, view) = pad_input(x, xl, &g);
-            padded = buf;
-            (&padded[..], view)
+            },
+            Source::Band => InView {
+                ch: band_rows * g.s * ws,
+                row: g.s * ws,
+                phase: ws,
+            },
         };
-        let (rows, cols) = if flat { (1, g.oh * g.ow) } else { (g.oh, g.ow) };
-        let segs = segments(rows, cols, g.s * view.row);
-        let taps = taps(&g, &view);
-
-        // Tasks: a few output rows each, at least ~4 per thread.
-        let threads = rayon::current_num_threads().max(1);
-        let segs_per_row = cols.div_ceil(16);
-        let total = g.n * segs.len();
-        let mut per_task = (24usize).max(segs_per_row.min(48));
-        while per_task > NV_MAIN && total.div_ceil(per_task) < 4 * threads {
-            per_task = per_task.div_ceil(2);
+        let (segs, tasks_per_img) = match src {
+            Source::Flat => (
+                segments(1, g.oh * g.ow, 0),
+                plane_segs.div_ceil(segs_per_task),
+            ),
+            _ => (
+                segments(rows_per_task, g.ow, g.s * view.row),
+                g.oh.div_ceil(rows_per_task),
+            ),
+        };
+        let taps = taps(g, &view, cb);
+        Plan {
+            src,
+            view,
+            rows_per_task,
+            segs_per_task,
+            tasks_per_img,
+            cb,
+            band_rows,
+            segs,
+            taps,
         }
-        let tasks_per_img = segs.len().div_ceil(per_task);
-        let ptrs = Ptrs {
-            x: xbase.as_ptr(),
-            y: y.as_mut_ptr(),
-        };
-        let y_plane = g.oh * g.ow;
-        let blocks = blocks(g.co);
-        let ntaps = taps.len();
-        (0..g.n * tasks_per_img).into_par_iter().for_each(|t| {
-            let (img, part) = (t / tasks_per_img, t % tasks_per_img);
-            let segs = &segs[part * per_task..((part + 1) * per_task).min(segs.len())];
-            let ptrs = ptrs;
-            // SAFETY: offsets stay inside the input view (see `segments`/`taps` and SLACK) and
-            // each task writes only its own segments of the output.
-            unsafe {
-                let x_img = ptrs.x.add(img * view.img);
-                let y_img = ptrs.y.add(img * g.co * y_plane);
-                for k0 in (0..ntaps).step_by(KC) {
-                    let k1 = (k0 + KC).min(ntaps);
-                    for &(co0, cob) in &blocks {
-                        let init = if k0 > 0 {
-                            Init::Accumulate
-                        } else if let Some(b) = &bias {
-                            Init::Bias(b.as_ptr().add(co0))
-                        } else {
-                            Init::Zero
-                        };
-                        let wblk = wpack.as_ptr().add(co0 * ntaps + k0 * cob);
-                        let yb = y_img.add(co0 * y_plane);
-                        run_block(cob, &taps[k0..k1], wblk, segs, x_img, yb, y_plane, init);
+    }
+
+    fn scratch_len(&self) -> usize {
+        self.cb * self.view.ch + SLACK
+    }
+}
+
+/// Copies padded input rows `pr0 .. pr0 + rows` of channels `c0 .. c0 + cn` of image `img`
+/// into the scratch band, zero padding included, each row split into `s` phases.
+#[allow(clippy::too_many_arguments)]
+fn fill_band(
+    dst: &mut [f32],
+    x: &[f32],
+    xs: [usize; 4],
+    g: &Geom,
+    plan: &Plan,
+    img: usize,
+    c0: usize,
+    cn: usize,
+    pr0: usize,
+    rows: usize,
+) {
+    let v = plan.view;
+    let (p, s, ws) = (g.pad, g.s, v.phase);
+    debug_assert!(rows <= plan.band_rows);
+    for ci in 0..cn {
+        let src = &x[img * xs[0] + (c0 + ci) * xs[1]..];
+        for r in 0..rows {
+            let drow = &mut dst[ci * v.ch + r * v.row..ci * v.ch + (r + 1) * v.row];
+            let pr = pr0 + r;
+            if pr < p.top || pr >= p.top + g.h {
+                drow.fill(0.0);
+                continue;
+            }
+            let srow = &src[(pr - p.top) * xs[2]..];
+            if s == 1 {
+                drow[..p.left].fill(0.0);
+                if xs[3] == 1 {
+                    drow[p.left..p.left + g.w].copy_from_slice(&srow[..g.w]);
+                } else {
+                    for j in 0..g.w {
+                        drow[p.left + j] = srow[j * xs[3]];
                     }
                 }
+                drow[p.left + g.w..].fill(0.0);
+            } else if s == 2 && xs[3] == 1 {
+                // Even columns go to phase `left % 2`, odd ones to the other, from column
+                // `left / 2` resp. `(left + 1) / 2` (written as a deinterleave LLVM vectorises).
+                drow.fill(0.0);
+                let (pe, po) = (p.left % 2, (p.left + 1) % 2);
+                let (ce, co) = (pe * ws + p.left / 2, po * ws + p.left.div_ceil(2));
+                let half = g.w / 2;
+                let (ev, od) = if pe == 0 {
+                    let (a, b) = drow.split_at_mut(ws);
+                    (
+                        &mut a[ce..ce + half + g.w % 2],
+                        &mut b[co - ws..co - ws + half],
+                    )
+                } else {
+                    let (a, b) = drow.split_at_mut(ws);
+                    (
+                        &mut b[ce - ws..ce - ws + half + g.w % 2],
+                        &mut a[co..co + half],
+                    )
+                };
+                for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(srow.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if g.w % 2 == 1 {
+                    ev[half] = srow[g.w - 1];
+                }
+            } else {
+                drow.fill(0.0);
+                for j in 0..g.w {
+                    let jp = j + p.left;
+                    drow[(jp % s) * ws + jp / s] = srow[j * xs[3]];
+                }
             }
-        });
-        Ok((y, out_shape))
+        }
     }
 }
 
@@ -262,7 +489,7 @@ fn gather_bias(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
 /// Output-channel blocks `(first channel, width)`: full `CO_MAIN` blocks, then the remainder.
 fn blocks(co: usize) -> Vec<(usize, usize)> {
     let mut v: Vec<_> = (0..co / CO_MAIN).map(|i| (i * CO_MAIN, CO_MAIN)).collect();
-    if co % CO_MAIN != 0 {
+    if !co.is_multiple_of(CO_MAIN) {
         v.push((co - co % CO_MAIN, co % CO_MAIN));
     }
     v
@@ -291,44 +518,6 @@ fn pack_weights(w: &[f32], wl: &Layout, g: &Geom) -> Vec<f32> {
     out
 }
 
-/// Copies the input into zero-padded, phase-split planes (see the module docs).
-fn pad_input(x: &[f32], xl: &Layout, g: &Geom) -> (Vec<f32>, InView) {
-    let [sn, sc, sh, sw] = strides4(xl);
-    let x = &x[xl.start_offset()..];
-    let (p, s) = (g.pad, g.s);
-    let (hp, wp) = (g.h + p.top + p.bottom, g.w + p.left + p.right);
-    let ws = wp.div_ceil(s);
-    let row = s * ws;
-    let ch = hp * row;
-    let view = InView {
-        img: g.c * ch,
-        ch,
-        row,
-        phase: ws,
-    };
-    let mut buf = vec![0f32; g.n * g.c * ch + SLACK];
-    buf[..g.n * g.c * ch]
-        .par_chunks_mut(ch)
-        .enumerate()
-        .for_each(|(plane, dst)| {
-            let (img, ci) = (plane / g.c, plane % g.c);
-            let src = &x[img * sn + ci * sc..];
-            for r in 0..g.h {
-                let drow = &mut dst[(r + p.top) * row..(r + p.top + 1) * row];
-                let srow = &src[r * sh..];
-                if s == 1 && sw == 1 {
-                    drow[p.left..p.left + g.w].copy_from_slice(&srow[..g.w]);
-                } else {
-                    for j in 0..g.w {
-                        let jp = j + p.left;
-                        drow[(jp % s) * ws + jp / s] = srow[j * sw];
-                    }
-                }
-            }
-        });
-    (buf, view)
-}
-
 /// Output segments of one image: rows of `cols` pixels cut in 16s; input rows `in_row` apart.
 fn segments(rows: usize, cols: usize, in_row: usize) -> Vec<Seg> {
     let mut v = Vec::with_capacity(rows * cols.div_ceil(16));
@@ -349,10 +538,10 @@ fn segments(rows: usize, cols: usize, in_row: usize) -> Vec<Seg> {
     v
 }
 
-/// Offsets of the taps `(ci, kh, kw)` in packing order.
-fn taps(g: &Geom, v: &InView) -> Vec<isize> {
-    let mut t = Vec::with_capacity(g.c * g.kh * g.kw);
-    for ci in 0..g.c {
+/// Offsets of the taps `(ci, kh, kw)`, `ci < cb`, in packing order.
+fn taps(g: &Geom, v: &InView, cb: usize) -> Vec<isize> {
+    let mut t = Vec::with_capacity(cb * g.kh * g.kw);
+    for ci in 0..cb {
         for kh in 0..g.kh {
             for kw in 0..g.kw {
                 let off = ci * v.ch + kh * v.row + (kw % g.s) * v.phase + kw / g.s;
@@ -407,22 +596,32 @@ unsafe fn run_tiles<const CO: usize, const NV: usize>(
     init: Init,
 ) {
     for chunk in segs.chunks(NV) {
-        let mut tile = Tile::<NV> {
-            x: [x; NV],
-            y: [y; NV],
-            mask: [0; NV],
-        };
-        let mut full = chunk.len() == NV;
-        for (v, s) in chunk.iter().enumerate() {
-            tile.x[v] = x.add(s.x);
-            tile.y[v] = y.add(s.y);
-            tile.mask[v] = s.mask;
-            full &= s.mask == u16::MAX;
-        }
-        if full {
-            kernel::<CO, NV, false>(taps, w, &tile, y_plane, init);
-        } else {
+        let (tile, tail) = tile::<NV>(chunk, x, y);
+        if tail {
             kernel::<CO, NV, true>(taps, w, &tile, y_plane, init);
+        } else {
+            kernel::<CO, NV, false>(taps, w, &tile, y_plane, init);
         }
     }
+}
+
+/// The tile of up to `NV` segments (missing ones get an empty mask), and whether it needs the
+/// masked kernel.
+///
+/// # Safety
+/// The segments lie inside the image's input view and output planes.
+unsafe fn tile<const NV: usize>(chunk: &[Seg], x: *const f32, y: *mut f32) -> (Tile<NV>, bool) {
+    let mut tile = Tile::<NV> {
+        x: [x; NV],
+        y: [y; NV],
+        mask: [0; NV],
+    };
+    let mut full = chunk.len() == NV;
+    for (v, s) in chunk.iter().enumerate() {
+        tile.x[v] = x.add(s.x);
+        tile.y[v] = y.add(s.y);
+        tile.mask[v] = s.mask;
+        full &= s.mask == u16::MAX;
+    }
+    (tile, !full)
 }

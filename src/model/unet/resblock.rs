@@ -30,8 +30,17 @@ fn resample(x: &Tensor, how: UpDown) -> Result<Tensor> {
     match how {
         UpDown::None => Ok(x.clone()),
         UpDown::Up => {
-            let (_, _, h, w) = x.dims4()?;
-            x.upsample_nearest2d(2 * h, 2 * w)
+            let (b, c, h, w) = x.dims4()?;
+            if x.track_op() {
+                // Training: candle 0.11's upsample_nearest2d backward *overwrites* the gradient
+                // already accumulated for its input (here x also feeds the norm); the same
+                // nearest ×2 as a broadcast backpropagates correctly (issue 6).
+                x.reshape((b, c, h, 1, w, 1))?
+                    .broadcast_as((b, c, h, 2, w, 2))?
+                    .reshape((b, c, 2 * h, 2 * w))
+            } else {
+                x.upsample_nearest2d(2 * h, 2 * w)
+            }
         }
         UpDown::Down => x.avg_pool2d(2),
     }

@@ -1,0 +1,488 @@
+//! `run` as a library call: validated [`RunOptions`] in, cases discovered, sharded and
+//! resumed, the model loaded once ([`load_segmenter`]), the [`Engine`] streamed over every
+//! case, then sidecars, report and exit status.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use super::cases::{self, CaseSpec, NamePattern, OutTarget};
+use super::engine::prep::SimplePrep;
+use super::engine::{CaseOutcome, CaseStatus, Engine, EngineOptions, FileIo, Job};
+use super::labels_sidecar::{label_table, write_sidecars, LabelInfo};
+use super::progress::{Display, Progress};
+use super::report::{
+    tool_info, unix_now, CaseRecord, ModelInfo, PipelineRecord, RunReport, RunSettings, Totals,
+};
+use super::segmenter::{NoiseMode, SliceSegmenter, ThresholdSegmenter};
+use super::shard::Shard;
+use crate::error::{PartialFailure, UsageError};
+use crate::io::ReadOptions;
+
+/// `cpu` or `cuda[:N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("device '{s}': expected cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// `f32`, `f16` or `bf16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DTypeSpec {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FromStr for DTypeSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(DTypeSpec::F32),
+            "f16" => Ok(DTypeSpec::F16),
+            "bf16" => Ok(DTypeSpec::Bf16),
+            _ => Err(format!("dtype '{s}': expected f32, f16 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for DTypeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DTypeSpec::F32 => "f32",
+            DTypeSpec::F16 => "f16",
+            DTypeSpec::Bf16 => "bf16",
+        })
+    }
+}
+
+/// The threshold test double instead of a real model (`--test-segmenter threshold[:K[:MS]]`,
+/// hidden; for tests and benchmarks of everything but the model). `MS` milliseconds of
+/// sleep per batch stand in for model time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TestModel {
+    pub classes: usize,
+    pub delay_ms: u64,
+}
+
+impl FromStr for TestModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("test segmenter '{s}': expected threshold[:K[:MS]] with K >= 2");
+        let mut parts = s.split(':');
+        if parts.next() != Some("threshold") {
+            return Err(bad());
+        }
+        let classes = match parts.next() {
+            None => 2,
+            Some(k) => k.parse().ok().filter(|&k: &usize| k >= 2).ok_or_else(bad)?,
+        };
+        let delay_ms = match parts.next() {
+            None => 0,
+            Some(ms) => ms.parse().map_err(|_| bad())?,
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(TestModel { classes, delay_ms })
+    }
+}
+
+/// Which model to load and how.
+#[derive(Clone, Debug)]
+pub struct ModelChoice {
+    pub weights: Option<PathBuf>,
+    pub model_config: Option<PathBuf>,
+    /// The pipeline's model preset (`sdseg-binary`, ...), the config of last resort.
+    pub preset: String,
+    pub num_classes: usize,
+    pub ema: bool,
+    pub device: DeviceSpec,
+    pub dtype: DTypeSpec,
+    pub test: Option<TestModel>,
+}
+
+/// `--preview` path, with `{case}` replaced per case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviewTarget(pub String);
+
+impl PreviewTarget {
+    pub fn render(&self, case: &str) -> PathBuf {
+        PathBuf::from(self.0.replace("{case}", case))
+    }
+    pub fn per_case(&self) -> bool {
+        self.0.contains("{case}")
+    }
+}
+
+/// Everything `run` needs, validated before any model loads.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub inputs: Vec<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    pub out: OutTarget,
+    pub name: NamePattern,
+    pub shard: Shard,
+    /// `--shard`, `Slurm array` or `none`.
+    pub shard_source: &'static str,
+    pub prep: SimplePrep,
+    pub pipeline_description: String,
+    /// Class names from the pipeline (id → name).
+    pub label_names: Vec<(u16, String)>,
+    pub model: ModelChoice,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub noise: NoiseMode,
+    pub read: ReadOptions,
+    pub overwrite: bool,
+    /// `{shard}` is replaced by the shard index.
+    pub report: Option<PathBuf>,
+    pub preview: Option<PreviewTarget>,
+    pub statistics: bool,
+    pub json: bool,
+    pub quiet: bool,
+    /// The command line, for the report.
+    pub command: Vec<String>,
+}
+
+/// Where the model config comes from, in order: `--model-config`, `config.json` beside the
+/// weights, `<weights>.json` (`model.ckpt.json` or `model.json`), the pipeline's preset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    Flag(PathBuf),
+    BesideWeights(PathBuf),
+    Preset(String),
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::Flag(p) => write!(f, "--model-config {}", p.display()),
+            ConfigSource::BesideWeights(p) => write!(f, "{} (beside the weights)", p.display()),
+            ConfigSource::Preset(n) => write!(f, "pipeline preset '{n}'"),
+        }
+    }
+}
+
+pub fn resolve_model_config(m: &ModelChoice) -> ConfigSource {
+    if let Some(p) = &m.model_config {
+        return ConfigSource::Flag(p.clone());
+    }
+    if let Some(w) = &m.weights {
+        let dir = w.parent().unwrap_or(Path::new(""));
+        let mut candidates = vec![dir.join("config.json")];
+        if let Some(name) = w.file_name() {
+            candidates.push(dir.join(format!("{}.json", name.to_string_lossy())));
+        }
+        if let Some(stem) = w.file_stem() {
+            candidates.push(dir.join(format!("{}.json", stem.to_string_lossy())));
+        }
+        if let Some(p) = candidates.into_iter().find(|p| p.is_file()) {
+            return ConfigSource::BesideWeights(p);
+        }
+    }
+    ConfigSource::Preset(m.preset.clone())
+}
+
+/// Load the model once for the whole run. The only place that knows which model type runs.
+pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegmenter>, ModelInfo)> {
+    let m = &opts.model;
+    if let Some(t) = m.test {
+        let mut model = if t.classes > 2 {
+            ThresholdSegmenter::multiclass(t.classes)
+        } else {
+            ThresholdSegmenter::binary()
+        };
+        model.delay = std::time::Duration::from_millis(t.delay_ms);
+        let info = ModelInfo {
+            kind: "threshold".into(),
+            config_source: "test segmenter".into(),
+            config: serde_json::json!({ "classes": t.classes, "latent_shape": model.latent }),
+            weights: None,
+            weights_sha256: None,
+            ema: m.ema,
+            num_classes: t.classes,
+        };
+        return Ok((Box::new(model), info));
+    }
+    let Some(weights) = &m.weights else {
+        return Err(UsageError(
+            "no weights: pass --weights model.ckpt|model.safetensors (the pipeline names none)"
+                .into(),
+        )
+        .into());
+    };
+    let source = resolve_model_config(m);
+    // Wiring point for `model::sdseg::Sdseg` (issue 3): build it from `source` (a config
+    // file, or the preset `m.preset`), `weights`, `m.ema`, `m.device`, `m.dtype`, and wrap it
+    // in a `SliceSegmenter` adapter.
+    anyhow::bail!(
+        "the SDSeg model is not part of this build yet (weights {}, config from {source})",
+        weights.display()
+    )
+}
+
+/// Run everything `opts` asks for. Exit status: `Ok` when every case was written or skipped;
+/// the case's own error when the only case failed; [`PartialFailure`] (exit 3) otherwise.
+pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
+    let started_unix = unix_now();
+    let disc = cases::discover(&CaseSpec {
+        inputs: &opts.inputs,
+        manifest: opts.manifest.as_deref(),
+        out: &opts.out,
+        name: &opts.name,
+    })?;
+    for w in &disc.warnings {
+        eprintln!("warning: {w}");
+    }
+    let n_cases = disc.cases.len();
+    if let Some(p) = &opts.preview {
+        if n_cases > 1 && !p.per_case() {
+            return Err(UsageError(format!(
+                "--preview {}: {n_cases} cases would write the same file; put {{case}} in the path",
+                p.0
+            ))
+            .into());
+        }
+    }
+    let plan = cases::plan(disc.cases, opts.shard, opts.overwrite);
+    let jobs: Vec<Job> = plan
+        .run
+        .iter()
+        .map(|c| Job {
+            case: c.clone(),
+            preview: opts.preview.as_ref().map(|p| p.render(&c.id)),
+        })
+        .collect();
+    let progress = Progress::new(
+        Display::choose(opts.quiet),
+        jobs.len(),
+        opts.json,
+        opts.statistics,
+    );
+    if !opts.shard.is_all() {
+        progress.note(&format!(
+            "shard {} (from {}): {} of {n_cases} cases",
+            opts.shard,
+            opts.shard_source,
+            plan.run.len() + plan.skipped.len()
+        ));
+    }
+    let mut outcomes: Vec<CaseOutcome> = Vec::new();
+    if !plan.skipped.is_empty() {
+        progress.note(&format!(
+            "resume: {} case(s) already have outputs and are skipped (--overwrite redoes them)",
+            plan.skipped.len()
+        ));
+        for c in &plan.skipped {
+            let o = CaseOutcome::skipped(c.clone());
+            progress.emit_skipped(&o);
+            outcomes.push(o);
+        }
+    }
+
+    let mut model_info = None;
+    let mut load_s = 0.0;
+    let mut labels: Vec<LabelInfo> = label_table(opts.model.num_classes, &opts.label_names);
+    let mut wall = std::time::Duration::ZERO;
+    if !jobs.is_empty() {
+        let t = Instant::now();
+        let (mut model, info) = load_segmenter(opts)?;
+        load_s = t.elapsed().as_secs_f64();
+        labels = label_table(model.num_classes(), &opts.label_names);
+        write_sidecars(&opts.out.dir(), &opts.prep.name, &labels)
+            .with_context(|| format!("writing label tables into {}", opts.out.dir().display()))?;
+        // The weights digest (seconds for a large checkpoint) overlaps the run.
+        let digest = opts
+            .report
+            .as_ref()
+            .and(info.weights.clone())
+            .map(|w| std::thread::spawn(move || super::engine::sha256_files(&[w])));
+        let engine = Engine {
+            prep: &opts.prep,
+            io: &FileIo,
+            observer: &progress,
+            options: EngineOptions {
+                batch_size: opts.batch_size,
+                noise: opts.noise,
+                seed: opts.seed,
+                read: opts.read.clone(),
+                digest_inputs: opts.report.is_some(),
+                labels: labels.clone(),
+            },
+        };
+        let t = Instant::now();
+        outcomes.extend(engine.run(&jobs, model.as_mut()));
+        wall = t.elapsed();
+        let mut info = info;
+        if let Some(h) = digest {
+            info.weights_sha256 = h.join().ok().and_then(|r| r.ok());
+        }
+        model_info = Some(info);
+    }
+    progress.finish();
+    let totals = Totals::from_outcomes(&outcomes, wall);
+    let mut totals = totals;
+    totals.other_shards = plan.other_shards;
+    totals.model_load_s = load_s;
+    progress.note(&format!(
+        "done: {} written, {} skipped, {} failed; {} slices in {:.1} s ({:.1} slices/s, model {:.0}% of the time; model load {:.1} s)",
+        totals.written,
+        totals.skipped,
+        totals.failed,
+        totals.slices,
+        totals.seconds.wall,
+        totals.slices_per_s,
+        100.0 * totals.model_share_of_wall,
+        load_s
+    ));
+    if let Some(path) = &opts.report {
+        let path = PathBuf::from(
+            path.to_string_lossy()
+                .replace("{shard}", &opts.shard.index().to_string()),
+        );
+        let report = RunReport {
+            tool: tool_info(),
+            command: opts.command.clone(),
+            started_unix_s: started_unix,
+            finished_unix_s: unix_now(),
+            pipeline: PipelineRecord {
+                name: opts.prep.name.clone(),
+                window_hu: [opts.prep.window.0 as f32, opts.prep.window.1 as f32],
+                description: opts.pipeline_description.clone(),
+            },
+            model: model_info,
+            settings: RunSettings {
+                device: opts.model.device.to_string(),
+                dtype: opts.model.dtype.to_string(),
+                seed: opts.seed,
+                noise: opts.noise,
+                batch_size: opts.batch_size,
+                resize: opts.prep.output_resize,
+                shard: opts.shard.to_string(),
+                overwrite: opts.overwrite,
+            },
+            label_table: labels,
+            cases: outcomes.iter().map(CaseRecord::from).collect(),
+            totals: totals.clone(),
+        };
+        write_report(&path, &report)?;
+    }
+    let failed: Vec<&CaseOutcome> = outcomes.iter().filter(|o| o.is_failed()).collect();
+    match failed.as_slice() {
+        [] => Ok(()),
+        [only] if outcomes.len() == 1 => match &only.status {
+            CaseStatus::Failed(e) => Err(e.clone().into()),
+            _ => unreachable!("filtered on failures"),
+        },
+        _ => {
+            for o in &failed {
+                if let CaseStatus::Failed(e) = &o.status {
+                    eprintln!("failed: {} ({}): {}", o.case.id, e.stage, e);
+                }
+            }
+            Err(PartialFailure {
+                failed: failed.len(),
+                total: outcomes.len(),
+            }
+            .into())
+        }
+    }
+}
+
+fn write_report(path: &Path, report: &RunReport) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(report).context("serialising the run report")?;
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    crate::io::atomic::write_atomic(path, |f| {
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")
+    })
+    .with_context(|| format!("writing report {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!("cuda:2".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(2));
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap().to_string(), "cuda:0");
+        assert!("gpu".parse::<DeviceSpec>().is_err());
+        assert_eq!("bf16".parse::<DTypeSpec>().unwrap(), DTypeSpec::Bf16);
+        assert_eq!("threshold:9".parse::<TestModel>().unwrap().classes, 9);
+        assert_eq!("threshold:2:40".parse::<TestModel>().unwrap().delay_ms, 40);
+        assert!("threshold:2:x".parse::<TestModel>().is_err());
+        assert!("threshold:1".parse::<TestModel>().is_err());
+    }
+
+    #[test]
+    fn model_config_resolution_order() {
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path().join("model.ckpt");
+        std::fs::write(&w, b"x").unwrap();
+        let mut m = ModelChoice {
+            weights: Some(w.clone()),
+            model_config: None,
+            preset: "sdseg-binary".into(),
+            num_classes: 2,
+            ema: true,
+            device: DeviceSpec::Cpu,
+            dtype: DTypeSpec::F32,
+            test: None,
+        };
+        assert_eq!(
+            resolve_model_config(&m),
+            ConfigSource::Preset("sdseg-binary".into())
+        );
+        std::fs::write(d.path().join("model.json"), b"{}").unwrap();
+        assert_eq!(
+            resolve_model_config(&m),
+            ConfigSource::BesideWeights(d.path().join("model.json"))
+        );
+        std::fs::write(d.path().join("model.ckpt.json"), b"{}").unwrap();
+        assert_eq!(
+            resolve_model_config(&m),
+            ConfigSource::BesideWeights(d.path().join("model.ckpt.json"))
+        );
+        std::fs::write(d.path().join("config.json"), b"{}").unwrap();
+        assert_eq!(
+            resolve_model_config(&m),
+            ConfigSource::BesideWeights(d.path().join("config.json"))
+        );
+        m.model_config = Some("c.json".into());
+        assert_eq!(
+            resolve_model_config(&m),
+            ConfigSource::Flag("c.json".into())
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The model seam: what the engine needs from a segmentation model, and the seeded noise it
+//! feeds it.
+//!
+//! The engine never sees candle. It hands a [`SliceSegmenter`] a batch of prepared slices
+//! (`[B,3,256,256]`, values in [-1, 1]) plus the noise latents it drew for exactly those slices
+//! (`[B,C,h,w]`, see [`NoiseSource`]), and gets back soft maps at 256×256: probabilities for a
+//! binary model, per-class logits for a multi-class one ([`SoftOutput`]). Thresholding, argmax
+//! and the resize back to the native slice size happen in postprocessing, so the model adapter
+//! stays a thin call into `model::sdseg::Sdseg`.
+//!
+//! Noise lives here, not in the model, so that determinism is one rule in one place: the same
+//! seed gives bit-identical inputs to the model whatever the batch size, shard or resume point.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use sha2::{Digest, Sha256};
+
+/// Side of the square model input and soft output (SDSeg works at 256×256).
+pub const MODEL_SIZE: usize = 256;
+/// Values in one prepared slice: 3 channels × 256 × 256.
+pub const SLICE_LEN: usize = 3 * MODEL_SIZE * MODEL_SIZE;
+/// Values in one soft map plane: 256 × 256.
+pub const PLANE_LEN: usize = MODEL_SIZE * MODEL_SIZE;
+
+/// Errors a model may return; the engine records them as the case's failure reason.
+pub type SegmentError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Soft output of one batch at 256×256, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SoftOutput {
+    /// Binary model: foreground probability per pixel, `[B,256,256]`; the mask is `p > 0.5`.
+    Probabilities(Vec<f32>),
+    /// Multi-class model: one logit map per class, `[B,K,256,256]`; the label is the argmax
+    /// over K (class 0 is background).
+    Logits { classes: usize, data: Vec<f32> },
+}
+
+impl SoftOutput {
+    /// Number of label values this output can produce (2 for binary).
+    pub fn classes(&self) -> usize {
+        match self {
+            SoftOutput::Probabilities(_) => 2,
+            SoftOutput::Logits { classes, .. } => *classes,
+        }
+    }
+
+    /// Number of planes per slice (1 for probabilities, K for logits).
+    pub fn planes_per_slice(&self) -> usize {
+        match self {
+            SoftOutput::Probabilities(_) => 1,
+            SoftOutput::Logits { classes, .. } => *classes,
+        }
+    }
+
+    pub fn data(&self) -> &[f32] {
+        match self {
+            SoftOutput::Probabilities(d) => d,
+            SoftOutput::Logits { data, .. } => data,
+        }
+    }
+
+    /// The planes of slice `s` of the batch.
+    pub fn slice_planes(&self, s: usize) -> &[f32] {
+        let n = self.planes_per_slice() * PLANE_LEN;
+        &self.data()[s * n..(s + 1) * n]
+    }
+}
+
+/// A model that segments batches of prepared slices.
+///
+/// `Send` so the engine can run it on its own thread; calls come from one thread at a time.
+pub trait SliceSegmenter: Send {
+    /// Label values the model produces: 2 for binary, K for a K-class model.
+    fn num_classes(&self) -> usize;
+
+    /// Shape `[C, h, w]` of the noise latent of one slice (SDSeg at 256²: `[4, 32, 32]`).
+    fn latent_shape(&self) -> [usize; 3];
+
+    /// Segment `b` slices. `images` is `[b,3,256,256]` (f32 in [-1, 1], row-major, NCHW);
+    /// `noise` is `[b, C, h, w]` with `[C, h, w] = latent_shape()`. Returns probabilities
+    /// `[b,256,256]` when `num_classes() == 2`, else logits `[b,K,256,256]`.
+    fn segment(
+        &mut self,
+        images: &[f32],
+        noise: &[f32],
+        b: usize,
+    ) -> Result<SoftOutput, SegmentError>;
+}
+
+/// Test double: foreground probability = (channel 0 + 1) / 2, so a pixel is foreground where
+/// the windowed, normalised input is above the middle of the window. With `classes > 2` it
+/// returns logits that put class `c` where the channel-0 value falls in the `c`-th of `K`
+/// equal bins of [-1, 1]. The noise is checked for shape and added at `noise_weight` (0 by
+/// default) so tests can see that the noise reaches the model.
+#[derive(Clone, Debug)]
+pub struct ThresholdSegmenter {
+    pub classes: usize,
+    pub latent: [usize; 3],
+    pub noise_weight: f32,
+    /// Fail the call when a slice's mean input equals this value (test hook for model errors).
+    pub fail_on_mean: Option<f32>,
+    /// Sleep this long per call (stands in for model time in kill/resume tests).
+    pub delay: std::time::Duration,
+}
+
+impl ThresholdSegmenter {
+    pub fn binary() -> ThresholdSegmenter {
+        ThresholdSegmenter {
+            classes: 2,
+            latent: [4, 32, 32],
+            noise_weight: 0.0,
+            fail_on_mean: None,
+            delay: std::time::Duration::ZERO,
+        }
+    }
+
+    pub fn multiclass(classes: usize) -> ThresholdSegmenter {
+        ThresholdSegmenter {
+            classes,
+            ..ThresholdSegmenter::binary()
+        }
+    }
+}
+
+impl SliceSegmenter for ThresholdSegmenter {
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+
+    fn latent_shape(&self) -> [usize; 3] {
+        self.latent
+    }
+
+    fn segment(
+        &mut self,
+        images: &[f32],
+        noise: &[f32],
+        b: usize,
+    ) -> Result<SoftOutput, SegmentError> {
+        std::thread::sleep(self.delay);
+        let latent_len: usize = self.latent.iter().product();
+        if images.len() != b * SLICE_LEN || noise.len() != b * latent_len {
+            return Err(format!(
+                "batch of {b}: got {} image values and {} noise values, expected {} and {}",
+                images.len(),
+                noise.len(),
+                b * SLICE_LEN,
+                b * latent_len
+            )
+            .into());
+        }
+        let mut planes = Vec::with_capacity(b * PLANE_LEN);
+        for s in 0..b {
+            let img = &images[s * SLICE_LEN..s * SLICE_LEN + PLANE_LEN];
+            if let Some(bad) = self.fail_on_mean {
+                let mean = img.iter().sum::<f32>() / PLANE_LEN as f32;
+                if mean == bad {
+                    return Err(format!("test segmenter refuses a slice of mean {bad}").into());
+                }
+            }
+            let n = &noise[s * latent_len..(s + 1) * latent_len];
+            for (p, &v) in img.iter().enumerate() {
+                planes.push(v + self.noise_weight * n[p % latent_len]);
+            }
+        }
+        if self.classes <= 2 {
+            planes
+                .iter_mut()
+                .for_each(|v| *v = ((*v + 1.0) / 2.0).clamp(0.0, 1.0));
+            return Ok(SoftOutput::Probabilities(planes));
+        }
+        let k = self.classes;
+        let mut data = vec![0f32; b * k * PLANE_LEN];
+        for s in 0..b {
+            for p in 0..PLANE_LEN {
+                let v = planes[s * PLANE_LEN + p];
+                // bin centre c: -1 + (2c + 1)/K; logit = -(distance to the centre)
+                for c in 0..k {
+                    let centre = -1.0 + (2 * c + 1) as f32 / k as f32;
+                    data[(s * k + c) * PLANE_LEN + p] = -(v - centre).abs();
+                }
+            }
+        }
+        Ok(SoftOutput::Logits { classes: k, data })
+    }
+}
+
+/// How noise latents are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoiseMode {
+    /// One draw from the seed, shared by every slice, class and volume: what the official
+    /// evaluation does (`get_dice_loop` reuses its first `randn_like`).
+    Shared,
+    /// A draw per slice, derived from (seed, case id, slice index): independent of batching,
+    /// sharding and resume, but different for every slice.
+    PerSlice,
+}
+
+impl std::str::FromStr for NoiseMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shared" => Ok(NoiseMode::Shared),
+            "per-slice" => Ok(NoiseMode::PerSlice),
+            _ => Err(format!("noise mode '{s}': expected shared or per-slice")),
+        }
+    }
+}
+
+/// Seeded standard-normal noise latents. Every value depends only on the seed (shared mode) or
+/// on (seed, case id, slice index) (per-slice mode), never on call order.
+#[derive(Clone, Debug)]
+pub struct NoiseSource {
+    mode: NoiseMode,
+    seed: u64,
+    latent_len: usize,
+    shared: Vec<f32>,
+}
+
+impl NoiseSource {
+    pub fn new(mode: NoiseMode, seed: u64, latent_shape: [usize; 3]) -> NoiseSource {
+        let latent_len = latent_shape.iter().product();
+        let shared = match mode {
+            NoiseMode::Shared => draw(ChaCha8Rng::seed_from_u64(seed), latent_len),
+            NoiseMode::PerSlice => Vec::new(),
+        };
+        NoiseSource {
+            mode,
+            seed,
+            latent_len,
+            shared,
+        }
+    }
+
+    pub fn mode(&self) -> NoiseMode {
+        self.mode
+    }
+
+    pub fn latent_len(&self) -> usize {
+        self.latent_len
+    }
+
+    /// Fill `out` (length `latent_len`) with the noise of slice `slice` of case `case_id`.
+    pub fn fill(&self, case_id: &str, slice: usize, out: &mut [f32]) {
+        match self.mode {
+            NoiseMode::Shared => out.copy_from_slice(&self.shared),
+            NoiseMode::PerSlice => {
+                let mut h = Sha256::new();
+                h.update(b"sdseg-volume noise v1\0");
+                h.update(self.seed.to_le_bytes());
+                h.update((case_id.len() as u64).to_le_bytes());
+                h.update(case_id.as_bytes());
+                h.update((slice as u64).to_le_bytes());
+                let key: [u8; 32] = h.finalize().into();
+                let mut rng = ChaCha8Rng::from_seed(key);
+                for v in out.iter_mut() {
+                    *v = StandardNormal.sample(&mut rng);
+                }
+            }
+        }
+    }
+}
+
+fn draw(mut rng: ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| StandardNormal.sample(&mut rng)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_noise_is_one_draw_and_per_slice_depends_on_case_and_index() {
+        let shared = NoiseSource::new(NoiseMode::Shared, 7, [4, 32, 32]);
+        let mut a = vec![0f32; 4096];
+        let mut b = vec![0f32; 4096];
+        shared.fill("x", 0, &mut a);
+        shared.fill("y", 99, &mut b);
+        assert_eq!(a, b);
+        let again = NoiseSource::new(NoiseMode::Shared, 7, [4, 32, 32]);
+        again.fill("z", 3, &mut b);
+        assert_eq!(a, b, "same seed, same draw");
+        let other = NoiseSource::new(NoiseMode::Shared, 8, [4, 32, 32]);
+        other.fill("x", 0, &mut b);
+        assert_ne!(a, b);
+        // A standard normal draw: mean near 0, variance near 1 (4096 samples).
+        let mean = a.iter().sum::<f32>() / 4096.0;
+        let var = a.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 4096.0;
+        assert!(mean.abs() < 0.1 && (var - 1.0).abs() < 0.1, "{mean} {var}");
+
+        let per = NoiseSource::new(NoiseMode::PerSlice, 7, [4, 32, 32]);
+        per.fill("x", 0, &mut a);
+        per.fill("x", 0, &mut b);
+        assert_eq!(a, b);
+        per.fill("x", 1, &mut b);
+        assert_ne!(a, b);
+        per.fill("y", 0, &mut b);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn threshold_segmenter_binary_and_multiclass() {
+        let mut img = vec![0f32; SLICE_LEN];
+        img[0] = 1.0;
+        img[1] = -1.0;
+        img[2] = 0.2;
+        let noise = vec![0f32; 4096];
+        let mut m = ThresholdSegmenter::binary();
+        let out = m.segment(&img, &noise, 1).unwrap();
+        let p = out.slice_planes(0);
+        assert_eq!(&p[..3], &[1.0, 0.0, 0.6]);
+        let mut m = ThresholdSegmenter::multiclass(4);
+        let out = m.segment(&img, &noise, 1).unwrap();
+        assert_eq!(out.classes(), 4);
+        let planes = out.slice_planes(0);
+        let argmax = |p: usize| {
+            (0..4)
+                .max_by(|&a, &b| planes[a * PLANE_LEN + p].total_cmp(&planes[b * PLANE_LEN + p]))
+                .unwrap()
+        };
+        // bins of [-1,1] by quarters: 1.0 → 3, -1.0 → 0, 0.2 → 2
+        assert_eq!((argmax(0), argmax(1), argmax(2)), (3, 0, 2));
+        assert!(m.segment(&img, &noise[..10], 1).is_err());
+    }
+}
