@@ -534,6 +534,39 @@ fn converted_checkpoint_gives_the_same_output() {
     );
 }
 
+/// An f16 run (GroupNorm and softmax in f32) stays close to the f32 reference; bf16 on the
+/// CPU is refused with a clear message.
+#[test]
+fn half_precision_run_stays_close() {
+    let fx = Fixture::new(BINARY);
+    let w = fx.weights("safetensors");
+    let model = Sdseg::load(&w, &fx.config, &Device::Cpu, DType::F16, true).unwrap();
+    let (out, trace) = model
+        .trace(&fx.get("image"), &fx.get("noise"), None)
+        .unwrap();
+    assert_close(
+        "f16 unet_output",
+        &traced(&trace, "unet_output"),
+        &fx.get("unet_output"),
+        2e-2,
+    );
+    assert_close(
+        "f16 mask_prob",
+        &traced(&trace, "mask_prob"),
+        &fx.get("mask_prob"),
+        2e-2,
+    );
+    let flips = values(out.labels())
+        .iter()
+        .zip(values(&fx.get("mask")))
+        .filter(|(a, b)| **a != *b)
+        .count();
+    eprintln!("f16: {flips} mask pixels differ");
+    assert!(flips < 131072 / 200, "{flips} pixels differ");
+    let err = Sdseg::load(&w, &fx.config, &Device::Cpu, DType::BF16, true).unwrap_err();
+    assert!(err.to_string().contains("bf16"), "{err}");
+}
+
 /// Records the shape of every parameter a model asks for and hands out broadcast zeros
 /// (no memory per parameter), to count parameters of full-size presets.
 #[derive(Clone, Default)]

@@ -153,6 +153,12 @@ impl Sdseg {
                 message,
             })
         })?;
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(ModelError::Input(
+                "bf16 runs need --device cuda (candle's CPU matmul has no bf16); use f32 or f16 on the CPU"
+                    .into(),
+            ));
+        }
         let ckpt = Arc::new(Checkpoint::open(weights)?);
         let session = LoadSession::new(ckpt.clone(), use_ema);
         let vb = session.var_builder(dtype, device);
@@ -200,6 +206,12 @@ impl Sdseg {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(ModelError::Input(
+                "bf16 runs need --device cuda (candle's CPU matmul has no bf16); use f32 or f16 on the CPU"
+                    .into(),
+            ));
+        }
         let cond = config.cond_stage();
         let fs = config.first_stage();
         let cond_stage_model =
