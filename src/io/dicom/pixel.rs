@@ -166,7 +166,6 @@ pub(crate) fn decode_stack(
         check_syntax(&h.transfer_syntax).map_err(|detail| DicomError::UnsupportedSyntax {
             path: h.source.display_path().to_path_buf(),
             uid: h.transfer_syntax.clone(),
-            name: syntax_name(&h.transfer_syntax),
             detail,
         })?;
         if (h.bits_allocated, h.signed) != (first.bits_allocated, first.signed) {
