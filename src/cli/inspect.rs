@@ -195,7 +195,7 @@ pub fn human(r: &InspectReport) -> String {
                 info.files,
                 info.transfer_syntax_name
             );
-            if !info.reason.is_empty() || info.status != SeriesStatus::Chosen {
+            if info.status != SeriesStatus::Chosen {
                 let _ = writeln!(s, "      {status}: {}", info.reason);
             }
         }
