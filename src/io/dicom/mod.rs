@@ -247,7 +247,12 @@ impl DicomInput {
             let detail = if skipped.is_empty() {
                 " (the folder is empty)".to_string()
             } else {
-                format!(": {}", warnings.join("; "))
+                format!(
+                    ": {}; first reason: {}: {}",
+                    warnings.join("; "),
+                    skipped[0].path.display(),
+                    skipped[0].reason
+                )
             };
             return Err(DicomError::NoImages {
                 path: path.to_path_buf(),
