@@ -978,3 +978,21 @@ fn labels_written_for_a_dicom_input_keep_its_grid() {
         r.affine()
     );
 }
+
+#[test]
+fn twelve_bit_jpeg_extended_names_the_syntax() {
+    // 1.2.840.10008.1.2.4.51 with 12 bits: no Rust decoder; the error says which syntax.
+    let err = read_dicom(&testdata("dicom-syntaxes/jpeg-extended-12bit"), &opts()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DicomError::Decode { .. } | DicomError::UnsupportedSyntax { .. }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("1.2.840.10008.1.2.4.51") && msg.contains("JPEG Extended"),
+        "{msg}"
+    );
+}

@@ -81,7 +81,17 @@ pub struct VolumeSummary {
 }
 
 fn summarize(v: &Volume) -> VolumeSummary {
-    let (lo, hi) = v.hu_range();
+    // Memory-order fold: volumes are usually Fortran-ordered (as read), where a logical-order
+    // `iter()` walks with a stride of one slice per element.
+    let (lo, hi) = v
+        .data()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            if x.is_nan() {
+                (lo, hi)
+            } else {
+                (lo.min(x), hi.max(x))
+            }
+        });
     let p = v.provenance();
     let (uid, ts) = match &p.source {
         Source::Dicom(d) => (
@@ -195,7 +205,7 @@ pub fn human(r: &InspectReport) -> String {
                 info.files,
                 info.transfer_syntax_name
             );
-            if !info.reason.is_empty() || info.status != SeriesStatus::Chosen {
+            if info.status != SeriesStatus::Chosen {
                 let _ = writeln!(s, "      {status}: {}", info.reason);
             }
         }

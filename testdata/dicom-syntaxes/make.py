@@ -11,12 +11,13 @@ transcodes a small phantom series written by our own writer. Usage, from the cra
     /work/venv/bin/pip install python-gdcm pydicom numpy
     /work/venv/bin/python testdata/dicom-syntaxes/make.py
 
-Folders (each a 32x24x6 series, 6 files):
+Folders (each a 32x24x6 series, 6 files; jpeg-extended-12bit has 2 files):
   explicit-le/            reference: uint16, BitsStored 12, intercept -1024 (our writer)
   jpeg-lossless-sv1/      1.2.840.10008.1.2.4.70   from explicit-le
   jpegls-lossless/        1.2.840.10008.1.2.4.80   from explicit-le (decoded with --features jpegls)
   j2k-lossless/           1.2.840.10008.1.2.4.90   from explicit-le
   j2k-lossy/              1.2.840.10008.1.2.4.91   from explicit-le (lossy, ~ few HU error)
+  jpeg-extended-12bit/    1.2.840.10008.1.2.4.51   from explicit-le (no Rust decoder: error test)
   signed/                 int16, BitsStored 16, intercept 0, slope 1 (pydicom from explicit-le)
   signed-j2k-lossless/    1.2.840.10008.1.2.4.90   from signed
   signed-jpeg-lossless-sv1/ 1.2.840.10008.1.2.4.70 from signed
@@ -37,9 +38,9 @@ def files(d):
     )
 
 
-def transcode(src_dir, dst_dir, ts, lossy=False):
+def transcode(src_dir, dst_dir, ts, lossy=False, limit=None):
     os.makedirs(dst_dir, exist_ok=True)
-    for f in files(src_dir):
+    for f in files(src_dir)[:limit]:
         r = gdcm.ImageReader()
         r.SetFileName(f)
         if not r.Read():
@@ -88,6 +89,7 @@ def main():
     transcode(ref, os.path.join(HERE, "jpegls-lossless"), T.JPEGLSLossless)
     transcode(ref, os.path.join(HERE, "j2k-lossless"), T.JPEG2000Lossless)
     transcode(ref, os.path.join(HERE, "j2k-lossy"), T.JPEG2000, lossy=True)
+    transcode(ref, os.path.join(HERE, "jpeg-extended-12bit"), T.JPEGExtendedProcess2_4, limit=2)
     signed = os.path.join(HERE, "signed")
     make_signed(ref, signed)
     transcode(signed, os.path.join(HERE, "signed-j2k-lossless"), T.JPEG2000Lossless)

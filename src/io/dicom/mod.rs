@@ -86,12 +86,12 @@ pub enum DicomError {
         tag: &'static str,
         detail: String,
     },
-    #[error("series {series}: two slices at the same position {position}: {first} and {second}. The series may hold several acquisitions or phases; pick a single-acquisition series with --series")]
+    #[error("series {series}: two slices at the same position {position}: {files}. The series may hold several acquisitions or phases; pick a single-acquisition series with --series")]
     DuplicatePositions {
         series: String,
         position: String,
-        first: String,
-        second: String,
+        /// The two files (and frames) at that position.
+        files: String,
     },
     #[error("series {series}: {detail}. Pass --allow-gaps to read it anyway (slices are kept as they are and the affine uses the median spacing)")]
     Gaps { series: String, detail: String },
@@ -100,8 +100,8 @@ pub enum DicomError {
     #[error("{path}: cannot decode pixel data: {detail}")]
     UnsupportedSyntax {
         path: PathBuf,
+        /// Transfer syntax UID; `detail` names it too.
         uid: String,
-        name: String,
         detail: String,
     },
     #[error("{path}: cannot decode pixel data ({syntax}): {detail}")]
@@ -247,7 +247,12 @@ impl DicomInput {
             let detail = if skipped.is_empty() {
                 " (the folder is empty)".to_string()
             } else {
-                format!(": {}", warnings.join("; "))
+                format!(
+                    ": {}; first reason: {}: {}",
+                    warnings.join("; "),
+                    skipped[0].path.display(),
+                    skipped[0].reason
+                )
             };
             return Err(DicomError::NoImages {
                 path: path.to_path_buf(),

@@ -21,15 +21,22 @@ pub(crate) fn syntax_name(uid: &str) -> String {
         .unwrap_or_else(|| "unknown transfer syntax".to_string())
 }
 
-/// Whether this build can decode the pixel data of `uid`; `Err` says why not.
-pub(crate) fn check_syntax(uid: &str) -> Result<(), String> {
-    let hint = |uid: &str| match uid {
+/// What to do about a syntax this build cannot decode.
+fn hint(uid: &str) -> &'static str {
+    match uid {
         "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => {
             " (JPEG-LS: rebuild sdseg-volume with `--features jpegls`, which needs cmake)"
         }
-        "1.2.840.10008.1.2.4.51" => " (12-bit JPEG Extended has no Rust decoder)",
+        "1.2.840.10008.1.2.4.51" => {
+            " (12-bit JPEG Extended has no Rust decoder; convert the series to an uncompressed \
+             syntax first, e.g. `gdcmconv --raw` or `dcmdjpeg`)"
+        }
         _ => "",
-    };
+    }
+}
+
+/// Whether this build can decode the pixel data of `uid`; `Err` says why not.
+pub(crate) fn check_syntax(uid: &str) -> Result<(), String> {
     match TransferSyntaxRegistry.get(uid) {
         None => Err(format!("unknown transfer syntax {uid}")),
         Some(ts) if !ts.can_decode_all() => Err(format!(
@@ -166,7 +173,6 @@ pub(crate) fn decode_stack(
         check_syntax(&h.transfer_syntax).map_err(|detail| DicomError::UnsupportedSyntax {
             path: h.source.display_path().to_path_buf(),
             uid: h.transfer_syntax.clone(),
-            name: syntax_name(&h.transfer_syntax),
             detail,
         })?;
         if (h.bits_allocated, h.signed) != (first.bits_allocated, first.signed) {
@@ -216,7 +222,7 @@ pub(crate) fn decode_stack(
                     h.transfer_syntax,
                     syntax_name(&h.transfer_syntax)
                 ),
-                detail: e,
+                detail: format!("{e}{}", hint(&h.transfer_syntax)),
             };
             let decoded = if h.n_frames > 1 {
                 obj.decode_pixel_data_frame(s.frame)

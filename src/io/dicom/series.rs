@@ -275,8 +275,7 @@ pub(crate) fn geometry(
             return Err(DicomError::DuplicatePositions {
                 series: uid.to_string(),
                 position: fmt3(w[0].ipp),
-                first: file(&w[0]),
-                second: file(&w[1]),
+                files: format!("{} and {}", file(&w[0]), file(&w[1])),
             });
         }
     }
