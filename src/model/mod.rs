@@ -7,6 +7,7 @@ pub mod config;
 pub mod conv;
 pub mod latent;
 pub mod norm;
+pub mod ops;
 pub mod schedule;
 pub mod sdseg;
 pub mod unet;
