@@ -236,9 +236,21 @@ impl FastConv2d {
                                 let w = wpack.as_ptr().add(co0 * ntaps + k0 * CO_MAIN);
                                 let t = tile.offset_y(co0 * y_plane);
                                 if tail {
-                                    kernel::<CO_MAIN, NV_MAIN, true>(taps, w, &t, y_plane, init(co0));
+                                    kernel::<CO_MAIN, NV_MAIN, true>(
+                                        taps,
+                                        w,
+                                        &t,
+                                        y_plane,
+                                        init(co0),
+                                    );
                                 } else {
-                                    kernel::<CO_MAIN, NV_MAIN, false>(taps, w, &t, y_plane, init(co0));
+                                    kernel::<CO_MAIN, NV_MAIN, false>(
+                                        taps,
+                                        w,
+                                        &t,
+                                        y_plane,
+                                        init(co0),
+                                    );
                                 }
                             }
                         }
@@ -471,7 +483,11 @@ fn segments(rows: usize, cols: usize, in_row: usize) -> Vec<Seg> {
             v.push(Seg {
                 x: r * in_row + c0,
                 y: r * cols + c0,
-                mask: if len == 16 { u16::MAX } else { (1u16 << len) - 1 },
+                mask: if len == 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << len) - 1
+                },
             });
         }
     }
