@@ -10,7 +10,8 @@
 #   (../shared/fixtures/tiny-binary/checkpoint.safetensors + config.json); =fake uses the
 #   threshold test model; =auto (default) uses the fixture when this build can load it and
 #   says so loudly when it falls back to the test model.
-# Volumes: `sdseg-volume phantom` when the binary has it, else nibabel from $SDSEG_PYTHON.
+# Volumes: `sdseg-volume phantom --format nifti` when the binary has it, else nibabel from
+#   $SDSEG_PYTHON.
 # Daemons are stopped by PID on exit, whatever happens.
 set -euo pipefail
 T0=$(date +%s)
@@ -115,13 +116,17 @@ T_UP=$(date +%s)
 
 # --- 4. data: three small synthetic CT volumes ---------------------------------------------
 mkdir -p "$WORK/data"
-if "$BIN" phantom --help >/dev/null 2>&1; then
-  for i in 0 1 2; do "$BIN" --quiet phantom --out "$WORK/data/vol$i.nii.gz" --seed "$i" >/dev/null; done
+sizes=(48x40x4 40x52x3 56x44x5)
+if "$BIN" --quiet phantom --format nifti --size 8x8x2 --out "$WORK/ph-probe" >/dev/null 2>&1; then
+  for i in 0 1 2; do
+    "$BIN" --quiet phantom --format nifti --size "${sizes[$i]}" --seed "$i" --out "$WORK/ph$i" >/dev/null
+    mv "$WORK/ph$i/phantom.nii.gz" "$WORK/data/vol$i.nii.gz"
+  done
 else
   "$PY" - "$WORK/data" <<'EOF'
 import sys, numpy as np, nibabel as nib
 out = sys.argv[1]
-for i, shape in enumerate([(48, 40, 7), (40, 52, 5), (56, 44, 9)]):
+for i, shape in enumerate([(48, 40, 4), (40, 52, 3), (56, 44, 5)]):
     x, y, z = np.indices(shape, dtype=np.float32)
     c = np.array(shape, dtype=np.float32) * [0.4 + 0.05 * i, 0.5, 0.5]
     d = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (3 * (z - c[2])) ** 2)

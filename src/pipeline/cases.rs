@@ -142,6 +142,10 @@ pub enum CasesError {
         n: usize,
         out: PathBuf,
     },
+    #[error(
+        "case '{id}': its output would overwrite its input {path}; choose another --out or --name"
+    )]
+    OutputIsInput { id: String, path: PathBuf },
     #[error("{path}:{line}: {message}")]
     Manifest {
         path: PathBuf,
@@ -555,6 +559,28 @@ pub fn discover(spec: &CaseSpec<'_>) -> Result<Discovery, CasesError> {
         by_out.insert(output.clone(), id.clone());
         cases.push(Case { id, input, output });
     }
+    // An output folder that is also the input folder: earlier outputs are not new cases.
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let outputs: HashMap<PathBuf, String> = cases
+        .iter()
+        .map(|c| (abs(&c.output), c.id.clone()))
+        .collect();
+    if let Some(c) = cases.iter().find(|c| abs(&c.input) == abs(&c.output)) {
+        return Err(CasesError::OutputIsInput {
+            id: c.id.clone(),
+            path: c.input.clone(),
+        });
+    }
+    cases.retain(|c| match outputs.get(&abs(&c.input)) {
+        Some(owner) if *owner != c.id => {
+            warnings.push(format!(
+                "{}: not a case (it is the output of case '{owner}')",
+                c.input.display()
+            ));
+            false
+        }
+        _ => true,
+    });
     Ok(Discovery { cases, warnings })
 }
 
@@ -758,6 +784,37 @@ mod tests {
         })
         .unwrap();
         assert_eq!(disc.cases[0].output, root.join("seg.nii.gz"));
+    }
+
+    #[test]
+    fn outputs_in_the_input_folder_are_not_cases() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        touch(&root.join("data/a.nii.gz"), b"x");
+        touch(&root.join("data/a_seg.nii.gz"), b"x");
+        let out = OutTarget::Dir(root.join("data"));
+        let name: NamePattern = "{case}_seg.nii.gz".parse().unwrap();
+        let disc = discover(&CaseSpec {
+            inputs: &[root.join("data")],
+            manifest: None,
+            out: &out,
+            name: &name,
+        })
+        .unwrap();
+        let ids: Vec<&str> = disc.cases.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a"]);
+        assert!(disc
+            .warnings
+            .iter()
+            .any(|w| w.contains("output of case 'a'")));
+        let e = discover(&CaseSpec {
+            inputs: &[root.join("data")],
+            manifest: None,
+            out: &out,
+            name: &NamePattern::default(),
+        })
+        .unwrap_err();
+        assert!(matches!(e, CasesError::OutputIsInput { .. }), "{e}");
     }
 
     #[test]
