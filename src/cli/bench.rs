@@ -1,8 +1,246 @@
+//! `sdseg-volume bench`: single-step throughput per stage (condition encoder, UNet, latent
+//! estimate, decoder) for a preset with random weights or a given checkpoint, at one or more
+//! batch sizes: ms per slice, slices/s, achieved GFLOP/s against an analytic FLOP count, and
+//! peak RSS. Numbers go to stdout (a table, or one JSON object per configuration with
+//! `--json`); progress goes to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
 use super::Globals;
+use crate::error::UsageError;
+use crate::model::bench::{
+    flops_per_slice, random_model, time_stages, BenchInputs, BenchResult, StageFlops, StageTimes,
+};
+use crate::model::config::SdsegConfig;
+use crate::model::sdseg::{parse_device, parse_dtype};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model: a preset (sdseg-binary, sdseg-cls9, sdseg-cls14) or a model config JSON.
+    /// Default: the config beside --weights, else sdseg-binary.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Weights (.ckpt or .safetensors); default: deterministic random weights.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Use the raw UNet weights instead of the EMA copy (with --weights).
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Batch sizes (slices per pass), repeatable or a comma list.
+    #[arg(long = "batch-size", value_delimiter = ',', default_values_t = [1usize, 4, 8])]
+    pub batch_size: Vec<usize>,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed iterations per batch size (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Untimed iterations before timing.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Seed of the random weights, image and noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One JSON object per configuration (one per line) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args, _g: Globals) -> anyhow::Result<()> {
-    anyhow::bail!("`bench` is not implemented yet")
+/// Peak resident set size of this process in MiB (`VmHWM` of /proc/self/status); None where
+/// that file does not exist.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Reset the peak RSS to the current RSS (Linux: `5` into /proc/self/clear_refs), so the next
+/// [`peak_rss_mb`] covers only what follows. Returns false where that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms >= 1.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.3}")
+    }
+}
+
+fn print_header(
+    out: &mut impl Write,
+    name: &str,
+    r: &BenchResult,
+    f: &StageFlops,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{name} ({} weights), {} on {}, {} threads, median of {} after {} warm-up",
+        r.weights, r.dtype, r.device, r.threads, r.iters, r.warmup
+    )?;
+    writeln!(
+        out,
+        "GFLOP per slice: cond_encoder {:.1}, unet {:.1}, latent_estimate {:.6}, decoder {:.1}, total {:.1}",
+        f.cond_encoder / 1e9,
+        f.unet / 1e9,
+        f.latent_estimate / 1e9,
+        f.decoder / 1e9,
+        f.total() / 1e9
+    )?;
+    writeln!(
+        out,
+        "{:>5}  {:>22}  {:>22}  {:>22}  {:>22}  {:>22}  {:>9}  {:>9}",
+        "batch",
+        "cond_encoder ms (GF/s)",
+        "unet ms (GF/s)",
+        "latent_est ms (GF/s)",
+        "decoder ms (GF/s)",
+        "total ms/slice (GF/s)",
+        "slices/s",
+        "peak MiB"
+    )
+}
+
+fn print_row(out: &mut impl Write, r: &BenchResult) -> std::io::Result<()> {
+    let m = &r.ms_per_slice;
+    let g = &r.gflops_per_s;
+    let cell = |ms: f64, gf: f64| format!("{} ({gf:.1})", fmt_ms(ms));
+    let rss = r
+        .peak_rss_mb
+        .map(|v| format!("{v:.0}"))
+        .unwrap_or_else(|| "-".into());
+    writeln!(
+        out,
+        "{:>5}  {:>22}  {:>22}  {:>22}  {:>22}  {:>22}  {:>9.3}  {:>9}",
+        r.batch_size,
+        cell(m.cond_encoder, g.cond_encoder),
+        cell(m.unet, g.unet),
+        cell(m.latent_estimate, g.latent_estimate),
+        cell(m.decoder, g.decoder),
+        cell(m.total, g.total),
+        r.slices_per_s,
+        rss
+    )
+}
+
+pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
+    if args.batch_size.is_empty() || args.batch_size.contains(&0) {
+        return Err(UsageError(format!(
+            "--batch-size must be positive, got {:?}",
+            args.batch_size
+        ))
+        .into());
+    }
+    if args.iters == 0 {
+        return Err(UsageError("--iters must be at least 1".into()).into());
+    }
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let quiet = g.quiet;
+
+    let (model, name, weights) = match &args.weights {
+        Some(w) => {
+            let model = super::trace::load_model(
+                w,
+                args.preset.as_deref(),
+                !args.no_ema,
+                &device,
+                dtype,
+                quiet,
+            )?;
+            let name = args.preset.clone().unwrap_or_else(|| {
+                SdsegConfig::find_beside(w)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            });
+            (model, name, w.display().to_string())
+        }
+        None => {
+            let name = args.preset.as_deref().unwrap_or("sdseg-binary");
+            let config = SdsegConfig::from_arg(name)?;
+            if !quiet {
+                eprintln!(
+                    "bench: building {name} with random weights (seed {})",
+                    args.seed
+                );
+            }
+            let model = random_model(&config, args.seed, &device, dtype)
+                .with_context(|| format!("building {name} with random weights"))?;
+            (model, name.to_owned(), "random".to_owned())
+        }
+    };
+    let side = model.config().image_size();
+    let flops = flops_per_slice(model.config(), side);
+
+    let mut stdout = std::io::stdout().lock();
+    let mut header_done = false;
+    for &batch in &args.batch_size {
+        let can_reset = reset_peak_rss();
+        let inputs = BenchInputs::new(&model, batch, args.seed)?;
+        let mut runs = Vec::with_capacity(args.iters);
+        for i in 0..args.warmup + args.iters {
+            let warm = i < args.warmup;
+            let t = time_stages(&model, &inputs)
+                .with_context(|| format!("running {name} at batch {batch}"))?;
+            if !quiet {
+                let what = if warm {
+                    format!("warm-up {}/{}", i + 1, args.warmup)
+                } else {
+                    format!("iter {}/{}", i + 1 - args.warmup, args.iters)
+                };
+                eprintln!(
+                    "bench: batch {batch} {what}: {:.3} s (cond {:.3}, unet {:.3}, latent {:.4}, decoder {:.3})",
+                    t.total(),
+                    t.cond_encoder,
+                    t.unet,
+                    t.latent_estimate,
+                    t.decoder
+                );
+            }
+            if !warm {
+                runs.push(t);
+            }
+        }
+        let median = StageTimes::median(&runs);
+        let (ms, gf, gps, sps) = BenchResult::from_times(batch, &median, &flops);
+        let result = BenchResult {
+            preset: name.clone(),
+            weights: weights.clone(),
+            batch_size: batch,
+            dtype: args.dtype.clone(),
+            device: args.device.clone(),
+            threads: rayon::current_num_threads(),
+            iters: args.iters,
+            warmup: args.warmup,
+            ms_per_slice: ms,
+            slices_per_s: sps,
+            gflop_per_slice: gf,
+            gflops_per_s: gps,
+            peak_rss_mb: peak_rss_mb(),
+        };
+        if !can_reset && !quiet && !header_done {
+            eprintln!("bench: cannot reset the peak RSS; it is the process-lifetime peak");
+        }
+        if args.json {
+            writeln!(stdout, "{}", serde_json::to_string(&result)?)?;
+        } else {
+            if !header_done {
+                print_header(&mut stdout, &name, &result, &flops)?;
+            }
+            print_row(&mut stdout, &result)?;
+        }
+        header_done = true;
+        stdout.flush()?;
+    }
+    Ok(())
 }

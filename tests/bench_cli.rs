@@ -1,0 +1,90 @@
+//! `sdseg-volume bench` on the tiny fixture: the JSON it prints has the promised fields, and
+//! they are consistent with each other. Not a timing test: no speed is asserted.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sdseg-volume"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/tiny-binary")
+        .join(name)
+}
+
+fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
+}
+
+#[test]
+fn json_has_every_field_per_configuration() {
+    let config = fixture("config.json");
+    let out = Command::new(bin())
+        .args(["bench", "--preset"])
+        .arg(&config)
+        .args([
+            "--batch-size",
+            "1",
+            "--json",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one object per configuration: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+
+    assert_eq!(v["preset"], config.display().to_string());
+    assert_eq!(v["batch_size"], 1);
+    assert_eq!(v["dtype"], "f32");
+    assert_eq!(v["device"], "cpu");
+    let stages = ["cond_encoder", "unet", "latent_estimate", "decoder"];
+    let mut sum = 0.0;
+    for s in stages {
+        let ms = num(&v, &["ms_per_slice", s]);
+        assert!(ms > 0.0 && ms.is_finite(), "{s}: {ms}");
+        sum += ms;
+        let gf = num(&v, &["gflop_per_slice", s]);
+        let rate = num(&v, &["gflops_per_s", s]);
+        assert!(
+            (rate - gf / (ms / 1e3)).abs() <= 1e-9 * rate.max(1.0),
+            "{s}: {rate} GFLOP/s for {gf} GFLOP in {ms} ms"
+        );
+    }
+    let total = num(&v, &["ms_per_slice", "total"]);
+    assert!((total - sum).abs() <= 1e-9 * total, "{total} vs {sum}");
+    let sps = num(&v, &["slices_per_s"]);
+    assert!((sps - 1e3 / total).abs() <= 1e-9 * sps);
+    // The tiny model's work: decoder > condition encoder > UNet, as in the full-size model.
+    let gf = |s: &str| num(&v, &["gflop_per_slice", s]);
+    assert!(gf("decoder") > gf("cond_encoder") && gf("cond_encoder") > gf("unet"));
+    assert!(gf("unet") > 0.1, "{v}");
+    // At least the model's own weights and activations are resident.
+    let rss = num(&v, &["peak_rss_mb"]);
+    assert!(rss > 10.0, "peak RSS {rss} MiB");
+}
+
+#[test]
+fn zero_batch_is_a_usage_error() {
+    let out = Command::new(bin())
+        .args(["bench", "--preset"])
+        .arg(fixture("config.json"))
+        .args(["--batch-size", "4,0", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-size"));
+}
