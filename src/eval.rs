@@ -16,8 +16,9 @@
 mod write;
 
 use crate::geometry::Affine;
-use crate::metrics::protocol::{resample_in_plane_nearest, resampled_spacing, SDSEG_IN_PLANE};
+use crate::metrics::protocol::{resampled_spacing, SDSEG_IN_PLANE};
 use crate::metrics::{self, LabelMetrics, MetricOptions, MetricsError, Stat};
+use crate::pipeline::{resize_labels_nearest, Pipeline};
 use ndarray::Array3;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -30,8 +31,6 @@ pub enum EvalError {
     /// Reading a file failed (the error names the file).
     #[error(transparent)]
     Read(crate::io::ReadError),
-    #[error("{path}: not a label volume: voxel value {value} (labels are integers 0..=65535)")]
-    NotLabels { path: PathBuf, value: f64 },
     #[error(
         "case {case}: prediction and ground truth differ in shape: {pred} is {pred_shape:?}, \
          {gt} is {gt_shape:?}"
@@ -78,8 +77,8 @@ pub enum EvalError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("unknown label pipeline {0:?}: use btcv (binary union), btcv:cls9 (8 organs), btcv:cls14 or sts3d")]
-    UnknownPipeline(String),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
     #[error("case {case}: {error}")]
     Metrics { case: String, error: MetricsError },
 }
@@ -88,6 +87,7 @@ impl crate::error::Classify for EvalError {
     fn is_input_error(&self) -> bool {
         match self {
             EvalError::Read(e) => e.is_input_error(),
+            EvalError::Pipeline(e) => e.is_input_error(),
             _ => true,
         }
     }
@@ -116,69 +116,8 @@ pub struct LabelScheme {
     pred_map: Option<Vec<u16>>,
 }
 
-const BTCV13_NAMES: [&str; 13] = [
-    "spleen",
-    "right kidney",
-    "left kidney",
-    "gallbladder",
-    "esophagus",
-    "liver",
-    "stomach",
-    "aorta",
-    "inferior vena cava",
-    "portal and splenic veins",
-    "pancreas",
-    "right adrenal gland",
-    "left adrenal gland",
-];
-
-const BTCV8_NAMES: [&str; 8] = [
-    "spleen",
-    "right kidney",
-    "left kidney",
-    "gallbladder",
-    "liver",
-    "stomach",
-    "aorta",
-    "pancreas",
-];
-
-/// SDSeg's `SynapseBase.transfer_to_9` (reference §2.3): in-place replacements in this
-/// order 5→0, 6→5, 7→6, 8→7, 9→0, 10→0, 11→8, 12→0, 13→0, as a lookup table.
-///
-/// Local until `crate::pipeline` (which owns the BTCV remap) lands on main; then this
-/// module uses the pipeline's function.
-fn transfer_to_9_lut() -> Vec<u16> {
-    const STEPS: [(u16, u16); 9] = [
-        (5, 0),
-        (6, 5),
-        (7, 6),
-        (8, 7),
-        (9, 0),
-        (10, 0),
-        (11, 8),
-        (12, 0),
-        (13, 0),
-    ];
-    (0..=u16::MAX)
-        .map(|mut v| {
-            for (from, to) in STEPS {
-                if v == from {
-                    v = to;
-                }
-            }
-            v
-        })
-        .collect()
-}
-
-fn binary_lut(base: Option<Vec<u16>>) -> Vec<u16> {
-    (0..=u16::MAX)
-        .map(|v| {
-            let v = base.as_ref().map_or(v, |b| b[v as usize]);
-            u16::from(v > 0)
-        })
-        .collect()
+fn binary_lut() -> Vec<u16> {
+    (0..=u16::MAX).map(|v| u16::from(v > 0)).collect()
 }
 
 impl LabelScheme {
@@ -193,64 +132,64 @@ impl LabelScheme {
         }
     }
 
-    /// The built-in dataset schemes, named like the pipelines (`pipelines/*.toml`) and their
-    /// variants (`NAME:VARIANT`):
-    /// * `btcv`: the paper's binary task: ground truth `transfer_to_9` then `> 0` (the union
-    ///   of the 8 TransUNet organs), prediction `> 0`; one label 1.
-    /// * `btcv:cls9`: ground truth `transfer_to_9` (1 spleen … 8 pancreas); predictions are
-    ///   taken as already in that space.
-    /// * `btcv:cls14`: the 13 raw BTCV labels on both.
-    /// * `sts3d`: label 1 (tooth), raw on both.
-    ///
-    /// Local until `crate::pipeline` lands on main; then `--pipeline` reads its files.
-    pub fn preset(name: &str) -> Result<LabelScheme, EvalError> {
-        let specs = |names: &[&str]| -> Vec<LabelSpec> {
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| LabelSpec {
-                    id: i as u16 + 1,
-                    name: (*n).into(),
-                })
-                .collect()
+    /// The labels of a pipeline (`pipelines/*.toml`): the ground truth goes through its
+    /// `labels.remap` (e.g. BTCV `transfer_to_9`, then the binary union); when the remap
+    /// binarises, predictions are binarised (`> 0`) too, otherwise they are taken as already
+    /// in the model's class space. The scored labels are the pipeline's foreground classes.
+    pub fn from_pipeline(p: &Pipeline) -> LabelScheme {
+        let remap = &p.labels.remap;
+        let name = match &p.variant {
+            Some(v) => format!("{}:{v}", p.name),
+            None => p.name.clone(),
         };
-        match name {
-            "btcv" => Ok(LabelScheme {
-                name: "btcv".into(),
-                description: "BTCV binary: ground truth transfer_to_9 (5->0, 6->5, 7->6, 8->7, \
-                              9->0, 10->0, 11->8, 12->0, 13->0) then > 0 (union of the 8 \
-                              organs); prediction > 0"
-                    .into(),
-                labels: specs(&["abdominal organs (union of 8)"]),
-                gt_map: Some(binary_lut(Some(transfer_to_9_lut()))),
-                pred_map: Some(binary_lut(None)),
-            }),
-            "btcv:cls9" => Ok(LabelScheme {
-                name: "btcv:cls9".into(),
-                description: "BTCV 13 organs -> 8 on the ground truth (transfer_to_9: 5->0, \
-                              6->5, 7->6, 8->7, 9->0, 10->0, 11->8, 12->0, 13->0); prediction \
-                              as stored"
-                    .into(),
-                labels: specs(&BTCV8_NAMES),
-                gt_map: Some(transfer_to_9_lut()),
-                pred_map: None,
-            }),
-            "btcv:cls14" => Ok(LabelScheme {
-                name: "btcv:cls14".into(),
-                description: "BTCV raw labels 1..13 on both".into(),
-                labels: specs(&BTCV13_NAMES),
-                gt_map: None,
-                pred_map: None,
-            }),
-            "sts3d" => Ok(LabelScheme {
-                name: "sts3d".into(),
-                description: "STS-3D: label 1 (tooth), raw on both".into(),
-                labels: specs(&["tooth"]),
-                gt_map: None,
-                pred_map: None,
-            }),
-            other => Err(EvalError::UnknownPipeline(other.into())),
+        let description = if remap.is_identity() {
+            "label values as stored".to_string()
+        } else {
+            let steps: Vec<String> = remap
+                .assign
+                .iter()
+                .map(|(a, b)| format!("{a}->{b}"))
+                .collect();
+            let mut d = format!("ground truth remapped {}", steps.join(", "));
+            if remap.binarise {
+                d.push_str(", then > 0 on ground truth and prediction");
+            }
+            d
+        };
+        LabelScheme {
+            name,
+            description,
+            labels: p
+                .labels
+                .foreground
+                .iter()
+                .map(|&id| LabelSpec {
+                    id,
+                    name: p
+                        .labels
+                        .class_name(id)
+                        .map_or_else(|| format!("label {id}"), str::to_string),
+                })
+                .collect(),
+            gt_map: (!remap.is_identity()).then(|| remap.lut(u16::MAX)),
+            pred_map: remap.binarise.then(binary_lut),
         }
+    }
+
+    /// `--pipeline NAME|FILE[:VARIANT]`: a built-in pipeline (`btcv`, `sts3d`) or a pipeline
+    /// file, optionally with one of its variants (`btcv:cls9` scores the 8 organs).
+    pub fn load(spec: &str) -> Result<LabelScheme, EvalError> {
+        let (base, variant) = match spec.rsplit_once(':') {
+            Some((b, v)) if !b.is_empty() && !v.is_empty() && !v.contains(['/', '\\']) => {
+                (b, Some(v))
+            }
+            _ => (spec, None),
+        };
+        let mut p = Pipeline::load(base)?;
+        if let Some(v) = variant {
+            p = p.with_variant(v)?;
+        }
+        Ok(LabelScheme::from_pipeline(&p))
     }
 
     /// Apply the scheme's remapping to a ground-truth volume in place.
@@ -448,24 +387,16 @@ pub fn pair_cases(pred: &Path, gt: &Path) -> Result<Pairing, EvalError> {
 // ---------------------------------------------------------------------------------------
 // Reading and scoring
 
-/// Read a label volume: the voxel values rounded to the nearest integer (as the official
-/// code's `round().astype(int)`), which must lie in `0..=65535`.
-///
-/// Reads through `crate::io::read_volume` until `crate::io::nifti::read_labels` lands.
+/// Read a label volume (integer voxel values 0..=65535, else an error naming the voxel).
 pub fn read_labels(path: &Path) -> Result<(Array3<u16>, Affine), EvalError> {
-    let vol = crate::io::read_volume(path, &crate::io::ReadOptions::default())
-        .map_err(EvalError::Read)?;
-    let (data, affine, _) = vol.into_parts();
-    if let Some(&bad) = data
-        .iter()
-        .find(|v| !(v.round() >= 0.0 && v.round() <= u16::MAX as f32))
-    {
-        return Err(EvalError::NotLabels {
+    if !path.exists() {
+        return Err(EvalError::Read(crate::io::ReadError::NotFound {
             path: path.to_path_buf(),
-            value: bad as f64,
-        });
+        }));
     }
-    Ok((data.mapv(|v| v.round() as u16), affine))
+    let (labels, affine, _) =
+        crate::io::nifti::read_labels(path).map_err(|e| EvalError::Read(e.into()))?;
+    Ok((labels, affine))
 }
 
 /// Everything that decides how a set of cases is scored.
@@ -534,8 +465,8 @@ pub fn evaluate_arrays(
     if opts.metrics.protocol.resamples_to_sdseg_grid() {
         let size = [SDSEG_IN_PLANE; 2];
         spacing = resampled_spacing(spacing, shape(&gt), size);
-        pred = resample_in_plane_nearest(pred.view(), size);
-        gt = resample_in_plane_nearest(gt.view(), size);
+        pred = resize_labels_nearest(&pred, size);
+        gt = resize_labels_nearest(&gt, size);
     }
     let labels = opts
         .fixed_labels()
@@ -711,18 +642,40 @@ mod tests {
     }
 
     #[test]
-    fn transfer_to_9_matches_the_reference() {
-        let lut = transfer_to_9_lut();
-        let got: Vec<u16> = (0..=14).map(|v| lut[v]).collect();
-        assert_eq!(got, vec![0, 1, 2, 3, 4, 0, 5, 6, 7, 0, 0, 8, 0, 0, 14]);
-        let s = LabelScheme::preset("btcv").unwrap();
-        let mut a = Array3::from_shape_fn((14, 1, 1), |(i, _, _)| i as u16);
+    fn btcv_pipeline_schemes_follow_transfer_to_9() {
+        let s = LabelScheme::load("btcv").unwrap();
+        assert_eq!(s.labels.len(), 1);
+        let mut a = Array3::from_shape_fn((15, 1, 1), |(i, _, _)| i as u16);
         s.remap_gt(&mut a);
-        let want = [0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0];
+        let want = [0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1];
         assert_eq!(a.iter().copied().collect::<Vec<_>>(), want);
+        let mut p = Array3::from_shape_fn((3, 1, 1), |(i, _, _)| i as u16 * 4);
+        s.remap_pred(&mut p);
+        assert_eq!(p.iter().copied().collect::<Vec<_>>(), [0, 1, 1]);
+
+        let s = LabelScheme::load("btcv:cls9").unwrap();
+        assert_eq!(s.name, "btcv:cls9");
+        let ids: Vec<u16> = s.labels.iter().map(|l| l.id).collect();
+        assert_eq!(ids, (1..=8).collect::<Vec<_>>());
+        assert_eq!(s.labels[4].name, "liver");
+        let mut a = Array3::from_shape_fn((15, 1, 1), |(i, _, _)| i as u16);
+        s.remap_gt(&mut a);
+        let want = [0, 1, 2, 3, 4, 0, 5, 6, 7, 0, 0, 8, 0, 0, 14];
+        assert_eq!(a.iter().copied().collect::<Vec<_>>(), want);
+        let mut p = Array3::from_shape_fn((9, 1, 1), |(i, _, _)| i as u16);
+        s.remap_pred(&mut p);
+        assert_eq!(
+            p.iter().copied().collect::<Vec<_>>(),
+            (0..9).collect::<Vec<u16>>()
+        );
+
         assert!(matches!(
-            LabelScheme::preset("nope"),
-            Err(EvalError::UnknownPipeline(_))
+            LabelScheme::load("nope"),
+            Err(EvalError::Pipeline(_))
+        ));
+        assert!(matches!(
+            LabelScheme::load("btcv:nope"),
+            Err(EvalError::Pipeline(_))
         ));
     }
 }

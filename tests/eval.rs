@@ -220,7 +220,7 @@ fn btcv_scheme_remaps_the_ground_truth() {
     pred.slice_mut(s![0..2, .., ..]).fill(1);
     pred.slice_mut(s![4..6, .., ..]).fill(1);
     let mut o = opts(Protocol::Nnunet);
-    o.scheme = LabelScheme::preset("btcv").unwrap();
+    o.scheme = LabelScheme::load("btcv").unwrap();
     let r = evaluate_arrays(
         &pair("1"),
         (pred.clone(), affine()),
@@ -230,7 +230,7 @@ fn btcv_scheme_remaps_the_ground_truth() {
     .unwrap();
     assert_eq!(r.labels.len(), 1);
     assert_eq!(r.labels[0].dice, 1.0);
-    o.scheme = LabelScheme::preset("btcv:cls9").unwrap();
+    o.scheme = LabelScheme::load("btcv:cls9").unwrap();
     let mut pred9 = Array3::<u16>::zeros((6, 6, 6));
     pred9.slice_mut(s![0..2, .., ..]).fill(5); // liver
     pred9.slice_mut(s![2..4, .., ..]).fill(8); // pancreas, wrongly
@@ -295,7 +295,6 @@ fn dataset(root: &Path) -> (PathBuf, PathBuf) {
 }
 
 #[test]
-#[ignore = "needs the NIfTI reader (io::nifti::read_labels) on main"]
 fn cli_writes_every_format() {
     let d = tempfile::tempdir().unwrap();
     let (p, g) = dataset(d.path());
@@ -365,7 +364,6 @@ fn cli_writes_every_format() {
 }
 
 #[test]
-#[ignore = "needs the NIfTI reader (io::nifti::read_labels) on main"]
 fn cli_rejects_bad_input_with_exit_code_2() {
     let d = tempfile::tempdir().unwrap();
     let (p, g) = dataset(d.path());

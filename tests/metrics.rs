@@ -2,11 +2,12 @@
 //! parallel planes at anisotropic spacing, and every empty-label case under every protocol.
 
 use ndarray::{s, Array3};
-use sdseg_volume::metrics::protocol::{resample_in_plane_nearest, resampled_spacing};
+use sdseg_volume::metrics::protocol::resampled_spacing;
 use sdseg_volume::metrics::{
     evaluate, evaluate_masks, Hd95Mode, LabelMetrics, MetricOptions, MetricsError, Protocol,
     SurfaceDistances,
 };
+use sdseg_volume::pipeline::resize_labels_nearest;
 
 fn opts(protocol: Protocol, hd95: Hd95Mode, tol: f64) -> MetricOptions {
     MetricOptions {
@@ -334,7 +335,7 @@ fn bad_inputs_are_errors_not_panics() {
 #[test]
 fn sdseg_grid_keeps_the_field_of_view() {
     let a = Array3::<u16>::from_shape_fn((512, 512, 3), |(i, j, _)| u16::from(i >= 256 && j < 128));
-    let r = resample_in_plane_nearest(a.view(), [256, 256]);
+    let r = resize_labels_nearest(&a, [256, 256]);
     assert_eq!(r.dim(), (256, 256, 3));
     // Half the rows, a quarter of the columns survive, as in the input.
     assert_eq!(r.iter().filter(|&&v| v == 1).count(), 128 * 64 * 3);

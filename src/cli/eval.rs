@@ -17,9 +17,10 @@ pub struct Args {
     /// extension and without a leading img/label/pred/seg/gt/... tag: img0001 ↔ label0001).
     #[arg(long, value_name = "DIR|FILE")]
     pub gt: PathBuf,
-    /// Label scheme: `btcv` (the paper's binary task: union of the 8 TransUNet organs),
-    /// `btcv:cls9` (13 organs → the 8), `btcv:cls14` (raw), `sts3d`. Default: labels as stored.
-    #[arg(long, value_name = "NAME")]
+    /// Pipeline whose label remapping and classes to use: `btcv` (the paper's binary task:
+    /// union of the 8 TransUNet organs), `btcv:cls9` (13 organs → the 8), `btcv:cls14`,
+    /// `sts3d`, or a pipeline TOML file (`FILE[:VARIANT]`). Default: labels as stored.
+    #[arg(long, value_name = "NAME|FILE[:VARIANT]")]
     pub pipeline: Option<String>,
     /// Score only these labels (after remapping), e.g. `1,2,3`.
     #[arg(long, value_delimiter = ',', value_name = "L,...")]
@@ -61,7 +62,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         .into());
     }
     let scheme = match args.pipeline.as_deref() {
-        Some(name) => LabelScheme::preset(name)?,
+        Some(spec) => LabelScheme::load(spec)?,
         None => LabelScheme::as_stored(),
     };
     let opts = EvalOptions {

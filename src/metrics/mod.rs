@@ -106,7 +106,7 @@ fn dim3<T>(a: &ArrayView3<T>) -> [usize; 3] {
 /// grid as given, with voxel size `spacing` in mm per array axis.
 ///
 /// Under [`Protocol::Sdseg`] the official numbers are computed on the 256×256 in-plane grid:
-/// resample first with [`protocol::resample_in_plane_nearest`] and
+/// resample first with `crate::pipeline::resize_labels_nearest` and
 /// [`protocol::resampled_spacing`] (`eval` does).
 ///
 /// Labels run one after another; each one's distance transforms run in parallel and only

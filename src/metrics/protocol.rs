@@ -10,7 +10,8 @@
 //! * `sdseg`: the official code (`scripts/slice2seg.py::dice_score, iou_score`, reference §4),
 //!   including its `1e-10` and its inconsistent empty-target rules; computed per volume after
 //!   resampling pred and gt to 256×256 in-plane with nearest neighbour
-//!   ([`resample_in_plane_nearest`]); the mean runs over all volumes.
+//!   (`crate::pipeline::resize_labels_nearest`, scipy `zoom(order=0)` exactly; `eval` does
+//!   this); the mean runs over all volumes.
 //! * `nnunet`: nnU-Net's `compute_metrics` (NaN when TP+FP+FN = 0), nanmean over cases.
 //! * `monai`: `DiceMetric(ignore_empty=True)` / `MeanIoU(ignore_empty=True)`; the distance
 //!   rules of `get_surface_distance` (+inf when exactly one side is empty, NaN when both are),
@@ -21,7 +22,6 @@
 //! when either mask is empty. NSD follows MONAI and DeepMind in every protocol.
 
 use super::overlap::Counts;
-use ndarray::{Array3, ArrayView3};
 use std::fmt;
 
 /// Which empty-label convention (and, for `sdseg`, which resolution) to score under.
@@ -170,38 +170,8 @@ impl fmt::Display for Hd95Mode {
     }
 }
 
-/// Nearest-neighbour resampling of axes 0 and 1 to `size`, axis 2 unchanged, with exactly
-/// the semantics of `scipy.ndimage.zoom(a, (size[0]/n0, size[1]/n1, 1), order=0)` (the
-/// official evaluation's label zoom): output index `o` reads input index
-/// `floor(o·(n−1)/(m−1) + 0.5)`, and reads 0 (scipy's `mode="constant"`, `cval=0`) in the
-/// rare case where floating-point rounding puts `o·(n−1)/(m−1)` past `n − 1`.
-pub fn resample_in_plane_nearest(a: ArrayView3<u16>, size: [usize; 2]) -> Array3<u16> {
-    let (n0, n1, n2) = a.dim();
-    let map = |n: usize, m: usize| -> Vec<Option<usize>> {
-        let ratio = if m > 1 {
-            (n as f64 - 1.0) / (m as f64 - 1.0)
-        } else {
-            0.0
-        };
-        (0..m)
-            .map(|o| {
-                let x = o as f64 * ratio;
-                (x <= (n as f64 - 1.0)).then(|| ((x + 0.5).floor() as usize).min(n - 1))
-            })
-            .collect()
-    };
-    let m0 = map(n0, size[0]);
-    let m1 = map(n1, size[1]);
-    let mut out = Array3::<u16>::zeros((size[0], size[1], n2));
-    ndarray::Zip::indexed(&mut out).par_for_each(|(i, j, k), o| {
-        if let (Some(si), Some(sj)) = (m0[i], m1[j]) {
-            *o = a[[si, sj, k]];
-        }
-    });
-    out
-}
-
-/// Voxel spacing after [`resample_in_plane_nearest`] from in-plane `shape` to `size`:
+/// Voxel spacing after resampling (`crate::pipeline::resize_labels_nearest`) from in-plane
+/// `shape` to `size`:
 /// the field of view is kept, so `s · n / m` on axes 0 and 1.
 pub fn resampled_spacing(spacing: [f64; 3], shape: [usize; 3], size: [usize; 2]) -> [f64; 3] {
     [
@@ -246,21 +216,6 @@ impl Stat {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resample_follows_scipy_zoom_order0() {
-        // 600 -> 300 is one of the sizes where scipy reads cval for the last row
-        // (checked against scipy 1.17: zoom(arange(1, 601), 300/600, order=0)[-1] == 0).
-        let a = Array3::from_shape_fn((600, 1, 1), |(i, _, _)| i as u16 + 1);
-        let r = resample_in_plane_nearest(a.view(), [300, 1]);
-        assert_eq!(r[[299, 0, 0]], 0);
-        assert_eq!(r[[1, 0, 0]], 3); // floor(1 * 599/299 + 0.5) = 2 -> value 3
-                                     // 512 -> 256: plain rounding, the last row is the last input row.
-        let a = Array3::from_shape_fn((512, 2, 3), |(i, j, k)| (i + j + k) as u16);
-        let r = resample_in_plane_nearest(a.view(), [256, 256]);
-        assert_eq!(r.dim(), (256, 256, 3));
-        assert_eq!(r[[255, 255, 2]], 511 + 1 + 2);
-    }
 
     #[test]
     fn stat_skips_nan_keeps_inf() {
