@@ -121,7 +121,7 @@ else
   "$PY" - "$WORK/data" <<'EOF'
 import sys, numpy as np, nibabel as nib
 out = sys.argv[1]
-for i, shape in enumerate([(48, 40, 7), (40, 52, 5), (56, 44, 9)]):
+for i, shape in enumerate([(48, 40, 4), (40, 52, 3), (56, 44, 5)]):
     x, y, z = np.indices(shape, dtype=np.float32)
     c = np.array(shape, dtype=np.float32) * [0.4 + 0.05 * i, 0.5, 0.5]
     d = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (3 * (z - c[2])) ** 2)

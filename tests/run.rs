@@ -519,3 +519,98 @@ fn slurm_script_tasks_cover_every_case_once() {
     );
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// Issue 3, `run` end to end: the tiny fixture checkpoint on a synthetic phantom gives labels on
+/// the input grid that equal what `trace` gives for the same prepared slices and noise (after
+/// the pipeline's resize back), and the same bytes for every batch size.
+#[test]
+fn run_with_the_tiny_fixture_equals_trace_and_ignores_batch_size() {
+    use sdseg_volume::pipeline::{binary_slice_to_native, Pipeline, ResizeBack, SliceSource};
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-binary");
+    let weights = fixture.join("checkpoint.safetensors");
+    let w = weights.to_str().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("ph")).unwrap();
+    let input = d.path().join("ph/phantom.nii.gz");
+    write_nifti(&input, &phantom([48, 40, 3], 2), diag([0.9, 0.9, 3.0]));
+    for b in ["1", "3"] {
+        let out = format!("seg{b}.nii.gz");
+        let o = run(
+            d.path(),
+            &[
+                "run",
+                "ph/phantom.nii.gz",
+                "--out",
+                &out,
+                "--weights",
+                w,
+                "--batch-size",
+                b,
+                "--seed",
+                "5",
+                "--quiet",
+                "--report",
+                &format!("r{b}.json"),
+            ],
+        );
+        assert_eq!(code(&o), 0, "batch {b}: {}", stderr(&o));
+    }
+    let seg1 = std::fs::read(d.path().join("seg1.nii.gz")).unwrap();
+    assert_eq!(
+        seg1,
+        std::fs::read(d.path().join("seg3.nii.gz")).unwrap(),
+        "batch 1 vs 3"
+    );
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("r3.json")).unwrap()).unwrap();
+    assert_eq!(rep["model"]["kind"], "sdseg");
+    assert!(rep["model"]["config_source"]
+        .as_str()
+        .unwrap()
+        .contains("config.json"));
+    assert_eq!(rep["model"]["weights_sha256"].as_str().unwrap().len(), 64);
+
+    // The same slices through `trace`: image from the pipeline's preprocessing, the shared noise.
+    let volume = sdseg_volume::io::nifti::read_nifti(&input).unwrap();
+    let pipeline = Pipeline::load("btcv").unwrap();
+    let src = SliceSource::new(&volume, &pipeline);
+    let dev = candle_core::Device::Cpu;
+    let image =
+        candle_core::Tensor::from_vec(src.model_input(0..3), (3, 3, 256, 256), &dev).unwrap();
+    let noise = sdseg_volume::model::sdseg::standard_normal(5, 0, 4 * 32 * 32);
+    let noise = candle_core::Tensor::from_vec(noise, (1, 4, 32, 32), &dev).unwrap();
+    let tensors = std::collections::HashMap::from([
+        ("image".to_string(), image),
+        ("noise".to_string(), noise),
+    ]);
+    candle_core::safetensors::save(&tensors, d.path().join("in.safetensors")).unwrap();
+    let o = run(
+        d.path(),
+        &[
+            "trace",
+            "--weights",
+            w,
+            "--input",
+            "in.safetensors",
+            "--out",
+            "tr.safetensors",
+            "-q",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let tr = candle_core::safetensors::load(d.path().join("tr.safetensors"), &dev).unwrap();
+    let prob = tr["mask_prob"].to_vec3::<f32>().unwrap();
+    let (labels, affine, _) =
+        sdseg_volume::io::nifti::read_labels(&d.path().join("seg3.nii.gz")).unwrap();
+    assert_eq!(labels.shape(), volume.data().shape());
+    assert!(affine.max_abs_diff(volume.affine()) < 1e-5);
+    let mut fg = 0;
+    for (k, p) in prob.iter().enumerate() {
+        let p = ndarray::Array2::from_shape_fn((256, 256), |(i, j)| p[i][j]);
+        let want = binary_slice_to_native(p.view(), src.geometry(), ResizeBack::Bilinear).unwrap();
+        let got = labels.index_axis(ndarray::Axis(2), k);
+        assert_eq!(got, want.view(), "slice {k} differs from trace");
+        fg += want.iter().filter(|&&v| v == 1).count();
+    }
+    assert!(fg > 0 && fg < 48 * 40 * 3, "trivial labels: {fg}");
+}

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use super::Globals;
 use crate::error::UsageError;
 use crate::pipeline::cases::{NamePattern, OutTarget};
-use crate::pipeline::engine::prep::{Norm, Resize, SimplePrep};
+use crate::pipeline::config::{Pipeline, PipelineError};
+use crate::pipeline::engine::prep::Slicer;
+use crate::pipeline::postprocess::ResizeBack;
 use crate::pipeline::runner::{
     DTypeSpec, DeviceSpec, ModelChoice, PreviewTarget, RunOptions, TestModel,
 };
@@ -18,12 +20,14 @@ pub struct ModelArgs {
     /// Model weights: an official Lightning .ckpt or a .safetensors (default: the pipeline's).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// Model config (official YAML/JSON hyper-parameters); default: config.json or
-    /// <weights>.json beside the weights, else the pipeline's preset.
-    #[arg(long, value_name = "FILE")]
-    pub model_config: Option<PathBuf>,
-    /// Pipeline: a built-in name (btcv, sts3d) or a pipeline TOML file.
-    #[arg(long, value_name = "NAME|FILE", default_value = "btcv")]
+    /// Model config: a JSON file (the official hyper-parameters) or a preset name
+    /// (sdseg-binary, sdseg-cls9, sdseg-cls14); default: <weights>.json or config.json beside
+    /// the weights, else the pipeline's preset.
+    #[arg(long, value_name = "FILE|PRESET")]
+    pub model_config: Option<String>,
+    /// Pipeline: a built-in name (btcv, sts3d) or a pipeline TOML file, optionally with a
+    /// variant (btcv:cls9).
+    #[arg(long, value_name = "NAME|FILE[:VARIANT]", default_value = "btcv")]
     pub pipeline: String,
     /// Slices per model batch (batches never span two volumes).
     #[arg(long, value_name = "N", default_value_t = 8)]
@@ -46,7 +50,7 @@ pub struct ModelArgs {
     pub no_ema: bool,
     /// Resize of soft maps back to the native slice size: bilinear (then threshold) or nearest.
     #[arg(long, value_name = "MODE", default_value = "bilinear")]
-    pub resize: Resize,
+    pub resize: ResizeBack,
     /// DICOM: read this SeriesInstanceUID instead of choosing one.
     #[arg(long, value_name = "UID")]
     pub series: Option<String>,
@@ -109,32 +113,16 @@ pub struct Args {
     pub output: OutputArgs,
 }
 
-/// A built-in pipeline: slicing, description, class names, model preset.
-type Interim = (SimplePrep, String, Vec<(u16, String)>, String);
-
-/// Built-in pipelines until `pipeline::config` lands (values: sdseg-reference.md §1.2, §2.4).
-fn interim_pipeline(name: &str) -> Result<Interim, UsageError> {
-    match name {
-        "btcv" => Ok((
-            SimplePrep::btcv(),
-            "BTCV abdominal CT: window [-125, 275] HU, per-volume min-max to [-1, 1], native slices".into(),
-            vec![(0, "background".into()), (1, "abdominal organs (union of 8)".into())],
-            "sdseg-binary".into(),
-        )),
-        "sts3d" => Ok((
-            SimplePrep {
-                name: "sts3d".into(),
-                window: (-100.0, 1100.0),
-                norm: Norm::MinMax { eps: 1e-8 },
-                ..SimplePrep::btcv()
-            },
-            "STS-3D dental CBCT: window [-100, 1100] HU, per-volume min-max to [-1, 1], native slices".into(),
-            vec![(0, "background".into()), (1, "teeth".into())],
-            "sdseg-binary".into(),
-        )),
-        other => Err(UsageError(format!(
-            "pipeline '{other}': the built-in pipelines are btcv and sts3d"
-        ))),
+/// `NAME|FILE` or `NAME|FILE:VARIANT`.
+pub fn load_pipeline(arg: &str) -> Result<Pipeline, PipelineError> {
+    match Pipeline::load(arg) {
+        Ok(p) => Ok(p),
+        Err(e) => match arg.rsplit_once(':') {
+            Some((base, variant)) if !base.is_empty() && !variant.is_empty() => {
+                Pipeline::load(base)?.with_variant(variant)
+            }
+            _ => Err(e),
+        },
     }
 }
 
@@ -175,20 +163,23 @@ impl Args {
                 "--device {device}: this build has no CUDA support; rebuild with `cargo build --release --features cuda`"
             )));
         }
-        for (flag, p) in [
-            ("--weights", &m.weights),
-            ("--model-config", &m.model_config),
-        ] {
-            if let Some(p) = p {
-                if !p.is_file() {
-                    return Err(UsageError(format!("{flag} {}: no such file", p.display())));
-                }
+        if let Some(p) = &m.weights {
+            if !p.is_file() {
+                return Err(UsageError(format!(
+                    "--weights {}: no such file",
+                    p.display()
+                )));
             }
         }
-        if m.weights.is_none() && m.test_segmenter.is_none() {
-            return Err(UsageError(
-                "--weights is required (model.ckpt or model.safetensors)".into(),
-            ));
+        if let Some(c) = &m.model_config {
+            if !std::path::Path::new(c).is_file()
+                && !crate::model::config::PRESETS.contains(&c.as_str())
+            {
+                return Err(UsageError(format!(
+                    "--model-config {c}: no such file, and not a preset ({})",
+                    crate::model::config::PRESETS.join(", ")
+                )));
+            }
         }
         if let Some(p) = &self.manifest {
             if !p.is_file() {
@@ -198,8 +189,30 @@ impl Args {
                 )));
             }
         }
-        let (mut prep, description, label_names, preset) = interim_pipeline(&m.pipeline)?;
-        prep.output_resize = m.resize;
+        let pipeline =
+            load_pipeline(&m.pipeline).map_err(|e| UsageError(format!("--pipeline: {e}")))?;
+        let size = crate::pipeline::segmenter::MODEL_SIZE;
+        if pipeline.slicing.size != size {
+            return Err(UsageError(format!(
+                "pipeline '{}': slicing.size {} is not supported by `run` (SDSeg takes {size}×{size})",
+                pipeline.name, pipeline.slicing.size
+            )));
+        }
+        let weights = m
+            .weights
+            .clone()
+            .or_else(|| pipeline.default_weights().map(|p| p.to_path_buf()));
+        if weights.is_none() && m.test_segmenter.is_none() {
+            return Err(UsageError(format!(
+                "--weights is required (model.ckpt or model.safetensors): pipeline '{}' names no default weights",
+                pipeline.name
+            )));
+        }
+        let preset = pipeline.model.preset.clone();
+        let num_classes = m
+            .test_segmenter
+            .map(|t| t.classes)
+            .unwrap_or(pipeline.num_classes());
         let preview = self.output.preview.clone().map(PreviewTarget);
         if let Some(p) = &preview {
             if !p.0.to_ascii_lowercase().ends_with(".png") {
@@ -213,14 +226,12 @@ impl Args {
             name: self.output.name.clone().unwrap_or_default(),
             shard,
             shard_source,
-            prep,
-            pipeline_description: description,
-            label_names,
+            slicer: Slicer::new(pipeline, m.resize),
             model: ModelChoice {
-                weights: m.weights.clone(),
+                weights,
                 model_config: m.model_config.clone(),
                 preset,
-                num_classes: m.test_segmenter.map(|t| t.classes).unwrap_or(2),
+                num_classes,
                 ema: !m.no_ema,
                 device,
                 dtype: m.dtype,

@@ -115,17 +115,26 @@ impl ModelArgs {
             push("--weights", abs_str(w));
         }
         if let Some(c) = &self.model_config {
-            push("--model-config", abs_str(c));
+            let p = Path::new(c);
+            push(
+                "--model-config",
+                if p.is_file() { abs_str(p) } else { c.clone() },
+            );
         }
-        let pipeline_path = Path::new(&self.pipeline);
-        push(
-            "--pipeline",
-            if pipeline_path.is_file() {
-                abs_str(pipeline_path)
-            } else {
-                self.pipeline.clone()
-            },
-        );
+        // A pipeline file (possibly with :VARIANT) becomes an absolute path.
+        let (file, variant) = match self.pipeline.rsplit_once(':') {
+            Some((f, v)) if Path::new(f).is_file() => (f, Some(v)),
+            _ => (self.pipeline.as_str(), None),
+        };
+        let mut pipeline = if Path::new(file).is_file() {
+            abs_str(Path::new(file))
+        } else {
+            file.to_string()
+        };
+        if let Some(v) = variant {
+            pipeline = format!("{pipeline}:{v}");
+        }
+        push("--pipeline", pipeline);
         push("--batch-size", self.batch_size.to_string());
         if let Some(d) = self.device {
             push("--device", d.to_string());
@@ -139,13 +148,7 @@ impl ModelArgs {
                 crate::pipeline::segmenter::NoiseMode::PerSlice => "per-slice".into(),
             },
         );
-        push(
-            "--resize",
-            match self.resize {
-                crate::pipeline::engine::prep::Resize::Bilinear => "bilinear".into(),
-                crate::pipeline::engine::prep::Resize::Nearest => "nearest".into(),
-            },
-        );
+        push("--resize", self.resize.to_string());
         if let Some(s) = &self.series {
             push("--series", s.clone());
         }

@@ -16,7 +16,6 @@
 //! slice index) ([`NoiseSource`]), so outputs do not depend on which other cases ran in the
 //! same process (sharding, resume). Per-case stage times are measured where the work happens.
 
-mod interim_io;
 pub mod prep;
 mod stages;
 
@@ -35,7 +34,7 @@ use crate::error::ExitCode;
 use crate::geometry::Affine;
 use crate::io::ReadOptions;
 use crate::volume::{Provenance, Volume};
-use prep::SlicePrep;
+use prep::Slicer;
 
 /// Reading and writing, so tests can run the engine on in-memory volumes.
 pub trait CaseIo: Sync {
@@ -64,9 +63,6 @@ pub struct FileIo;
 
 impl CaseIo for FileIo {
     fn read(&self, input: &Path, opts: &ReadOptions) -> anyhow::Result<Volume> {
-        if super::cases::is_nifti_name(input) {
-            return interim_io::read_nifti(input);
-        }
         Ok(crate::io::read_volume(input, opts)?)
     }
     fn write_labels(
@@ -75,7 +71,12 @@ impl CaseIo for FileIo {
         labels: &Array3<u16>,
         like: &VolumeMeta,
     ) -> anyhow::Result<()> {
-        stages::write_labels_nifti(output, labels, like)
+        let grid = crate::io::nifti::Grid {
+            shape: like.shape,
+            affine: &like.affine,
+            source: &like.provenance.source,
+        };
+        Ok(crate::io::nifti::write_labels_on(output, labels, grid)?)
     }
 }
 
@@ -227,7 +228,7 @@ impl CaseOutcome {
 /// The engine: a slicing pipeline, readers/writers and an observer, run over jobs with one
 /// segmenter.
 pub struct Engine<'a> {
-    pub prep: &'a dyn SlicePrep,
+    pub slicer: &'a Slicer,
     pub io: &'a dyn CaseIo,
     pub observer: &'a dyn Observer,
     pub options: EngineOptions,

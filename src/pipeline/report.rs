@@ -121,9 +121,12 @@ impl From<&CaseOutcome> for CaseRecord {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PipelineRecord {
+    /// `name` or `name:variant`.
     pub name: String,
-    pub window_hu: [f32; 2],
-    pub description: String,
+    /// Built-in or the file it was read from.
+    pub origin: String,
+    pub window_hu: [f64; 2],
+    pub summary: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -133,7 +136,8 @@ pub struct RunSettings {
     pub seed: u64,
     pub noise: super::segmenter::NoiseMode,
     pub batch_size: usize,
-    pub resize: super::engine::prep::Resize,
+    /// Resize of soft maps back to the native slice size (`bilinear` or `nearest`).
+    pub resize: String,
     pub shard: String,
     pub overwrite: bool,
 }

@@ -9,14 +9,14 @@ use std::time::Instant;
 use anyhow::Context;
 
 use super::cases::{self, CaseSpec, NamePattern, OutTarget};
-use super::engine::prep::SimplePrep;
+use super::engine::prep::Slicer;
 use super::engine::{CaseOutcome, CaseStatus, Engine, EngineOptions, FileIo, Job};
 use super::labels_sidecar::{label_table, write_sidecars, LabelInfo};
 use super::progress::{Display, Progress};
 use super::report::{
     tool_info, unix_now, CaseRecord, ModelInfo, PipelineRecord, RunReport, RunSettings, Totals,
 };
-use super::segmenter::{NoiseMode, SliceSegmenter, ThresholdSegmenter};
+use super::segmenter::{NoiseMode, SdsegSegmenter, SliceSegmenter, ThresholdSegmenter};
 use super::shard::Shard;
 use crate::error::{PartialFailure, UsageError};
 use crate::io::ReadOptions;
@@ -118,9 +118,11 @@ impl FromStr for TestModel {
 #[derive(Clone, Debug)]
 pub struct ModelChoice {
     pub weights: Option<PathBuf>,
-    pub model_config: Option<PathBuf>,
+    /// `--model-config`: a JSON/YAML-derived config file or a preset name.
+    pub model_config: Option<String>,
     /// The pipeline's model preset (`sdseg-binary`, ...), the config of last resort.
     pub preset: String,
+    /// Classes the pipeline expects (2 = binary).
     pub num_classes: usize,
     pub ema: bool,
     pub device: DeviceSpec,
@@ -151,10 +153,8 @@ pub struct RunOptions {
     pub shard: Shard,
     /// `--shard`, `Slurm array` or `none`.
     pub shard_source: &'static str,
-    pub prep: SimplePrep,
-    pub pipeline_description: String,
-    /// Class names from the pipeline (id → name).
-    pub label_names: Vec<(u16, String)>,
+    /// The pipeline and the resize-back choice.
+    pub slicer: Slicer,
     pub model: ModelChoice,
     pub batch_size: usize,
     pub seed: u64,
@@ -171,11 +171,12 @@ pub struct RunOptions {
     pub command: Vec<String>,
 }
 
-/// Where the model config comes from, in order: `--model-config`, `config.json` beside the
-/// weights, `<weights>.json` (`model.ckpt.json` or `model.json`), the pipeline's preset.
+/// Where the model config came from: `--model-config` (a file or a preset name), a file
+/// beside the weights (`<weights>.json`, else `config.json`: `SdsegConfig::find_beside`), or
+/// the pipeline's preset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigSource {
-    Flag(PathBuf),
+    Flag(String),
     BesideWeights(PathBuf),
     Preset(String),
 }
@@ -183,35 +184,31 @@ pub enum ConfigSource {
 impl std::fmt::Display for ConfigSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConfigSource::Flag(p) => write!(f, "--model-config {}", p.display()),
+            ConfigSource::Flag(p) => write!(f, "--model-config {p}"),
             ConfigSource::BesideWeights(p) => write!(f, "{} (beside the weights)", p.display()),
             ConfigSource::Preset(n) => write!(f, "pipeline preset '{n}'"),
         }
     }
 }
 
+/// The config source for a model choice, in the documented order.
 pub fn resolve_model_config(m: &ModelChoice) -> ConfigSource {
-    if let Some(p) = &m.model_config {
-        return ConfigSource::Flag(p.clone());
+    if let Some(c) = &m.model_config {
+        return ConfigSource::Flag(c.clone());
     }
-    if let Some(w) = &m.weights {
-        let dir = w.parent().unwrap_or(Path::new(""));
-        let mut candidates = vec![dir.join("config.json")];
-        if let Some(name) = w.file_name() {
-            candidates.push(dir.join(format!("{}.json", name.to_string_lossy())));
-        }
-        if let Some(stem) = w.file_stem() {
-            candidates.push(dir.join(format!("{}.json", stem.to_string_lossy())));
-        }
-        if let Some(p) = candidates.into_iter().find(|p| p.is_file()) {
-            return ConfigSource::BesideWeights(p);
-        }
+    if let Some(p) = m
+        .weights
+        .as_deref()
+        .and_then(crate::model::config::SdsegConfig::find_beside)
+    {
+        return ConfigSource::BesideWeights(p);
     }
     ConfigSource::Preset(m.preset.clone())
 }
 
 /// Load the model once for the whole run. The only place that knows which model type runs.
 pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegmenter>, ModelInfo)> {
+    use crate::model::config::SdsegConfig;
     let m = &opts.model;
     if let Some(t) = m.test {
         let mut model = if t.classes > 2 {
@@ -239,13 +236,58 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
         .into());
     };
     let source = resolve_model_config(m);
-    // Wiring point for `model::sdseg::Sdseg` (issue 3): build it from `source` (a config
-    // file, or the preset `m.preset`), `weights`, `m.ema`, `m.device`, `m.dtype`, and wrap it
-    // in a `SliceSegmenter` adapter.
-    anyhow::bail!(
-        "the SDSeg model is not part of this build yet (weights {}, config from {source})",
-        weights.display()
-    )
+    let (config, config_json) = match &source {
+        ConfigSource::Flag(arg) => {
+            let c = SdsegConfig::from_arg(arg)?;
+            let json = if Path::new(arg).is_file() {
+                read_json(Path::new(arg))
+            } else {
+                serde_json::json!({ "preset": arg })
+            };
+            (c, json)
+        }
+        ConfigSource::BesideWeights(p) => (SdsegConfig::load(p)?, read_json(p)),
+        ConfigSource::Preset(name) => (
+            SdsegConfig::preset(name)?,
+            serde_json::json!({ "preset": name }),
+        ),
+    };
+    if !opts.quiet {
+        eprintln!("model config: {source}");
+    }
+    let device = crate::model::sdseg::parse_device(&m.device.to_string())?;
+    let dtype = crate::model::sdseg::parse_dtype(&m.dtype.to_string())?;
+    let model = crate::model::sdseg::Sdseg::load(weights, &config, &device, dtype, m.ema)
+        .with_context(|| format!("loading {}", weights.display()))?;
+    let segmenter = SdsegSegmenter::new(model);
+    let classes = segmenter.num_classes();
+    if classes != m.num_classes {
+        return Err(UsageError(format!(
+            "the model ({}, config from {source}) has {classes} classes but pipeline '{}' expects {}; \
+             choose a pipeline (or variant, NAME:VARIANT) for this model",
+            weights.display(),
+            opts.slicer.pipeline.name,
+            m.num_classes
+        ))
+        .into());
+    }
+    let info = ModelInfo {
+        kind: "sdseg".into(),
+        config_source: source.to_string(),
+        config: config_json,
+        weights: Some(weights.clone()),
+        weights_sha256: None,
+        ema: m.ema,
+        num_classes: classes,
+    };
+    Ok((Box::new(segmenter), info))
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    std::fs::read_to_string(p)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Run everything `opts` asks for. Exit status: `Ok` when every case was written or skipped;
@@ -309,14 +351,23 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
 
     let mut model_info = None;
     let mut load_s = 0.0;
-    let mut labels: Vec<LabelInfo> = label_table(opts.model.num_classes, &opts.label_names);
+    let names: Vec<(u16, String)> = opts
+        .slicer
+        .pipeline
+        .labels
+        .classes
+        .iter()
+        .map(|(id, n)| (*id, n.clone()))
+        .collect();
+    let pipeline_name = pipeline_label(&opts.slicer.pipeline);
+    let mut labels: Vec<LabelInfo> = label_table(opts.model.num_classes, &names);
     let mut wall = std::time::Duration::ZERO;
     if !jobs.is_empty() {
         let t = Instant::now();
         let (mut model, info) = load_segmenter(opts)?;
         load_s = t.elapsed().as_secs_f64();
-        labels = label_table(model.num_classes(), &opts.label_names);
-        write_sidecars(&opts.out.dir(), &opts.prep.name, &labels)
+        labels = label_table(model.num_classes(), &names);
+        write_sidecars(&opts.out.dir(), &pipeline_name, &labels)
             .with_context(|| format!("writing label tables into {}", opts.out.dir().display()))?;
         // The weights digest (seconds for a large checkpoint) overlaps the run.
         let digest = opts
@@ -325,7 +376,7 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
             .and(info.weights.clone())
             .map(|w| std::thread::spawn(move || super::engine::sha256_files(&[w])));
         let engine = Engine {
-            prep: &opts.prep,
+            slicer: &opts.slicer,
             io: &FileIo,
             observer: &progress,
             options: EngineOptions {
@@ -373,9 +424,13 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
             started_unix_s: started_unix,
             finished_unix_s: unix_now(),
             pipeline: PipelineRecord {
-                name: opts.prep.name.clone(),
-                window_hu: [opts.prep.window.0 as f32, opts.prep.window.1 as f32],
-                description: opts.pipeline_description.clone(),
+                name: pipeline_name.clone(),
+                origin: opts.slicer.pipeline.origin.to_string(),
+                window_hu: [
+                    opts.slicer.pipeline.window.hu_min,
+                    opts.slicer.pipeline.window.hu_max,
+                ],
+                summary: opts.slicer.pipeline.summary(),
             },
             model: model_info,
             settings: RunSettings {
@@ -384,7 +439,7 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
                 seed: opts.seed,
                 noise: opts.noise,
                 batch_size: opts.batch_size,
-                resize: opts.prep.output_resize,
+                resize: opts.slicer.resize.to_string(),
                 shard: opts.shard.to_string(),
                 overwrite: opts.overwrite,
             },
@@ -413,6 +468,14 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
             }
             .into())
         }
+    }
+}
+
+/// `name` or `name:variant`.
+pub fn pipeline_label(p: &crate::pipeline::config::Pipeline) -> String {
+    match &p.variant {
+        Some(v) => format!("{}:{v}", p.name),
+        None => p.name.clone(),
     }
 }
 
@@ -464,25 +527,20 @@ mod tests {
             resolve_model_config(&m),
             ConfigSource::Preset("sdseg-binary".into())
         );
-        std::fs::write(d.path().join("model.json"), b"{}").unwrap();
+        std::fs::write(d.path().join("config.json"), b"{}").unwrap();
         assert_eq!(
             resolve_model_config(&m),
-            ConfigSource::BesideWeights(d.path().join("model.json"))
+            ConfigSource::BesideWeights(d.path().join("config.json"))
         );
         std::fs::write(d.path().join("model.ckpt.json"), b"{}").unwrap();
         assert_eq!(
             resolve_model_config(&m),
             ConfigSource::BesideWeights(d.path().join("model.ckpt.json"))
         );
-        std::fs::write(d.path().join("config.json"), b"{}").unwrap();
+        m.model_config = Some("sdseg-cls9".into());
         assert_eq!(
             resolve_model_config(&m),
-            ConfigSource::BesideWeights(d.path().join("config.json"))
-        );
-        m.model_config = Some("c.json".into());
-        assert_eq!(
-            resolve_model_config(&m),
-            ConfigSource::Flag("c.json".into())
+            ConfigSource::Flag("sdseg-cls9".into())
         );
     }
 }

@@ -186,6 +186,60 @@ impl SliceSegmenter for ThresholdSegmenter {
     }
 }
 
+/// The SDSeg model (`model::sdseg::Sdseg`) behind the seam: images and noise go in as CPU
+/// tensors (the model moves them to its device and dtype), soft maps come back as f32.
+pub struct SdsegSegmenter {
+    model: crate::model::sdseg::Sdseg,
+}
+
+impl SdsegSegmenter {
+    pub fn new(model: crate::model::sdseg::Sdseg) -> SdsegSegmenter {
+        SdsegSegmenter { model }
+    }
+    pub fn model(&self) -> &crate::model::sdseg::Sdseg {
+        &self.model
+    }
+}
+
+impl SliceSegmenter for SdsegSegmenter {
+    fn num_classes(&self) -> usize {
+        match self.model.task() {
+            crate::model::config::Task::Binary => 2,
+            crate::model::config::Task::MultiClass { num_classes } => num_classes,
+        }
+    }
+
+    fn latent_shape(&self) -> [usize; 3] {
+        self.model.latent_shape()
+    }
+
+    fn segment(
+        &mut self,
+        images: &[f32],
+        noise: &[f32],
+        b: usize,
+    ) -> Result<SoftOutput, SegmentError> {
+        use crate::model::sdseg::Output;
+        use candle_core::{DType, Device, Tensor};
+        let [c, h, w] = self.latent_shape();
+        let img = Tensor::from_slice(images, (b, 3, MODEL_SIZE, MODEL_SIZE), &Device::Cpu)?;
+        let z = Tensor::from_slice(noise, (b, c, h, w), &Device::Cpu)?;
+        let host = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+            t.to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        Ok(match self.model.segment(&img, &z, None)? {
+            Output::Binary { mask_prob, .. } => SoftOutput::Probabilities(host(&mask_prob)?),
+            Output::MultiClass { logits, .. } => SoftOutput::Logits {
+                classes: logits.dim(1)?,
+                data: host(&logits)?,
+            },
+        })
+    }
+}
+
 /// How noise latents are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -223,7 +277,8 @@ impl NoiseSource {
     pub fn new(mode: NoiseMode, seed: u64, latent_shape: [usize; 3]) -> NoiseSource {
         let latent_len = latent_shape.iter().product();
         let shared = match mode {
-            NoiseMode::Shared => draw(ChaCha8Rng::seed_from_u64(seed), latent_len),
+            // The model module's draw (ChaCha8, stream 0): `trace` and `run` share noise.
+            NoiseMode::Shared => crate::model::sdseg::standard_normal(seed, 0, latent_len),
             NoiseMode::PerSlice => Vec::new(),
         };
         NoiseSource {
@@ -261,10 +316,6 @@ impl NoiseSource {
             }
         }
     }
-}
-
-fn draw(mut rng: ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| StandardNormal.sample(&mut rng)).collect()
 }
 
 #[cfg(test)]

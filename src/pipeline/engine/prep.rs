@@ -1,38 +1,35 @@
-//! The engine's view of a pipeline: how a volume is cut into model slices and how soft maps
-//! become label slices again ([`SlicePrep`]).
+//! The engine's view of a pipeline ([`Slicer`]): the exact reorientation into the slicing
+//! frame, applied as a *view* (never a copy of the volume), per-slice preparation into the
+//! model's `[3,S,S]` input, and per-slice finish from soft planes to native-size labels.
 //!
-//! The engine only needs three things per volume: the exact reorientation into the slicing
-//! frame (applied as a *view*, never a copy of the volume), a per-slice preparation into the
-//! model's `[3,256,256]` input, and a per-slice finish from soft planes to native-size labels.
-//! [`SimplePrep`] implements them from a handful of values (window, normalisation, frame,
-//! interpolation) with scipy `zoom` semantics (corner-aligned); the pipeline module's own
-//! pre/postprocessing plugs in through the same trait.
+//! The arithmetic is `preprocess` / `postprocess`'s own (window and normalisation in f64 with
+//! the volume's [`NormStats`], scipy-exact zoom, then f32; resize back and threshold/argmax
+//! with [`ResizeBack`]); only the access pattern differs: slices are read through
+//! [`frame_view`] of the stored array and label slices written through [`frame_view_mut`] of
+//! the label volume on the input grid, so neither the volume nor the labels are copied to or
+//! from the slicing frame.
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 
-use super::super::segmenter::{MODEL_SIZE, PLANE_LEN};
-use crate::geometry::{AxCodes, Reorientation};
+use crate::geometry::Reorientation;
+use crate::pipeline::config::{Interpolation, Pipeline};
+use crate::pipeline::postprocess::{
+    binary_slice_to_native, logits_slice_to_native, PostprocessError, ResizeBack,
+};
+use crate::pipeline::preprocess::{NormStats, SliceGeometry};
+use crate::pipeline::resize::{zoom_linear_f64, zoom_nearest, Edge};
 use crate::volume::Volume;
 
 /// Per-volume decisions, made once before slicing.
 #[derive(Clone, Debug)]
 pub struct VolumePlan {
-    /// Takes the stored array to the slicing frame (identity for the native frame).
-    pub reorientation: Reorientation,
-    /// Affine map applied after windowing: `v · scale + offset` (covers min-max and fixed).
-    pub scale: f32,
-    pub offset: f32,
+    pub geometry: SliceGeometry,
+    pub stats: NormStats,
 }
 
 impl VolumePlan {
-    /// Number of slices (length of the slicing frame's third axis).
     pub fn slices(&self) -> usize {
-        self.reorientation.target_shape()[2]
-    }
-    /// Native slice size (rows, columns) in the slicing frame.
-    pub fn slice_size(&self) -> [usize; 2] {
-        let s = self.reorientation.target_shape();
-        [s[0], s[1]]
+        self.geometry.n_slices
     }
 }
 
@@ -59,283 +56,161 @@ pub fn frame_view_mut<'a, T>(a: ArrayViewMut3<'a, T>, r: &Reorientation) -> Arra
     v
 }
 
-/// How a pipeline turns volumes into model slices and soft maps into labels.
-pub trait SlicePrep: Sync {
-    /// Name for logs and reports.
-    fn name(&self) -> String;
-    /// HU window `[lo, hi]` (also used to display previews).
-    fn window(&self) -> (f32, f32);
-    /// Per-volume plan (reorientation, normalisation constants).
-    fn plan(&self, volume: &Volume) -> VolumePlan;
-    /// Prepare one native slice (in the slicing frame) into `out` = `[3,256,256]`.
-    fn prepare(&self, plan: &VolumePlan, slice: ArrayView2<'_, f32>, out: &mut [f32]);
-    /// Turn one slice's soft planes (1 probability plane, or `classes` logit planes, each
-    /// 256×256) into class ids at the native slice size.
-    fn finish(&self, planes: &[f32], classes: usize, out: ArrayViewMut2<'_, u16>);
-}
-
-/// Normalisation after windowing.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Norm {
-    /// Per-volume min-max of the windowed volume to [-1, 1] (`eps` added to the range).
-    MinMax { eps: f64 },
-    /// `((x − offset) / scale)·2 − 1`.
-    Fixed { offset: f64, scale: f64 },
-}
-
-/// Resize of soft maps back to the native size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Resize {
-    /// Bilinear on the soft map, then threshold / argmax (default).
-    Bilinear,
-    /// Nearest neighbour on the soft map.
-    Nearest,
-}
-
-impl std::str::FromStr for Resize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "bilinear" => Ok(Resize::Bilinear),
-            "nearest" => Ok(Resize::Nearest),
-            _ => Err(format!("resize '{s}': expected bilinear or nearest")),
-        }
-    }
-}
-
-/// A [`SlicePrep`] from plain values.
+/// A pipeline and the resize-back choice of a run.
 #[derive(Clone, Debug)]
-pub struct SimplePrep {
-    pub name: String,
-    pub window: (f64, f64),
-    pub norm: Norm,
-    /// `None` = native frame (slice the stored third axis, as the official code does).
-    pub frame: Option<AxCodes>,
-    /// Input slices to 256² (official: bilinear).
-    pub input_resize: Resize,
-    /// Soft maps back to native size.
-    pub output_resize: Resize,
+pub struct Slicer {
+    pub pipeline: Pipeline,
+    pub resize: ResizeBack,
 }
 
-impl SimplePrep {
-    /// BTCV test-time preprocessing (reference §1.2): window [-125, 275], min-max.
-    pub fn btcv() -> SimplePrep {
-        SimplePrep {
-            name: "btcv".into(),
-            window: (-125.0, 275.0),
-            norm: Norm::MinMax { eps: 0.0 },
-            frame: None,
-            input_resize: Resize::Bilinear,
-            output_resize: Resize::Bilinear,
-        }
-    }
-}
-
-/// Corner-aligned taps along one axis (scipy `zoom`, `grid_mode=False`), clamped at the end.
-fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
-    let z = if n_out <= 1 {
-        1.0
-    } else {
-        (n_in as f64 - 1.0) / (n_out as f64 - 1.0)
-    };
-    let last = n_in as f64 - 1.0;
-    (0..n_out)
-        .map(|o| {
-            let c = (o as f64 * z).min(last);
-            let s = c.floor();
-            let i0 = s as usize;
-            (i0, (i0 + 1).min(n_in - 1), (c - s) as f32)
-        })
-        .collect()
-}
-
-fn nearest(n_in: usize, n_out: usize) -> Vec<usize> {
-    taps(n_in, n_out)
-        .into_iter()
-        .map(|(i0, i1, t)| if t >= 0.5 { i1 } else { i0 })
-        .collect()
-}
-
-impl SlicePrep for SimplePrep {
-    fn name(&self) -> String {
-        self.name.clone()
+impl Slicer {
+    pub fn new(pipeline: Pipeline, resize: ResizeBack) -> Slicer {
+        Slicer { pipeline, resize }
     }
 
-    fn window(&self) -> (f32, f32) {
-        (self.window.0 as f32, self.window.1 as f32)
+    /// Model slice size S.
+    pub fn model_size(&self) -> usize {
+        self.pipeline.slicing.size
     }
 
-    fn plan(&self, volume: &Volume) -> VolumePlan {
-        let reorientation = match self.frame {
-            None => Reorientation {
-                perm: [0, 1, 2],
-                flip: [false; 3],
-                source_shape: volume.shape(),
-            },
-            Some(codes) => Reorientation::to_codes(volume.affine(), volume.shape(), codes),
-        };
-        let (lo, hi) = self.window;
-        let (scale, offset) = match self.norm {
-            Norm::MinMax { eps } => {
-                let (vmin, vmax) = volume.hu_range();
-                let a = (vmin as f64).clamp(lo, hi);
-                let b = (vmax as f64).clamp(lo, hi);
-                let range = b - a + eps;
-                if range <= 0.0 {
-                    (0.0, -1.0) // constant volume: everything maps to -1 (range 0)
-                } else {
-                    (2.0 / range, -2.0 * a / range - 1.0)
-                }
-            }
-            Norm::Fixed { offset, scale } => (2.0 / scale, -2.0 * offset / scale - 1.0),
-        };
+    /// HU window `[lo, hi]` (also the preview's display window).
+    pub fn window(&self) -> (f32, f32) {
+        (
+            self.pipeline.window.hu_min as f32,
+            self.pipeline.window.hu_max as f32,
+        )
+    }
+
+    /// Geometry and normalisation statistics of a volume (min/max do not depend on the
+    /// orientation, so they are taken on the stored grid).
+    pub fn plan(&self, volume: &Volume) -> VolumePlan {
+        let p = &self.pipeline;
         VolumePlan {
-            reorientation,
-            scale: scale as f32,
-            offset: offset as f32,
+            geometry: SliceGeometry::new(
+                volume.shape(),
+                volume.affine(),
+                p.slicing.frame,
+                p.slicing.size,
+            ),
+            stats: NormStats::for_volume(volume.data().view(), &p.window, &p.normalise),
         }
     }
 
-    fn prepare(&self, plan: &VolumePlan, slice: ArrayView2<'_, f32>, out: &mut [f32]) {
-        let (h, w) = slice.dim();
-        let (lo, hi) = self.window();
-        let norm = |v: f32| v.clamp(lo, hi) * plan.scale + plan.offset;
-        let (plane, rest) = out.split_at_mut(PLANE_LEN);
-        match self.input_resize {
-            Resize::Bilinear => {
-                let rows = taps(h, MODEL_SIZE);
-                let cols = taps(w, MODEL_SIZE);
-                for (r, &(r0, r1, tr)) in rows.iter().enumerate() {
-                    let a = slice.row(r0);
-                    let b = slice.row(r1);
-                    let dst = &mut plane[r * MODEL_SIZE..(r + 1) * MODEL_SIZE];
-                    for (d, &(c0, c1, tc)) in dst.iter_mut().zip(&cols) {
-                        let top = norm(a[c0]) * (1.0 - tc) + norm(a[c1]) * tc;
-                        let bot = norm(b[c0]) * (1.0 - tc) + norm(b[c1]) * tc;
-                        *d = top * (1.0 - tr) + bot * tr;
-                    }
-                }
-            }
-            Resize::Nearest => {
-                let rows = nearest(h, MODEL_SIZE);
-                let cols = nearest(w, MODEL_SIZE);
-                for (r, &r0) in rows.iter().enumerate() {
-                    let a = slice.row(r0);
-                    let dst = &mut plane[r * MODEL_SIZE..(r + 1) * MODEL_SIZE];
-                    for (d, &c0) in dst.iter_mut().zip(&cols) {
-                        *d = norm(a[c0]);
-                    }
-                }
-            }
-        }
-        rest[..PLANE_LEN].copy_from_slice(plane);
-        rest[PLANE_LEN..].copy_from_slice(plane);
-    }
-
-    fn finish(&self, planes: &[f32], classes: usize, mut out: ArrayViewMut2<'_, u16>) {
-        let (h, w) = out.dim();
-        let n_planes = planes.len() / PLANE_LEN;
-        type Sampler = Box<dyn Fn(&[f32], usize, usize) -> f32 + Sync>;
-        let sample: Sampler = match self.output_resize {
-            Resize::Bilinear => {
-                let rows = taps(MODEL_SIZE, h);
-                let cols = taps(MODEL_SIZE, w);
-                Box::new(move |p: &[f32], r: usize, c: usize| {
-                    let (r0, r1, tr) = rows[r];
-                    let (c0, c1, tc) = cols[c];
-                    let top = p[r0 * MODEL_SIZE + c0] * (1.0 - tc) + p[r0 * MODEL_SIZE + c1] * tc;
-                    let bot = p[r1 * MODEL_SIZE + c0] * (1.0 - tc) + p[r1 * MODEL_SIZE + c1] * tc;
-                    top * (1.0 - tr) + bot * tr
-                })
-            }
-            Resize::Nearest => {
-                let rows = nearest(MODEL_SIZE, h);
-                let cols = nearest(MODEL_SIZE, w);
-                Box::new(move |p: &[f32], r: usize, c: usize| p[rows[r] * MODEL_SIZE + cols[c]])
+    /// One native slice (in the slicing frame) into `out` = `[3,S,S]`: exactly
+    /// `SliceSource::prepare_slice`, replicated to 3 channels.
+    pub fn prepare(&self, plan: &VolumePlan, slice: ArrayView2<'_, f32>, out: &mut [f32]) {
+        let s = self.model_size();
+        let norm = slice.mapv(|v| plan.stats.apply(v));
+        let img = if norm.dim() == (s, s) {
+            norm
+        } else {
+            match self.pipeline.slicing.resize {
+                Interpolation::Bilinear => zoom_linear_f64(norm.view(), [s, s], Edge::Scipy),
+                Interpolation::Nearest => zoom_nearest(norm.view(), [s, s], Edge::Scipy),
             }
         };
-        for r in 0..h {
-            for c in 0..w {
-                out[[r, c]] = if n_planes == 1 || classes <= 2 {
-                    u16::from(sample(&planes[..PLANE_LEN], r, c) > 0.5)
-                } else {
-                    let mut best = 0usize;
-                    let mut best_v = f32::NEG_INFINITY;
-                    for k in 0..n_planes {
-                        let v = sample(&planes[k * PLANE_LEN..(k + 1) * PLANE_LEN], r, c);
-                        if v > best_v {
-                            best = k;
-                            best_v = v;
-                        }
-                    }
-                    best as u16
-                };
-            }
+        let plane = s * s;
+        for (d, v) in out[..plane].iter_mut().zip(img.iter()) {
+            *d = *v as f32;
         }
+        let (first, rest) = out.split_at_mut(plane);
+        rest[..plane].copy_from_slice(first);
+        rest[plane..].copy_from_slice(first);
+    }
+
+    /// One slice's soft planes (1 probability plane, or K logit planes, each S×S) → class ids
+    /// at the native slice size, written into `out`.
+    pub fn finish(
+        &self,
+        plan: &VolumePlan,
+        planes: &[f32],
+        mut out: ArrayViewMut2<'_, u16>,
+    ) -> Result<(), PostprocessError> {
+        let s = self.model_size();
+        let k = planes.len() / (s * s);
+        let shape_err = || PostprocessError::Shape {
+            expected: vec![k, s, s],
+            got: vec![planes.len()],
+        };
+        let labels = if k == 1 {
+            let p = ArrayView2::from_shape((s, s), planes).map_err(|_| shape_err())?;
+            binary_slice_to_native(p, &plan.geometry, self.resize)?
+        } else {
+            let l = ArrayView3::from_shape((k, s, s), planes).map_err(|_| shape_err())?;
+            logits_slice_to_native(l, &plan.geometry, self.resize)?
+        };
+        out.assign(&labels);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geometry::Affine;
+    use crate::geometry::{Affine, AxCodes};
+    use crate::pipeline::config::SliceFrame;
+    use crate::pipeline::preprocess::SliceSource;
     use crate::volume::Provenance;
     use ndarray::{Array2, Array3};
 
-    #[test]
-    fn taps_are_corner_aligned() {
-        let t = taps(512, 256);
-        assert_eq!(t[0], (0, 1, 0.0));
-        assert_eq!(t[255].0, 511);
-        let t = taps(256, 256);
-        assert!(t
-            .iter()
-            .enumerate()
-            .all(|(i, &(a, _, w))| a == i && w == 0.0));
+    fn oblique_volume() -> Volume {
+        let data = Array3::from_shape_fn((37, 29, 6), |(i, j, k)| {
+            -300.0 + 13.0 * i as f32 + 7.0 * ((j * k) % 11) as f32
+        });
+        let mut a = Affine::from_spacing([0.9, 0.8, 3.0]);
+        a.0[0][0] = -0.9;
+        a.0[1][1] = -0.8;
+        Volume::new(data, a, Provenance::synthetic()).unwrap()
     }
 
     #[test]
-    fn prepare_windows_normalises_and_replicates() {
-        let data = Array3::from_shape_fn((4, 3, 2), |(i, j, _)| -200.0 + 100.0 * (i + j) as f32);
-        let vol = Volume::new(data, Affine::IDENTITY, Provenance::synthetic()).unwrap();
-        let prep = SimplePrep::btcv();
-        let plan = prep.plan(&vol);
-        // clipped range [-125, 275] → [-1, 1]
-        assert!((plan.scale * -125.0 + plan.offset + 1.0).abs() < 1e-6);
-        assert!((plan.scale * 275.0 + plan.offset - 1.0).abs() < 1e-6);
-        let view = frame_view(vol.data().view(), &plan.reorientation);
-        let mut out = vec![0f32; 3 * PLANE_LEN];
-        prep.prepare(&plan, view.index_axis(Axis(2), 0), &mut out);
-        assert!(
-            (out[0] + 1.0).abs() < 1e-6,
-            "corner (0,0) is -200 → clipped → -1"
-        );
-        assert!(
-            (out[PLANE_LEN - 1] - 1.0).abs() < 1e-6,
-            "corner (3,2) = 300 → 1"
-        );
-        assert_eq!(out[..PLANE_LEN], out[PLANE_LEN..2 * PLANE_LEN]);
-        assert_eq!(out[..PLANE_LEN], out[2 * PLANE_LEN..]);
+    fn prepare_equals_the_pipeline_preprocessing_in_any_frame() {
+        let vol = oblique_volume();
+        for frame in [SliceFrame::Native, SliceFrame::Oriented(AxCodes::RAS)] {
+            let mut pipeline = Pipeline::load("btcv").unwrap();
+            pipeline.slicing.frame = frame;
+            let slicer = Slicer::new(pipeline.clone(), ResizeBack::Bilinear);
+            let plan = slicer.plan(&vol);
+            let src = SliceSource::new(&vol, &pipeline);
+            assert_eq!(&plan.geometry, src.geometry());
+            let view = frame_view(vol.data().view(), &plan.geometry.reorientation);
+            let mut out = vec![0f32; 3 * 256 * 256];
+            for k in 0..plan.slices() {
+                slicer.prepare(&plan, view.index_axis(Axis(2), k), &mut out);
+                let want = src.prepare_slice(k);
+                let want = want.as_slice().unwrap();
+                assert_eq!(&out[..65536], want, "{frame}: slice {k}");
+                assert_eq!(&out[65536..131072], want);
+                assert_eq!(&out[131072..], want);
+            }
+        }
     }
 
     #[test]
     fn finish_thresholds_and_argmaxes_at_native_size() {
-        let prep = SimplePrep::btcv();
-        let mut p = vec![0f32; PLANE_LEN];
-        for r in 0..MODEL_SIZE {
-            for c in 128..MODEL_SIZE {
-                p[r * MODEL_SIZE + c] = 1.0;
+        let vol = Volume::new(
+            Array3::zeros((5, 9, 2)),
+            Affine::IDENTITY,
+            Provenance::synthetic(),
+        )
+        .unwrap();
+        let slicer = Slicer::new(Pipeline::load("btcv").unwrap(), ResizeBack::Bilinear);
+        let plan = slicer.plan(&vol);
+        let mut p = vec![0f32; 65536];
+        for r in 0..256 {
+            for c in 128..256 {
+                p[r * 256 + c] = 1.0;
             }
         }
         let mut out = Array2::<u16>::zeros((5, 9));
-        prep.finish(&p, 2, out.view_mut());
+        slicer.finish(&plan, &p, out.view_mut()).unwrap();
         // column 4 samples 127.5: halfway between 0 and 1 is 0.5, not above the threshold
         assert_eq!(out.row(0).to_vec(), vec![0, 0, 0, 0, 0, 1, 1, 1, 1]);
-        let mut l = vec![0f32; 3 * PLANE_LEN];
-        l[2 * PLANE_LEN..].iter_mut().for_each(|v| *v = 1.0);
-        prep.finish(&l, 3, out.view_mut());
+        let mut l = vec![0f32; 3 * 65536];
+        l[2 * 65536..].iter_mut().for_each(|v| *v = 1.0);
+        slicer.finish(&plan, &l, out.view_mut()).unwrap();
         assert!(out.iter().all(|&v| v == 2));
+        assert!(slicer.finish(&plan, &l[..100], out.view_mut()).is_err());
     }
 
     #[test]
@@ -351,7 +226,10 @@ mod tests {
             assert_eq!(v.dim(), (4, 2, 3));
             v[[0, 1, 2]] = 7;
         }
-        // target (0,1,2) → source axis perm: i = t1 = 1, j = t2 = 2, k = 3 - t0 = 3
+        // target (0,1,2) → source i = t1 = 1, j = t2 = 2, k = 3 - t0 = 3
         assert_eq!(labels[[1, 2, 3]], 7);
+        // The same cell through apply_array (the copying path) agrees.
+        let moved = r.apply_array(labels.view());
+        assert_eq!(moved[[0, 1, 2]], 7);
     }
 }

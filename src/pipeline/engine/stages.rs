@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::prep::{frame_view, frame_view_mut, VolumePlan};
 use super::{CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
+use crate::pipeline::postprocess::PostprocessError;
 use crate::pipeline::preview::{self, PreviewSlices};
 use crate::pipeline::segmenter::{NoiseSource, SliceSegmenter, SoftOutput, PLANE_LEN, SLICE_LEN};
 use crate::pipeline::stats::LabelAccumulator;
@@ -169,7 +170,7 @@ fn read_one(
     if engine.options.digest_inputs && !files.is_empty() {
         details.input_sha256 = Some(sha256_files(&files)?);
     }
-    let plan = engine.prep.plan(&volume);
+    let plan = engine.slicer.plan(&volume);
     details.slices = plan.slices();
     Ok((volume, plan))
 }
@@ -235,14 +236,14 @@ fn prepare(
         for first in (0..n).step_by(batch) {
             let b = batch.min(n - first);
             let t = Instant::now();
-            let view = frame_view(volume.data().view(), &plan.reorientation);
+            let view = frame_view(volume.data().view(), &plan.geometry.reorientation);
             let mut images = vec![0f32; b * SLICE_LEN];
             images
                 .par_chunks_mut(SLICE_LEN)
                 .enumerate()
                 .for_each(|(s, out)| {
                     engine
-                        .prep
+                        .slicer
                         .prepare(&plan, view.index_axis(Axis(2), first + s), out)
                 });
             let mut z = vec![0f32; b * latent];
@@ -402,7 +403,10 @@ fn postprocess(
                     c.loaded.details.timings.model += model;
                     if c.error.is_none() {
                         let t = Instant::now();
-                        finish_batch(engine, c, first, b, &soft, classes);
+                        if let Err(e) = finish_batch(engine, c, first, b, &soft, classes) {
+                            let e = anyhow::Error::new(e).context("postprocessing");
+                            c.error = Some(failure(&jobs[idx], "postprocess", &e));
+                        }
                         c.loaded.details.timings.postprocess += t.elapsed();
                         engine.observer.slices_done(&jobs[idx].case, b);
                     }
@@ -435,29 +439,31 @@ fn finish_batch(
     b: usize,
     soft: &SoftOutput,
     classes: usize,
-) {
-    let r = &c.loaded.plan.reorientation;
+) -> Result<(), PostprocessError> {
+    let plan = &c.loaded.plan;
+    let r = &plan.geometry.reorientation;
     let hu = frame_view(c.loaded.volume.data().view(), r);
     let mut lab = frame_view_mut(c.labels.view_mut(), r);
     let mut sub = lab.slice_axis_mut(Axis(2), Slice::from(first..first + b));
-    let accs: Vec<LabelAccumulator> = sub
+    let accs: Vec<Result<LabelAccumulator, PostprocessError>> = sub
         .axis_iter_mut(Axis(2))
         .into_par_iter()
         .enumerate()
         .map(|(s, mut out)| {
             engine
-                .prep
-                .finish(soft.slice_planes(s), classes, out.view_mut());
+                .slicer
+                .finish(plan, soft.slice_planes(s), out.view_mut())?;
             let mut a = LabelAccumulator::new(classes);
             a.add_slice(out.view(), hu.index_axis(Axis(2), first + s));
-            a
+            Ok(a)
         })
         .collect();
     // Merged in slice order so the sums (and the reported means) are reproducible.
     for a in accs {
         let acc = std::mem::take(&mut c.acc);
-        c.acc = acc.merge(a);
+        c.acc = acc.merge(a?);
     }
+    Ok(())
 }
 
 fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
@@ -591,7 +597,7 @@ fn write_case(
         .write_labels(&job.case.output, labels, meta)
         .with_context(|| format!("writing {}", job.case.output.display()))?;
     if let (Some(path), Some(p)) = (&job.preview, preview) {
-        let (lo, hi) = engine.prep.window();
+        let (lo, hi) = engine.slicer.window();
         let title = format!("{}   window [{lo}, {hi}] HU", job.case.id);
         let img = preview::render(p, (lo, hi), &engine.options.labels, &title);
         preview::write_png(path, &img)
@@ -622,17 +628,6 @@ fn remove_stale_temps(output: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-}
-
-/// Label NIfTI with the input's geometry (uint8, or uint16 past 255), atomically. For NIfTI
-/// input the input's header (sform/qform and codes) is the reference; otherwise sform code 1
-/// from the affine.
-pub(super) fn write_labels_nifti(
-    path: &Path,
-    labels: &Array3<u16>,
-    like: &VolumeMeta,
-) -> anyhow::Result<()> {
-    super::interim_io::write_labels(path, labels, like)
 }
 
 trait DimTuple {

@@ -1,8 +1,11 @@
 //! Engine tests on in-memory volumes with the threshold test segmenter.
 
-use super::prep::{Norm, Resize, SimplePrep};
+use super::prep::Slicer;
 use super::*;
 use crate::geometry::AxCodes;
+use crate::pipeline::config::{Normalise, Pipeline, SliceFrame};
+use crate::pipeline::postprocess::ResizeBack;
+use crate::pipeline::preprocess::NormStats;
 use crate::pipeline::segmenter::{ThresholdSegmenter, PLANE_LEN};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,15 +68,19 @@ fn job(id: &str) -> Job {
     }
 }
 
+fn btcv() -> Slicer {
+    Slicer::new(Pipeline::load("btcv").unwrap(), ResizeBack::Bilinear)
+}
+
 fn run_with(
     io: &MemIo,
-    prep: &SimplePrep,
+    slicer: &Slicer,
     jobs: &[Job],
     opts: EngineOptions,
     model: &mut dyn SliceSegmenter,
 ) -> Vec<CaseOutcome> {
     let engine = Engine {
-        prep,
+        slicer,
         io,
         observer: &Silent,
         options: opts,
@@ -83,16 +90,11 @@ fn run_with(
 
 /// What the threshold segmenter must give at 256² (resizes are the identity): foreground
 /// where the normalised value is above 0, i.e. HU above the middle of the clipped range.
-fn expected_binary(v: &Volume, window: (f64, f64)) -> Array3<u16> {
-    let (lo, hi) = v.hu_range();
-    let a = (lo as f64).clamp(window.0, window.1) as f32;
-    let b = (hi as f64).clamp(window.0, window.1) as f32;
-    let scale = 2.0 / (b - a);
-    let offset = -2.0 * a / (b - a) - 1.0;
-    v.data().mapv(|x| {
-        let n = x.clamp(window.0 as f32, window.1 as f32) * scale + offset;
-        u16::from((n + 1.0) / 2.0 > 0.5)
-    })
+fn expected_binary(v: &Volume, slicer: &Slicer) -> Array3<u16> {
+    let p = &slicer.pipeline;
+    let stats = NormStats::for_volume(v.data().view(), &p.window, &p.normalise);
+    v.data()
+        .mapv(|x| u16::from(((stats.apply(x) as f32 + 1.0) / 2.0).clamp(0.0, 1.0) > 0.5))
 }
 
 #[test]
@@ -100,11 +102,11 @@ fn labels_match_the_pointwise_model_and_keep_the_grid() {
     let mut io = MemIo::default();
     let aff = Affine::from_spacing([0.8, 0.8, 2.5]);
     let v = phantom([256, 256, 7], aff);
-    let want = expected_binary(&v, (-125.0, 275.0));
+    let want = expected_binary(&v, &btcv());
     io.volumes.insert("/in/a".into(), v);
     let out = run_with(
         &io,
-        &SimplePrep::btcv(),
+        &btcv(),
         &[job("a")],
         EngineOptions::default(),
         &mut ThresholdSegmenter::binary(),
@@ -135,16 +137,14 @@ fn oriented_frame_writes_back_on_the_input_grid() {
     aff.0[0][0] = -0.7;
     aff.0[1][1] = -0.7;
     let v = phantom([256, 256, 5], aff);
-    let want = expected_binary(&v, (-125.0, 275.0));
+    let mut slicer = btcv();
+    slicer.pipeline.slicing.frame = SliceFrame::Oriented(AxCodes::RAS);
+    let want = expected_binary(&v, &slicer);
     let mut io = MemIo::default();
     io.volumes.insert("/in/a".into(), v);
-    let prep = SimplePrep {
-        frame: Some(AxCodes::RAS),
-        ..SimplePrep::btcv()
-    };
     run_with(
         &io,
-        &prep,
+        &slicer,
         &[job("a")],
         EngineOptions::default(),
         &mut ThresholdSegmenter::binary(),
@@ -164,7 +164,7 @@ fn outputs_do_not_depend_on_batch_size_or_company() {
             phantom([40 + n, 33, 9 + n], Affine::from_spacing([1.0, 1.0, 2.0])),
         );
     }
-    let prep = SimplePrep::btcv();
+    let prep = btcv();
     for noise in [NoiseMode::Shared, NoiseMode::PerSlice] {
         let mut model = ThresholdSegmenter::binary();
         model.noise_weight = 0.5; // make the noise visible in the labels
@@ -234,7 +234,7 @@ fn failures_are_per_case() {
         batch_size: 2,
         ..EngineOptions::default()
     };
-    let out = run_with(&io, &SimplePrep::btcv(), &jobs, opts, &mut model);
+    let out = run_with(&io, &btcv(), &jobs, opts, &mut model);
     let status: Vec<&str> = out
         .iter()
         .map(|o| match &o.status {
@@ -266,14 +266,12 @@ fn multiclass_and_nearest_resize() {
     let mut io = MemIo::default();
     let v = phantom([50, 70, 3], Affine::from_spacing([1.0, 1.0, 1.0]));
     io.volumes.insert("/in/a".into(), v);
-    let prep = SimplePrep {
-        norm: Norm::Fixed {
-            offset: -125.0,
-            scale: 400.0,
-        },
-        output_resize: Resize::Nearest,
-        ..SimplePrep::btcv()
+    let mut prep = btcv();
+    prep.pipeline.normalise = Normalise::Fixed {
+        offset: -125.0,
+        scale: 400.0,
     };
+    prep.resize = ResizeBack::Nearest;
     let opts = EngineOptions {
         labels: crate::pipeline::labels_sidecar::label_table(4, &[]),
         ..EngineOptions::default()
@@ -320,9 +318,9 @@ fn observer_sees_every_slice_and_case() {
         AtomicUsize::new(0),
         AtomicUsize::new(0),
     );
-    let prep = SimplePrep::btcv();
+    let prep = btcv();
     let engine = Engine {
-        prep: &prep,
+        slicer: &prep,
         io: &io,
         observer: &count,
         options: EngineOptions {
