@@ -407,7 +407,7 @@ impl SdsegConfig {
         }
         let side = self.latent_shape()[1];
         let f = unet.downsample_factor();
-        if side == 0 || side % f != 0 {
+        if side == 0 || !side.is_multiple_of(f) {
             return Err(format!(
                 "latent side {side} is not divisible by the UNet's factor {f}"
             ));

@@ -489,7 +489,7 @@ fn gather_bias(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
 /// Output-channel blocks `(first channel, width)`: full `CO_MAIN` blocks, then the remainder.
 fn blocks(co: usize) -> Vec<(usize, usize)> {
     let mut v: Vec<_> = (0..co / CO_MAIN).map(|i| (i * CO_MAIN, CO_MAIN)).collect();
-    if co % CO_MAIN != 0 {
+    if !co.is_multiple_of(CO_MAIN) {
         v.push((co - co % CO_MAIN, co % CO_MAIN));
     }
     v

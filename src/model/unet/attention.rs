@@ -40,7 +40,7 @@ fn conv1d_1x1(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
 impl AttentionBlock {
     /// `num_heads` is the already resolved head count (see `UNetConfig::attention_heads`).
     pub fn new(channels: usize, num_heads: usize, order: QkvOrder, vb: VarBuilder) -> Result<Self> {
-        if num_heads == 0 || channels % num_heads != 0 {
+        if num_heads == 0 || !channels.is_multiple_of(num_heads) {
             candle_core::bail!(
                 "AttentionBlock at {}: {channels} channels are not divisible into {num_heads} heads",
                 vb.prefix()

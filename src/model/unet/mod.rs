@@ -149,14 +149,14 @@ impl UNetConfig {
             return Err("num_heads / num_head_channels must not be 0".into());
         }
         for &m in &self.channel_mult {
-            if (m * self.model_channels) % GROUPS != 0 {
+            if !(m * self.model_channels).is_multiple_of(GROUPS) {
                 return Err(format!(
                     "model_channels {} × {m} is not a multiple of {GROUPS} (GroupNorm32)",
                     self.model_channels
                 ));
             }
         }
-        if self.model_channels % 2 != 0 {
+        if !self.model_channels.is_multiple_of(2) {
             return Err("model_channels must be even (sinusoidal timestep embedding)".into());
         }
         if self.num_classes == Some(0) {
@@ -186,7 +186,7 @@ pub struct GroupNorm32 {
 
 impl GroupNorm32 {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
-        if channels % GROUPS != 0 {
+        if !channels.is_multiple_of(GROUPS) {
             candle_core::bail!("GroupNorm32 at {}: {channels} channels", vb.prefix());
         }
         let weight = vb.get_with_hints_dtype(channels, "weight", Init::Const(1.0), DType::F32)?;
