@@ -232,7 +232,7 @@ fn write_with_header<T: NiftiElement>(
     write_atomic(path, |file| {
         let w = BufWriter::with_capacity(1 << 20, file);
         if gz {
-            let mut enc = GzEncoder::new(w, Compression::new(GZ_LEVEL));
+            let mut enc = ParallelGz::new(w);
             enc.write_all(&head)?;
             write_voxels(&mut enc, data)?;
             enc.finish()?.flush()
@@ -280,4 +280,111 @@ fn write_voxels<T: NiftiElement>(
         k0 = k1;
     }
     Ok(())
+}
+
+/// A gzip writer that compresses on every rayon thread: the stream is cut into
+/// [`ParallelGz::CHUNK`]-byte pieces, each compressed as its own gzip member, written in order.
+/// Concatenated members are one valid gzip file (RFC 1952 §2.2) that gzip, zlib's `gzread`,
+/// Python's `gzip` (nibabel) and ITK read as a whole; 4 MiB pieces cost < 0.1 % in size.
+/// The whole-volume `.nii.gz` write is otherwise one single-threaded deflate, the slowest
+/// step of `import` and of writing large label volumes.
+struct ParallelGz<W: Write> {
+    out: W,
+    full: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    batch: usize,
+}
+
+impl<W: Write> ParallelGz<W> {
+    const CHUNK: usize = 4 << 20;
+
+    fn new(out: W) -> ParallelGz<W> {
+        ParallelGz {
+            out,
+            full: Vec::new(),
+            current: Vec::with_capacity(Self::CHUNK),
+            batch: 2 * rayon::current_num_threads().max(1),
+        }
+    }
+
+    fn compress_full(&mut self) -> std::io::Result<()> {
+        let members: Vec<std::io::Result<Vec<u8>>> = self
+            .full
+            .par_iter()
+            .map(|chunk| {
+                let mut enc = GzEncoder::new(
+                    Vec::with_capacity(chunk.len() / 2),
+                    Compression::new(GZ_LEVEL),
+                );
+                enc.write_all(chunk)?;
+                enc.finish()
+            })
+            .collect();
+        self.full.clear();
+        for m in members {
+            self.out.write_all(&m?)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<W> {
+        if !self.current.is_empty() || self.full.is_empty() {
+            let last = std::mem::take(&mut self.current);
+            self.full.push(last);
+        }
+        self.compress_full()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ParallelGz<W> {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            let take = (Self::CHUNK - self.current.len()).min(buf.len());
+            self.current.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.current.len() == Self::CHUNK {
+                let chunk = std::mem::replace(&mut self.current, Vec::with_capacity(Self::CHUNK));
+                self.full.push(chunk);
+                if self.full.len() >= self.batch {
+                    self.compress_full()?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod parallel_gz_tests {
+    use super::*;
+    use flate2::read::MultiGzDecoder;
+    use std::io::Read;
+
+    #[test]
+    fn members_concatenate_to_the_input() {
+        for len in [
+            0usize,
+            1,
+            ParallelGz::<Vec<u8>>::CHUNK,
+            3 * ParallelGz::<Vec<u8>>::CHUNK + 17,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut enc = ParallelGz::new(Vec::new());
+            // Odd write sizes cross chunk boundaries.
+            for piece in data.chunks(1_000_003) {
+                enc.write_all(piece).unwrap();
+            }
+            let gz = enc.finish().unwrap();
+            let mut back = Vec::new();
+            MultiGzDecoder::new(&gz[..]).read_to_end(&mut back).unwrap();
+            assert_eq!(back.len(), data.len());
+            assert!(back == data, "round trip differs at length {len}");
+        }
+    }
 }
