@@ -136,7 +136,15 @@ enum Metric {
 }
 
 impl Metric {
+    /// The pair's value, `None` where the notebook skips the pair (all-zero map; identical
+    /// maps for PSNR) or the value is undefined (NaN: e.g. MS-SSIM with a negative contrast
+    /// term, which torchmetrics 0.9 raises to a fractional power; the notebook's mean would
+    /// be NaN, here the pair is skipped and counted, see [`StabilityReport::undefined`]).
     fn of(self, p: &PairScore) -> Option<f64> {
+        self.raw(p).filter(|v| !v.is_nan())
+    }
+
+    fn raw(self, p: &PairScore) -> Option<f64> {
         if p.empty {
             return None;
         }
@@ -218,6 +226,24 @@ impl StabilityReport {
             .collect()
     }
 
+    /// Pairs (runs 1.. against run 0, on slices the notebook keeps) whose PSNR, SSIM and
+    /// MS-SSIM are undefined (NaN) and therefore skipped.
+    pub fn undefined(&self) -> [usize; 3] {
+        let count = |m: Metric| {
+            self.all_slices()
+                .iter()
+                .filter(|s| !s.reference_empty)
+                .flat_map(|s| s.runs.iter().skip(1))
+                .filter(|p| m.raw(p).is_some_and(f64::is_nan))
+                .count()
+        };
+        [
+            count(Metric::Psnr),
+            count(Metric::Ssim),
+            count(Metric::MsSsim),
+        ]
+    }
+
     pub fn slices_total(&self) -> usize {
         self.cases.iter().map(|c| c.slices_total).sum()
     }
@@ -293,9 +319,18 @@ impl StabilityReport {
             ));
         }
         s.push_str(&format!(
-            "\nSlices with a value: PSNR {}, SSIM {}, MS-SSIM {}.\n\n",
+            "\nSlices with a value: PSNR {}, SSIM {}, MS-SSIM {}.\n",
             sum.psnr.n, sum.ssim.n, sum.ms_ssim.n
         ));
+        let [up, us, um] = self.undefined();
+        if up + us + um > 0 {
+            s.push_str(&format!(
+                "Undefined values skipped (run pairs): PSNR {up}, SSIM {us}, MS-SSIM {um} \
+                 (MS-SSIM: a negative contrast term raised to a fractional power, as torchmetrics \
+                 0.9 computes it; the notebook's mean would be NaN).\n"
+            ));
+        }
+        s.push('\n');
 
         s.push_str(
             "## Per run (against seed 0, mean over slices)\n\n\
@@ -359,6 +394,11 @@ impl StabilityReport {
             "images": "soft foreground map at 256x256, (p*255) truncated to uint8",
             "lpips": { "computed": false, "reason": LPIPS_NOT_COMPUTED },
             "summary": sm(&sum),
+            "undefined_pairs": {
+                "psnr_db": self.undefined()[0],
+                "ssim": self.undefined()[1],
+                "ms_ssim": self.undefined()[2],
+            },
             "per_run": self.per_run().iter().map(|r| json!({
                 "seed": r.seed,
                 "scores": sm(&r.scores),
@@ -764,6 +804,29 @@ mod tests {
         assert_eq!(sum.psnr.mean, 25.0);
         assert_eq!(sum.psnr.n, 2);
         assert!((sum.ssim.mean - (0.95 + 0.5) / 2.0).abs() < 1e-15);
+
+        // An undefined MS-SSIM (NaN) is skipped and counted, not allowed to poison the mean.
+        let mut nan = pair(25.0, 0.8, false, false);
+        nan.ms_ssim = f64::NAN;
+        let slices = [s(vec![me, nan, pair(30.0, 0.9, false, false)], false)];
+        let rep = StabilityReport {
+            runs: 3,
+            noise: NoiseMode::Shared,
+            pipeline: "x".into(),
+            labelled: true,
+            method: "m".into(),
+            cases: vec![CaseScores {
+                id: "c".into(),
+                slices_total: 1,
+                slices: slices.to_vec(),
+            }],
+        };
+        assert_eq!(rep.summary().ms_ssim.mean, 0.9);
+        assert!((rep.summary().ssim.mean - 0.85).abs() < 1e-15);
+        assert_eq!(rep.undefined(), [0, 0, 1]);
+        assert!(rep
+            .to_markdown()
+            .contains("MS-SSIM 1 (MS-SSIM: a negative contrast term"));
     }
 
     #[test]

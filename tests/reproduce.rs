@@ -107,7 +107,8 @@ fn section<'a>(md: &'a str, protocol: &str) -> &'a str {
 #[test]
 fn reproduce_btcv_with_the_tiny_fixture_prints_both_tables_and_resumes() {
     let d = tempfile::tempdir().unwrap();
-    let raw = write_btcv(d.path(), [40, 40, 2]);
+    // One slice per volume: the fixture model costs seconds per slice in the test profile.
+    let raw = write_btcv(d.path(), [40, 40, 1]);
     let w = weights();
     let args = [
         "reproduce",
@@ -216,7 +217,12 @@ fn reproduce_missing_case_is_exit_2_and_overwrite_redoes_predictions() {
     ];
     let o = run(d.path(), &base);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(stderr(&o).is_empty(), "--quiet: {}", stderr(&o));
+    // --quiet: `run`'s one line per case, none of reproduce's own progress.
+    assert!(
+        !stderr(&o).contains("official test cases under"),
+        "{}",
+        stderr(&o)
+    );
     let md = stdout(&o);
     assert!(md.contains("| threshold test model |"), "{md}");
     let pred = d.path().join("out/pred");
@@ -344,12 +350,12 @@ fn reproduce_sts3d_layout() {
 #[test]
 fn stability_with_the_tiny_fixture_three_runs() {
     let d = tempfile::tempdir().unwrap();
-    let shape = [40, 36, 3];
+    let shape = [40, 36, 2];
     let aff = diag([0.8, 0.8, 2.5]);
     write_nifti(&d.path().join("img.nii.gz"), &phantom(shape, 1), aff);
-    // Label only on slices 0 and 1.
+    // Label only on slice 1 (the fixture model costs seconds per slice in the test profile).
     let lab = labels_for(shape, 1).mapv(|v| if v == 6 { 6 } else { 0 });
-    let lab = Array3::from_shape_fn(shape, |(i, j, k)| if k < 2 { lab[[i, j, k]] } else { 0 });
+    let lab = Array3::from_shape_fn(shape, |(i, j, k)| if k == 1 { lab[[i, j, k]] } else { 0 });
     write_nifti(&d.path().join("label.nii.gz"), &lab, aff);
     let w = weights();
     let o = run(
@@ -389,35 +395,35 @@ fn stability_with_the_tiny_fixture_three_runs() {
         "{md}"
     );
     assert!(
-        md.contains("of 2 slices (those whose 256x256 label is non-empty"),
+        md.contains("of 1 slices (those whose 256x256 label is non-empty"),
         "{md}"
     );
     // Seed 0 against itself is perfect; seeds 1 and 2 have rows.
     assert!(
-        md.contains("\n| 0 | inf (identical) | 1.0000 | 1.0000 | 2 | 0 |"),
+        md.contains("\n| 0 | inf (identical) | 1.0000 | 1.0000 | 1 | 0 |"),
         "{md}"
     );
     assert!(md.contains("\n| 1 | ") && md.contains("\n| 2 | "), "{md}");
     assert!(!md.contains("\n| 3 | "), "{md}");
-    assert!(md.contains("| img | 3 | 2 |"), "{md}");
+    assert!(md.contains("| img | 2 | 1 |"), "{md}");
 
     let j: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.path().join("st/stability.json")).unwrap())
             .unwrap();
     assert_eq!(j["runs"], 3);
     assert_eq!(j["seeds"], serde_json::json!([0, 1, 2]));
-    assert_eq!(j["slices"]["evaluated"], 2);
+    assert_eq!(j["slices"]["evaluated"], 1);
     assert_eq!(j["lpips"]["computed"], false);
     let r0 = &j["per_run"][0]["scores"];
     assert_eq!(r0["ssim"]["mean"], 1.0);
     assert_eq!(r0["ms_ssim"]["mean"], 1.0);
     assert_eq!(r0["psnr_db"]["n"], 0, "identical pairs have no PSNR");
     let ssim = j["summary"]["ssim"]["mean"].as_f64().unwrap();
-    assert!(ssim > 0.0 && ssim <= 1.0, "{ssim}");
+    assert!(ssim > -1.0 && ssim < 1.0, "seeds differ: {ssim}");
     let csv = std::fs::read_to_string(d.path().join("st/stability.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 2 * 3);
+    assert_eq!(csv.lines().count(), 1 + 3);
     assert!(
-        csv.starts_with("case,slice,seed,psnr_db,ssim,ms_ssim,empty,identical\nimg,0,0,inf,1,1,")
+        csv.starts_with("case,slice,seed,psnr_db,ssim,ms_ssim,empty,identical\nimg,1,0,inf,1,1,")
     );
 
     // Too few runs is a usage error.
