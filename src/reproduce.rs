@@ -115,7 +115,7 @@ impl Dataset {
     pub fn layout(self) -> &'static str {
         match self {
             Dataset::Btcv => {
-                "Abdomen/RawData: Training/img/imgNNNN.nii.gz and Training/label/labelNNNN.nii.gz"
+                "Abdomen/RawData/Training/img/imgNNNN.nii.gz and .../Training/label/labelNNNN.nii.gz"
             }
             Dataset::Sts3d => {
                 "labelled/image/Teeth_NNNN_0000.nii.gz and labelled/label/Teeth_NNNN_0000.nii.gz"
@@ -473,7 +473,9 @@ fn demote_headings(md: &str, levels: usize) -> String {
 /// What a protocol's table means, one line.
 pub fn protocol_role(p: Protocol) -> &'static str {
     match p {
-        Protocol::Sdseg => "the official SDSeg evaluation at 256x256 in-plane: the paper's numbers",
+        Protocol::Sdseg => {
+            "the official SDSeg evaluation at 256x256 in-plane (how the paper's numbers are computed)"
+        }
         Protocol::Nnunet => "the same predictions at native resolution with nnU-Net's rules",
         Protocol::Monai => "MONAI's rules at native resolution",
     }
@@ -488,7 +490,7 @@ fn render_markdown(opts: &ReproduceOptions, reports: &[Report]) -> String {
         ids.len()
     );
     s.push_str(&format!(
-        "- Data: {} ({}); cases {}.\n",
+        "- Data: {} (layout {}); cases {}.\n",
         opts.data.display(),
         opts.dataset.layout(),
         ids.join(", ")
@@ -516,8 +518,7 @@ fn render_markdown(opts: &ReproduceOptions, reports: &[Report]) -> String {
         run.batch_size
     ));
     s.push_str(&format!(
-        "- Pipeline {}: {}\n- Predictions: {} (resize back: {}).\n",
-        crate::pipeline::runner::pipeline_label(&run.slicer.pipeline),
+        "- Pipeline {}\n- Predictions: {} (resize back: {}).\n",
         run.slicer.pipeline.summary(),
         opts.layout.pred_dir().display(),
         run.slicer.resize

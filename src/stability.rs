@@ -308,7 +308,7 @@ impl StabilityReport {
         s.push_str(&format!(
             "| {} | not computed | {} | {} | {} |\n",
             self.method.replace('|', "\\|"),
-            fx(sum.psnr.mean, 3),
+            psnr_cell(&sum.psnr, any_identical(&self.all_slices())),
             s4(&sum.ssim),
             s4(&sum.ms_ssim)
         ));
@@ -338,11 +338,7 @@ impl StabilityReport {
              |---|---|---|---|---|---|\n",
         );
         for r in self.per_run() {
-            let p = if r.scores.psnr.n == 0 && r.identical > 0 {
-                "inf (identical)".to_string()
-            } else {
-                fx(r.scores.psnr.mean, 3)
-            };
+            let p = psnr_cell(&r.scores.psnr, r.identical > 0);
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
                 r.seed,
@@ -364,7 +360,7 @@ impl StabilityReport {
                 c.id.replace('|', "\\|"),
                 c.slices_total,
                 c.slices.len(),
-                fx(cs.psnr.mean, 3),
+                psnr_cell(&cs.psnr, any_identical(&sl)),
                 s4(&cs.ssim),
                 s4(&cs.ms_ssim)
             ));
@@ -436,6 +432,24 @@ impl StabilityReport {
             }
         }
         s
+    }
+}
+
+/// Whether some run 1.. of a kept slice is identical to run 0 (non-empty).
+fn any_identical(slices: &[&SliceScores]) -> bool {
+    slices
+        .iter()
+        .filter(|s| !s.reference_empty)
+        .flat_map(|s| s.runs.iter().skip(1))
+        .any(|p| p.identical && !p.empty)
+}
+
+/// A PSNR mean; `inf (identical)` when every pair was skipped for being identical.
+fn psnr_cell(st: &Stat, identical: bool) -> String {
+    if st.n == 0 && identical {
+        "inf (identical)".into()
+    } else {
+        fx(st.mean, 3)
     }
 }
 
