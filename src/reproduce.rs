@@ -23,7 +23,7 @@
 //! `--resize nearest`: a mask taken 256 → native with nearest neighbour and back to 256 with
 //! the `sdseg` protocol's nearest resampling is the original mask whenever the native size is
 //! at least 256 (BTCV's 512², STS-3D's scans), so the `sdseg` table scores exactly the
-//! model-grid masks the official code scores ([`tests::nearest_round_trip_is_the_identity`]).
+//! model-grid masks the official code scores (test `nearest_round_trip_is_the_identity`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

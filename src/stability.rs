@@ -13,6 +13,8 @@
 //!   run 0 (infinite PSNR); the slice's value is the mean over the remaining runs;
 //! * the table value is the mean over slices that kept at least one run.
 //!
+//! (The notebook's reference is whichever seed folder `glob` lists first; here it is seed 0.)
+//!
 //! Here the same happens in memory: each volume is prepared by the pipeline (the same slices
 //! and preprocessing as `run`), only the slices whose label is non-empty at 256×256 (after the
 //! pipeline's label remapping, nearest zoom like `get_dice_loop`) are segmented, once per seed,
