@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod model;
 pub mod phantom;
 pub mod pipeline;
+pub mod reproduce;
+pub mod stability;
 pub mod train;
 pub mod volume;
 

@@ -1,8 +1,189 @@
+//! `sdseg-volume reproduce`: the paper's BTCV / STS-3D tables from a dataset folder
+//! ([`crate::reproduce`]).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::run::{ModelArgs, OutputArgs};
 use super::Globals;
+use crate::pipeline::postprocess::ResizeBack;
+use crate::pipeline::runner::{DTypeSpec, DeviceSpec, RunOptions, TestModel};
+use crate::pipeline::segmenter::NoiseMode;
+use crate::pipeline::shard::Shard;
+use crate::reproduce::{self, Dataset, Layout, ReproduceOptions};
+
+/// The model flags `reproduce` and `stability` share with `run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ModelFlags {
+    /// Model weights: an official Lightning .ckpt or a .safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Model config: a JSON file or a preset name (sdseg-binary, sdseg-cls9, sdseg-cls14);
+    /// default: <weights>.json or config.json beside the weights, else the pipeline's preset.
+    #[arg(long, value_name = "FILE|PRESET")]
+    pub model_config: Option<String>,
+    /// Slices per model batch.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceSpec>,
+    /// Model dtype: f32, f16 or bf16 (f16/bf16 are meant for CUDA).
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: DTypeSpec,
+    /// shared: one noise draw per run for every slice (the official evaluation); per-slice: a
+    /// draw per (case, slice).
+    #[arg(long, value_name = "MODE", default_value = "shared")]
+    pub noise: NoiseMode,
+    /// Use the raw UNet weights instead of the EMA copy.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Developer: replace the model by a threshold test double (threshold or threshold:K).
+    #[arg(long, value_name = "threshold[:K]", hide = true)]
+    pub test_segmenter: Option<TestModel>,
+}
+
+impl ModelFlags {
+    /// `run`'s model arguments for `pipeline`.
+    pub fn to_run_args(&self, pipeline: &str, seed: u64, resize: ResizeBack) -> ModelArgs {
+        ModelArgs {
+            weights: self.weights.clone(),
+            model_config: self.model_config.clone(),
+            pipeline: pipeline.to_string(),
+            batch_size: self.batch_size,
+            device: self.device,
+            dtype: self.dtype,
+            seed,
+            noise: self.noise,
+            no_ema: self.no_ema,
+            resize,
+            series: None,
+            allow_gaps: false,
+            allow_tilt: false,
+            test_segmenter: self.test_segmenter,
+        }
+    }
+
+    /// `run`'s validated options for these flags (inputs and outputs are the caller's).
+    pub fn run_options(
+        &self,
+        pipeline: &str,
+        seed: u64,
+        resize: ResizeBack,
+        out: PathBuf,
+        overwrite: bool,
+        g: Globals,
+    ) -> anyhow::Result<RunOptions> {
+        let args = super::run::Args {
+            inputs: Vec::new(),
+            out,
+            manifest: None,
+            shard: Some(Shard::ALL),
+            model: self.to_run_args(pipeline, seed, resize),
+            output: OutputArgs {
+                name: None,
+                overwrite,
+                report: None,
+                preview: None,
+                statistics: false,
+                json: false,
+            },
+        };
+        Ok(args.to_options(g)?)
+    }
+
+    /// The method's name in the tables.
+    pub fn method(&self) -> String {
+        match (&self.test_segmenter, &self.weights) {
+            (Some(_), _) => "threshold test model".into(),
+            (None, Some(w)) => format!(
+                "SDSeg ({})",
+                w.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            (None, None) => "SDSeg".into(),
+        }
+    }
+}
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The dataset: btcv (--data = Abdomen/RawData, with Training/img/imgNNNN.nii.gz and
+    /// Training/label/labelNNNN.nii.gz) or sts3d (--data holding
+    /// labelled/image/Teeth_NNNN_0000.nii.gz and labelled/label/...). The test cases are the
+    /// pipeline's official split.
+    #[arg(value_enum, value_name = "DATASET")]
+    pub dataset: Dataset,
+    /// The dataset folder in its own layout.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Output folder: predictions in DIR/pred/, tables DIR/scores-<protocol>.{md,csv,json},
+    /// DIR/reproduce.{md,json} (default: reproduce-<dataset>).
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelFlags,
+    /// Seed of the noise latent (the official evaluation uses 0).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Resize of predictions back to the native grid: nearest (default; with native sizes
+    /// >= 256 the sdseg table then scores exactly the official 256x256 masks) or bilinear.
+    #[arg(long, value_name = "MODE", default_value = "nearest")]
+    pub resize: ResizeBack,
+    /// Redo existing predictions (default: reuse them, i.e. resume).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print the combined JSON report on stdout instead of the Markdown tables.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args, _g: Globals) -> anyhow::Result<()> {
-    anyhow::bail!("`reproduce` is not implemented yet")
+pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", args.dataset)));
+    let layout = Layout { dir };
+    let run = args.model.run_options(
+        args.dataset.pipeline_name(),
+        args.seed,
+        args.resize,
+        layout.pred_dir(),
+        args.overwrite,
+        g,
+    )?;
+    let cases = reproduce::find_test_cases(args.dataset, &args.data, &run.slicer.pipeline)
+        .map_err(reproduce::ReproduceError::into_usage)?;
+    if !g.quiet {
+        eprintln!(
+            "reproduce {}: {} official test cases under {}: {}",
+            args.dataset,
+            cases.len(),
+            args.data.display(),
+            cases
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    let r = reproduce::execute(&ReproduceOptions {
+        dataset: args.dataset,
+        data: args.data.clone(),
+        cases,
+        layout,
+        run,
+        method: args.model.method(),
+    })?;
+    let text = if args.json {
+        format!("{:#}\n", r.json)
+    } else {
+        r.markdown
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
 }

@@ -18,8 +18,12 @@
 //! array border = outside) and distances come from an exact Euclidean distance transform
 //! with the anisotropic spacing ([`distance`], [`surface`]). The spacing comes from the
 //! affine ([`crate::Affine::spacing`]).
+//!
+//! [`image`] holds the 2D image-similarity measures of the stability evaluation (PSNR, SSIM,
+//! MS-SSIM).
 
 pub mod distance;
+pub mod image;
 pub mod overlap;
 pub mod protocol;
 pub mod surface;

@@ -1,0 +1,713 @@
+//! `reproduce`: the paper's BTCV / STS-3D segmentation tables from a dataset folder in the
+//! dataset's own layout.
+//!
+//! 1. [`find_test_cases`]: the pipeline's official `[splits] test` ids, located in the layout
+//!    ([`Dataset`]): BTCV `Training/img/imgNNNN.nii.gz` + `Training/label/labelNNNN.nii.gz`
+//!    under `Abdomen/RawData`; STS-3D `labelled/image/Teeth_NNNN_0000.nii.gz` +
+//!    `labelled/label/Teeth_NNNN_0000.nii.gz` (the layout `data/sts3d/sts3d_preprocess.py`
+//!    reads; the label path is the image path with `image` → `label`). A missing case is an
+//!    input error naming it.
+//! 2. [`execute`]: the cases go through `run` ([`crate::pipeline::runner::execute`]) with the
+//!    pipeline's official preprocessing, via a manifest (`DIR/cases.csv`) so predictions are
+//!    named by case id (`DIR/pred/<id>.nii.gz`) and existing ones are reused (resume) unless
+//!    `overwrite`.
+//! 3. Every case is scored once per protocol in [`PROTOCOLS`]: `sdseg` (the official code at
+//!    256×256 in-plane: the paper's numbers) and `nnunet` (native resolution, `eval`'s
+//!    default), with the pipeline's label scheme (BTCV: `transfer_to_9` then the union of the
+//!    8 organs). Tables go to `DIR/scores-<protocol>.{md,csv,json}` ([`crate::eval::Report`]
+//!    writers) and the combined report to `DIR/reproduce.{md,json}`.
+//!
+//! **Resize back.** The official code never resizes predictions back to the native grid: it
+//! scores the 256×256 masks against labels zoomed to 256 with `order=0` (its resize back,
+//! commented out, would have been `zoom(order=0)`). `reproduce` therefore defaults to
+//! `--resize nearest`: a mask taken 256 → native with nearest neighbour and back to 256 with
+//! the `sdseg` protocol's nearest resampling is the original mask whenever the native size is
+//! at least 256 (BTCV's 512², STS-3D's scans), so the `sdseg` table scores exactly the
+//! model-grid masks the official code scores (test `nearest_round_trip_is_the_identity`).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::error::UsageError;
+use crate::eval::{self, CasePair, EvalError, EvalOptions, LabelScheme, Report};
+use crate::metrics::{MetricOptions, Protocol};
+use crate::pipeline::runner::RunOptions;
+use crate::pipeline::Pipeline;
+
+/// The protocols every reproduction is scored under, in table order.
+pub const PROTOCOLS: [Protocol; 2] = [Protocol::Sdseg, Protocol::Nnunet];
+
+/// A dataset whose official test split `reproduce` knows how to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataset {
+    /// BTCV (Synapse multi-organ CT), binary: the union of the 8 TransUNet organs.
+    Btcv,
+    /// STS-3D dental CBCT, binary: teeth.
+    Sts3d,
+}
+
+impl Dataset {
+    /// The built-in pipeline of this dataset.
+    pub fn pipeline_name(self) -> &'static str {
+        match self {
+            Dataset::Btcv => "btcv",
+            Dataset::Sts3d => "sts3d",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Dataset::Btcv => "BTCV",
+            Dataset::Sts3d => "STS-3D",
+        }
+    }
+
+    /// Folders (relative to `--data`) where the layout may start, most specific last.
+    fn bases(self) -> &'static [&'static str] {
+        match self {
+            Dataset::Btcv => &[
+                "Training",
+                "",
+                "RawData/Training",
+                "Abdomen/RawData/Training",
+            ],
+            Dataset::Sts3d => &["labelled", "", "dataset/labelled"],
+        }
+    }
+
+    /// Image and label folder names inside a base.
+    fn dirs(self) -> (&'static str, &'static str) {
+        match self {
+            Dataset::Btcv => ("img", "label"),
+            Dataset::Sts3d => ("image", "label"),
+        }
+    }
+
+    /// Candidate file names of case `id`, the layout's own first: (images, labels).
+    fn file_names(self, id: &str) -> (Vec<String>, Vec<String>) {
+        let with_ext = |stems: &[String]| -> Vec<String> {
+            let mut v = Vec::new();
+            for s in stems {
+                v.push(format!("{s}.nii.gz"));
+                v.push(format!("{s}.nii"));
+            }
+            v
+        };
+        match self {
+            Dataset::Btcv => (
+                with_ext(&[format!("img{id}")]),
+                with_ext(&[format!("label{id}")]),
+            ),
+            // splits/valtest.txt names Teeth_0010_0000 (nnU-Net channel suffix); the label
+            // file has the same name in label/.
+            Dataset::Sts3d => {
+                let stems = [format!("{id}_0000"), id.to_string()];
+                (with_ext(&stems), with_ext(&stems))
+            }
+        }
+    }
+
+    /// The layout in words, for errors and reports.
+    pub fn layout(self) -> &'static str {
+        match self {
+            Dataset::Btcv => {
+                "Abdomen/RawData/Training/img/imgNNNN.nii.gz and .../Training/label/labelNNNN.nii.gz"
+            }
+            Dataset::Sts3d => {
+                "labelled/image/Teeth_NNNN_0000.nii.gz and labelled/label/Teeth_NNNN_0000.nii.gz"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.pipeline_name())
+    }
+}
+
+/// One official test case found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetCase {
+    pub id: String,
+    pub image: PathBuf,
+    pub label: PathBuf,
+}
+
+/// A test case that is not where the layout puts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingCase {
+    pub id: String,
+    /// What is missing (the layout's own file names).
+    pub expected: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReproduceError {
+    #[error(
+        "{root}: not a {dataset} dataset folder: no {img}/ and {label}/ folders in {tried} \
+         (expected layout {layout})",
+        dataset = dataset.title(),
+        img = dataset.dirs().0,
+        label = dataset.dirs().1,
+        layout = dataset.layout(),
+        tried = tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoLayout {
+        dataset: Dataset,
+        root: PathBuf,
+        tried: Vec<PathBuf>,
+    },
+    #[error(
+        "{root}: {n} of the {total} official {dataset} test cases missing: {list}",
+        dataset = dataset.title(),
+        n = missing.len(),
+        list = missing
+            .iter()
+            .map(|m| format!(
+                "{} (expected {})",
+                m.id,
+                m.expected.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and ")
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )]
+    MissingCases {
+        dataset: Dataset,
+        root: PathBuf,
+        total: usize,
+        missing: Vec<MissingCase>,
+    },
+    #[error("pipeline '{0}' has no [splits] test list")]
+    NoTestSplit(String),
+}
+
+impl crate::error::Classify for ReproduceError {
+    fn is_input_error(&self) -> bool {
+        true
+    }
+}
+
+impl ReproduceError {
+    /// As an `anyhow` error the binary maps to exit code 2.
+    pub fn into_usage(self) -> anyhow::Error {
+        UsageError(self.to_string()).into()
+    }
+}
+
+fn first_existing(dir: &Path, names: &[String]) -> Option<PathBuf> {
+    names.iter().map(|n| dir.join(n)).find(|p| p.is_file())
+}
+
+/// Locate the pipeline's official test cases under `root` in `dataset`'s layout.
+pub fn find_test_cases(
+    dataset: Dataset,
+    root: &Path,
+    pipeline: &Pipeline,
+) -> Result<Vec<DatasetCase>, ReproduceError> {
+    let ids = &pipeline.splits.test;
+    if ids.is_empty() {
+        return Err(ReproduceError::NoTestSplit(pipeline.name.clone()));
+    }
+    let (img_dir, label_dir) = dataset.dirs();
+    let tried: Vec<PathBuf> = dataset.bases().iter().map(|b| root.join(b)).collect();
+    let base = tried
+        .iter()
+        .find(|b| b.join(img_dir).is_dir() && b.join(label_dir).is_dir())
+        .ok_or_else(|| ReproduceError::NoLayout {
+            dataset,
+            root: root.to_path_buf(),
+            tried: tried.clone(),
+        })?;
+    let (img_dir, label_dir) = (base.join(img_dir), base.join(label_dir));
+    let mut cases = Vec::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        let (imgs, labels) = dataset.file_names(id);
+        let image = first_existing(&img_dir, &imgs);
+        let label = first_existing(&label_dir, &labels);
+        match (image, label) {
+            (Some(image), Some(label)) => cases.push(DatasetCase {
+                id: id.clone(),
+                image,
+                label,
+            }),
+            (image, label) => {
+                let mut expected = Vec::new();
+                if image.is_none() {
+                    expected.push(img_dir.join(&imgs[0]));
+                }
+                if label.is_none() {
+                    expected.push(label_dir.join(&labels[0]));
+                }
+                missing.push(MissingCase {
+                    id: id.clone(),
+                    expected,
+                });
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ReproduceError::MissingCases {
+            dataset,
+            root: root.to_path_buf(),
+            total: ids.len(),
+            missing,
+        });
+    }
+    Ok(cases)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) || s.starts_with('#') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Write the `run` manifest of `cases` (`input,case`; absolute inputs), atomically.
+pub fn write_manifest(path: &Path, cases: &[DatasetCase]) -> std::io::Result<()> {
+    let mut text = String::from("input,case\n");
+    for c in cases {
+        let input = std::path::absolute(&c.image).unwrap_or_else(|_| c.image.clone());
+        text.push_str(&format!(
+            "{},{}\n",
+            csv_field(&input.to_string_lossy()),
+            csv_field(&c.id)
+        ));
+    }
+    crate::io::atomic::write_atomic(path, |f| f.write_all(text.as_bytes()))
+}
+
+/// Where a reproduction puts its files.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn pred_dir(&self) -> PathBuf {
+        self.dir.join("pred")
+    }
+    pub fn prediction(&self, id: &str) -> PathBuf {
+        self.pred_dir().join(format!("{id}.nii.gz"))
+    }
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.join("cases.csv")
+    }
+    pub fn run_report(&self) -> PathBuf {
+        self.dir.join("run-report.json")
+    }
+    pub fn scores(&self, p: Protocol, ext: &str) -> PathBuf {
+        self.dir.join(format!("scores-{}.{ext}", p.name()))
+    }
+    pub fn combined(&self, ext: &str) -> PathBuf {
+        self.dir.join(format!("reproduce.{ext}"))
+    }
+}
+
+/// Score every case's prediction (`layout.prediction(id)`) under each protocol of
+/// [`PROTOCOLS`]; both files are read once. `on_case` is called before each case.
+pub fn score(
+    cases: &[DatasetCase],
+    layout: &Layout,
+    pipeline: &Pipeline,
+    mut on_case: impl FnMut(&str),
+) -> Result<Vec<Report>, EvalError> {
+    let scheme = LabelScheme::from_pipeline(pipeline);
+    let opts: Vec<EvalOptions> = PROTOCOLS
+        .iter()
+        .map(|&protocol| EvalOptions {
+            metrics: MetricOptions {
+                protocol,
+                ..MetricOptions::default()
+            },
+            scheme: scheme.clone(),
+            labels: None,
+        })
+        .collect();
+    let mut results: Vec<Vec<eval::CaseResult>> = vec![Vec::new(); opts.len()];
+    for c in cases {
+        on_case(&c.id);
+        let pair = CasePair {
+            case: c.id.clone(),
+            pred: layout.prediction(&c.id),
+            gt: c.label.clone(),
+        };
+        let (p, g) = rayon::join(
+            || eval::read_labels(&pair.pred),
+            || eval::read_labels(&pair.gt),
+        );
+        let (p, g) = (p?, g?);
+        for (o, r) in opts.iter().zip(results.iter_mut()) {
+            r.push(eval::evaluate_arrays(&pair, p.clone(), g.clone(), o)?);
+        }
+    }
+    Ok(opts
+        .iter()
+        .zip(results)
+        .map(|(o, r)| Report::new(r, o))
+        .collect())
+}
+
+/// Everything [`execute`] needs; `run` is the validated `run` options (model, pipeline,
+/// batch size, seed, ...); its inputs, manifest, output and report are set here.
+#[derive(Clone, Debug)]
+pub struct ReproduceOptions {
+    pub dataset: Dataset,
+    pub data: PathBuf,
+    pub cases: Vec<DatasetCase>,
+    pub layout: Layout,
+    pub run: RunOptions,
+    /// Name of the method in the tables' summary row.
+    pub method: String,
+}
+
+/// The scores of a reproduction and its rendered reports.
+#[derive(Clone, Debug)]
+pub struct Reproduction {
+    pub reports: Vec<Report>,
+    pub markdown: String,
+    pub json: Value,
+}
+
+/// Run inference for the missing predictions, score them, write every table.
+pub fn execute(opts: &ReproduceOptions) -> anyhow::Result<Reproduction> {
+    let layout = &opts.layout;
+    let pred_dir = layout.pred_dir();
+    std::fs::create_dir_all(&pred_dir)
+        .with_context(|| format!("creating {}", pred_dir.display()))?;
+    write_manifest(&layout.manifest(), &opts.cases)
+        .with_context(|| format!("writing {}", layout.manifest().display()))?;
+    let mut run = opts.run.clone();
+    run.inputs = Vec::new();
+    run.manifest = Some(layout.manifest());
+    run.out = crate::pipeline::cases::OutTarget::Dir(pred_dir.clone());
+    run.name = crate::pipeline::cases::NamePattern::default();
+    run.json = false;
+    run.preview = None;
+    // Keep the provenance of the run that made the predictions: a rerun that only reuses
+    // them writes no new run report.
+    let any_to_run = run.overwrite
+        || opts
+            .cases
+            .iter()
+            .any(|c| !layout.prediction(&c.id).exists());
+    run.report = any_to_run.then(|| layout.run_report());
+    crate::pipeline::runner::execute(&run)?;
+
+    let quiet = opts.run.quiet;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(opts.cases.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "scoring [{bar:30}] {pos}/{len} cases, {elapsed} ({eta} left) {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b
+    };
+    let reports = score(&opts.cases, layout, &opts.run.slicer.pipeline, |id| {
+        bar.set_message(id.to_string());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+
+    for r in &reports {
+        let p = r.metrics.protocol;
+        let files = [
+            ("md", r.to_markdown(&opts.method)),
+            ("csv", r.to_csv()),
+            ("json", format!("{:#}\n", r.to_json())),
+        ];
+        for (ext, text) in files {
+            let path = layout.scores(p, ext);
+            crate::io::atomic::write_atomic(&path, |f| f.write_all(text.as_bytes()))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let markdown = render_markdown(opts, &reports);
+    let json = render_json(opts, &reports);
+    for (ext, text) in [("md", markdown.clone()), ("json", format!("{json:#}\n"))] {
+        let path = layout.combined(ext);
+        crate::io::atomic::write_atomic(&path, |f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !quiet {
+        eprintln!(
+            "reproduce: {} cases scored under {}; tables in {}",
+            opts.cases.len(),
+            PROTOCOLS.map(|p| p.name()).join(" and "),
+            layout.dir.display()
+        );
+    }
+    Ok(Reproduction {
+        reports,
+        markdown,
+        json,
+    })
+}
+
+/// Demote every Markdown heading by `levels`.
+fn demote_headings(md: &str, levels: usize) -> String {
+    let extra = "#".repeat(levels);
+    md.lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("{extra}{l}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// What a protocol's table means, one line.
+pub fn protocol_role(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Sdseg => {
+            "the official SDSeg evaluation at 256x256 in-plane (how the paper's numbers are computed)"
+        }
+        Protocol::Nnunet => "the same predictions at native resolution with nnU-Net's rules",
+        Protocol::Monai => "MONAI's rules at native resolution",
+    }
+}
+
+fn render_markdown(opts: &ReproduceOptions, reports: &[Report]) -> String {
+    let run = &opts.run;
+    let ids: Vec<&str> = opts.cases.iter().map(|c| c.id.as_str()).collect();
+    let mut s = format!(
+        "# Reproduction: {}, {} official test volumes\n\n",
+        opts.dataset.title(),
+        ids.len()
+    );
+    s.push_str(&format!(
+        "- Data: {} (layout {}); cases {}.\n",
+        opts.data.display(),
+        opts.dataset.layout(),
+        ids.join(", ")
+    ));
+    let model = match (&run.model.test, &run.model.weights) {
+        (Some(_), _) => "threshold test model (not SDSeg)".to_string(),
+        (None, Some(w)) => w.display().to_string(),
+        (None, None) => "none".to_string(),
+    };
+    s.push_str(&format!(
+        "- Model: {model}; {} weights; device {}, dtype {}; seed {}, noise {}; batch {}.\n",
+        if run.model.ema {
+            "EMA"
+        } else {
+            "raw (non-EMA)"
+        },
+        run.model.device,
+        run.model.dtype,
+        run.seed,
+        match run.noise {
+            crate::pipeline::segmenter::NoiseMode::Shared =>
+                "shared (one draw, as the official code)",
+            crate::pipeline::segmenter::NoiseMode::PerSlice => "per slice",
+        },
+        run.batch_size
+    ));
+    s.push_str(&format!(
+        "- Pipeline {}\n- Predictions: {} (resize back: {}).\n",
+        run.slicer.pipeline.summary(),
+        opts.layout.pred_dir().display(),
+        run.slicer.resize
+    ));
+    if opts.dataset == Dataset::Btcv {
+        s.push_str(
+            "- For comparison (not from the paper, whose table body could not be retrieved): a \
+             third-party reproduction reports BTCV binary Dice 0.9217, IoU 0.8558 under the \
+             official protocol.\n",
+        );
+    }
+    s.push('\n');
+    for r in reports {
+        let p = r.metrics.protocol;
+        s.push_str(&format!(
+            "## Protocol `{}`: {}\n\n",
+            p.name(),
+            protocol_role(p)
+        ));
+        s.push_str(&demote_headings(&r.to_markdown(&opts.method), 2));
+        s.push('\n');
+    }
+    s
+}
+
+fn render_json(opts: &ReproduceOptions, reports: &[Report]) -> Value {
+    let run = &opts.run;
+    let protocols: serde_json::Map<String, Value> = reports
+        .iter()
+        .map(|r| (r.metrics.protocol.name().to_string(), r.to_json()))
+        .collect();
+    let summary: serde_json::Map<String, Value> = reports
+        .iter()
+        .map(|r| {
+            let n = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+            (
+                r.metrics.protocol.name().to_string(),
+                json!({
+                    "dice": n(r.mean.dice),
+                    "iou": n(r.mean.iou),
+                    "hd95_mm": n(r.mean.hd95_mm),
+                    "assd_mm": n(r.mean.assd_mm),
+                    "nsd": n(r.mean.nsd),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "version": 1,
+        "dataset": opts.dataset,
+        "data": opts.data,
+        "layout": opts.dataset.layout(),
+        "method": opts.method,
+        "cases": opts.cases.iter().map(|c| json!({
+            "case": c.id,
+            "image": c.image,
+            "label": c.label,
+            "prediction": opts.layout.prediction(&c.id),
+        })).collect::<Vec<_>>(),
+        "settings": {
+            "pipeline": crate::pipeline::runner::pipeline_label(&run.slicer.pipeline),
+            "weights": run.model.weights,
+            "test_model": run.model.test.is_some(),
+            "ema": run.model.ema,
+            "device": run.model.device.to_string(),
+            "dtype": run.model.dtype.to_string(),
+            "seed": run.seed,
+            "noise": run.noise,
+            "batch_size": run.batch_size,
+            "resize": run.slicer.resize.to_string(),
+        },
+        "summary": summary,
+        "protocols": protocols,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::resize::{zoom_nearest, Edge};
+    use crate::pipeline::resize_labels_nearest;
+    use ndarray::{Array2, Array3};
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn btcv_layout_and_missing_cases() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Pipeline::load("btcv").unwrap();
+        let root = d.path().join("RawData");
+        assert!(matches!(
+            find_test_cases(Dataset::Btcv, &root, &p),
+            Err(ReproduceError::NoLayout { .. })
+        ));
+        for id in &p.splits.test {
+            touch(&root.join(format!("Training/img/img{id}.nii.gz")));
+            if id != "0022" {
+                touch(&root.join(format!("Training/label/label{id}.nii.gz")));
+            }
+        }
+        let e = find_test_cases(Dataset::Btcv, &root, &p).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("1 of the 12 official BTCV test cases missing: 0022"),
+            "{msg}"
+        );
+        assert!(msg.contains("label0022.nii.gz"), "{msg}");
+        assert!(!msg.contains("img0022"), "{msg}");
+        touch(&root.join("Training/label/label0022.nii"));
+        let cases = find_test_cases(Dataset::Btcv, &root, &p).unwrap();
+        assert_eq!(cases.len(), 12);
+        assert_eq!(cases[0].id, "0001");
+        assert!(cases[5].label.ends_with("Training/label/label0022.nii"));
+        // --data may also point at Training/ or at Abdomen/.
+        let c2 = find_test_cases(Dataset::Btcv, &root.join("Training"), &p).unwrap();
+        assert_eq!(c2, cases);
+    }
+
+    #[test]
+    fn sts3d_layout_with_and_without_channel_suffix() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Pipeline::load("sts3d").unwrap();
+        let root = d.path();
+        touch(&root.join("labelled/image/Teeth_0010_0000.nii.gz"));
+        touch(&root.join("labelled/label/Teeth_0010_0000.nii.gz"));
+        touch(&root.join("labelled/image/Teeth_0011.nii.gz"));
+        touch(&root.join("labelled/label/Teeth_0011.nii.gz"));
+        let e = find_test_cases(Dataset::Sts3d, root, &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Teeth_0012 (expected "), "{e}");
+        assert!(e.contains("image/Teeth_0012_0000.nii.gz"), "{e}");
+        touch(&root.join("labelled/image/Teeth_0012_0000.nii.gz"));
+        touch(&root.join("labelled/label/Teeth_0012_0000.nii.gz"));
+        let cases = find_test_cases(Dataset::Sts3d, root, &p).unwrap();
+        let ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["Teeth_0010", "Teeth_0011", "Teeth_0012"]);
+        assert!(cases[1].image.ends_with("Teeth_0011.nii.gz"));
+    }
+
+    #[test]
+    fn manifest_quotes_and_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let cases = vec![DatasetCase {
+            id: "0001".into(),
+            image: d.path().join("a,b/img0001.nii.gz"),
+            label: d.path().join("l.nii.gz"),
+        }];
+        touch(&cases[0].image);
+        let m = d.path().join("cases.csv");
+        write_manifest(&m, &cases).unwrap();
+        let e = crate::pipeline::cases::read_manifest(&m).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].case.as_deref(), Some("0001"));
+        assert_eq!(e[0].input, cases[0].image);
+    }
+
+    /// Why `reproduce` resizes back with nearest neighbour: 256 → n (nearest, as
+    /// `--resize nearest` writes the prediction) → 256 (the `sdseg` protocol's resampling)
+    /// returns the model-grid mask exactly for every native size n >= 256.
+    #[test]
+    fn nearest_round_trip_is_the_identity() {
+        let mask = Array2::from_shape_fn((256, 256), |(i, j)| ((i * 31 + j * 17) % 7) as u16);
+        for n in [256, 257, 300, 333, 384, 511, 512, 640, 768, 1000, 1024] {
+            // postprocess's labels_slice_to_native uses the clamped edge
+            let native = zoom_nearest(mask.view(), [n, n + 1], Edge::Clamp);
+            let vol = native.insert_axis(ndarray::Axis(2));
+            let back = resize_labels_nearest(&vol, [256, 256]);
+            assert_eq!(
+                back.index_axis(ndarray::Axis(2), 0),
+                mask.view(),
+                "native size {n}"
+            );
+        }
+        // Below 256 information is lost: not the identity.
+        let small = zoom_nearest(mask.view(), [40, 40], Edge::Clamp);
+        let back: Array3<u16> =
+            resize_labels_nearest(&small.insert_axis(ndarray::Axis(2)), [256, 256]);
+        assert_ne!(back.index_axis(ndarray::Axis(2), 0), mask.view());
+    }
+
+    #[test]
+    fn headings_are_demoted() {
+        assert_eq!(
+            demote_headings("# A\ntext\n## B\n", 2),
+            "### A\ntext\n#### B\n"
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! `sdseg-volume reproduce` and `stability` end to end on small synthetic datasets laid out
+//! exactly like BTCV (`Training/img/imgNNNN.nii.gz`, `Training/label/labelNNNN.nii.gz`) and
+//! STS-3D (`labelled/image/Teeth_NNNN_0000.nii.gz`, `labelled/label/...`), with the tiny
+//! fixture checkpoint (`../shared/fixtures/tiny-binary`) or the threshold test model.
+
+mod run_util;
+
+use ndarray::Array3;
+use run_util::*;
+use std::path::{Path, PathBuf};
+
+const BTCV_TEST: [&str; 12] = [
+    "0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038",
+];
+
+/// `../shared` beside the checkout (main), or two levels up (a worktree under `wt/`).
+fn fixture() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for up in ["../shared", "../../shared"] {
+        let d = manifest.join(up).join("fixtures/tiny-binary");
+        if d.join("checkpoint.safetensors").is_file() {
+            return d;
+        }
+    }
+    panic!(
+        "no shared/fixtures/tiny-binary beside {}",
+        manifest.display()
+    );
+}
+
+fn weights() -> String {
+    fixture()
+        .join("checkpoint.safetensors")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// BTCV-style labels for a phantom: the ball is liver (6, an organ of the binary union), a
+/// small block is esophagus (5, background after `transfer_to_9`).
+fn labels_for(shape: [usize; 3], seed: usize) -> Array3<i16> {
+    let img = phantom(shape, seed);
+    Array3::from_shape_fn(shape, |(i, j, k)| {
+        if img[[i, j, k]] >= 150 {
+            6
+        } else if i < 4 && j < 4 {
+            5
+        } else {
+            0
+        }
+    })
+}
+
+fn write_btcv(root: &Path, shape: [usize; 3]) -> PathBuf {
+    let raw = root.join("Abdomen/RawData");
+    for d in ["Training/img", "Training/label"] {
+        std::fs::create_dir_all(raw.join(d)).unwrap();
+    }
+    for (n, id) in BTCV_TEST.iter().enumerate() {
+        let aff = diag([0.8, 0.8, 2.5]);
+        write_nifti(
+            &raw.join(format!("Training/img/img{id}.nii.gz")),
+            &phantom(shape, n),
+            aff,
+        );
+        write_nifti(
+            &raw.join(format!("Training/label/label{id}.nii.gz")),
+            &labels_for(shape, n),
+            aff,
+        );
+    }
+    // A training case the split does not use.
+    write_nifti(
+        &raw.join("Training/img/img0005.nii.gz"),
+        &phantom(shape, 0),
+        diag([0.8, 0.8, 2.5]),
+    );
+    raw
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn mtimes(dir: &Path, ids: &[&str]) -> Vec<std::time::SystemTime> {
+    ids.iter()
+        .map(|id| {
+            std::fs::metadata(dir.join(format!("{id}.nii.gz")))
+                .unwrap_or_else(|e| panic!("prediction {id}: {e}"))
+                .modified()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The Markdown of one protocol section of the combined report.
+fn section<'a>(md: &'a str, protocol: &str) -> &'a str {
+    let start = md
+        .find(&format!("## Protocol `{protocol}`"))
+        .unwrap_or_else(|| panic!("no {protocol} section:\n{md}"));
+    let rest = &md[start..];
+    match rest[3..].find("\n## Protocol") {
+        Some(end) => &rest[..end + 3],
+        None => rest,
+    }
+}
+
+#[test]
+fn reproduce_btcv_with_the_tiny_fixture_prints_both_tables_and_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    // One slice per volume: the fixture model costs seconds per slice in the test profile.
+    let raw = write_btcv(d.path(), [40, 40, 1]);
+    let w = weights();
+    let args = [
+        "reproduce",
+        "btcv",
+        "--data",
+        raw.to_str().unwrap(),
+        "--weights",
+        &w,
+        "--out",
+        "out",
+        "--batch-size",
+        "4",
+    ];
+    let o = run(d.path(), &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "12 official test cases under {}: {}",
+            raw.display(),
+            BTCV_TEST.join(" ")
+        )),
+        "{err}"
+    );
+    let md = stdout(&o);
+    assert!(
+        md.starts_with("# Reproduction: BTCV, 12 official test volumes"),
+        "{md}"
+    );
+    for protocol in ["sdseg", "nnunet"] {
+        let s = section(&md, protocol);
+        assert!(s.contains(&format!("**Protocol `{protocol}`**")), "{s}");
+        assert!(
+            s.contains("| Method | Dice | IoU | HD95 (mm) | ASSD (mm) | NSD@1mm |"),
+            "{s}"
+        );
+        assert!(s.contains("| SDSeg (checkpoint.safetensors) |"), "{s}");
+        assert!(s.contains("| Case | Dice | IoU | HD95 (mm) |"), "{s}");
+        for id in BTCV_TEST {
+            assert!(
+                s.contains(&format!("\n| {id} | ")),
+                "{protocol}: no row for {id}"
+            );
+        }
+        assert!(!s.contains("| 0005 |"), "a training case was scored");
+        for ext in ["md", "csv", "json"] {
+            assert!(d
+                .path()
+                .join(format!("out/scores-{protocol}.{ext}"))
+                .is_file());
+        }
+    }
+    assert!(md.contains("Cases: 12."), "{md}");
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("out/reproduce.md")).unwrap(),
+        md
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("out/reproduce.json")).unwrap())
+            .unwrap();
+    let ids: Vec<&str> = j["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTCV_TEST);
+    assert_eq!(j["protocols"]["sdseg"]["protocol"], "sdseg");
+    assert_eq!(
+        j["protocols"]["nnunet"]["cases"].as_array().unwrap().len(),
+        12
+    );
+    let dice = j["summary"]["sdseg"]["dice"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&dice), "{dice}");
+    assert_eq!(j["settings"]["resize"], "nearest");
+    assert!(d.path().join("out/run-report.json").is_file());
+    let pred = d.path().join("out/pred");
+    let first = mtimes(&pred, &BTCV_TEST);
+
+    // Rerun: predictions are reused (not rewritten), the tables are the same.
+    let o = run(d.path(), &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resume: 12 case(s) already have outputs"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(mtimes(&pred, &BTCV_TEST), first);
+    assert_eq!(stdout(&o), md);
+}
+
+#[test]
+fn reproduce_missing_case_is_exit_2_and_overwrite_redoes_predictions() {
+    let d = tempfile::tempdir().unwrap();
+    let raw = write_btcv(d.path(), [24, 20, 2]);
+    let base = [
+        "reproduce",
+        "btcv",
+        "--data",
+        raw.to_str().unwrap(),
+        "--out",
+        "out",
+        "--test-segmenter",
+        "threshold",
+        "--quiet",
+    ];
+    let o = run(d.path(), &base);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // --quiet: `run`'s one line per case, none of reproduce's own progress.
+    assert!(
+        !stderr(&o).contains("official test cases under"),
+        "{}",
+        stderr(&o)
+    );
+    let md = stdout(&o);
+    assert!(md.contains("| threshold test model |"), "{md}");
+    let pred = d.path().join("out/pred");
+    let first = mtimes(&pred, &BTCV_TEST);
+
+    let mut json_args = base.to_vec();
+    json_args.push("--json");
+    let o = run(d.path(), &json_args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["dataset"], "btcv");
+    assert_eq!(j["cases"].as_array().unwrap().len(), 12);
+    assert_eq!(mtimes(&pred, &BTCV_TEST), first, "reused");
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut over = base.to_vec();
+    over.push("--overwrite");
+    let o = run(d.path(), &over);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let again = mtimes(&pred, &BTCV_TEST);
+    assert!(
+        again.iter().zip(&first).all(|(a, b)| a > b),
+        "--overwrite rewrites every prediction"
+    );
+    assert_eq!(stdout(&o), md, "same model, same tables");
+
+    // A missing test case: exit 2, named, nothing run.
+    std::fs::remove_file(raw.join("Training/label/label0022.nii.gz")).unwrap();
+    std::fs::remove_file(raw.join("Training/img/img0036.nii.gz")).unwrap();
+    let o = run(d.path(), &base);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("2 of the 12 official BTCV test cases missing"),
+        "{e}"
+    );
+    assert!(
+        e.contains("0022 (expected ") && e.contains("label0022.nii.gz"),
+        "{e}"
+    );
+    assert!(
+        e.contains("0036 (expected ") && e.contains("img0036.nii.gz"),
+        "{e}"
+    );
+
+    // Not a BTCV folder at all.
+    let o = run(
+        d.path(),
+        &[
+            "reproduce",
+            "btcv",
+            "--data",
+            "nowhere",
+            "--test-segmenter",
+            "threshold",
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a BTCV dataset folder"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn reproduce_sts3d_layout() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("sts");
+    for dir in ["labelled/image", "labelled/label"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    for (n, id) in ["Teeth_0010", "Teeth_0011", "Teeth_0012", "Teeth_0001"]
+        .iter()
+        .enumerate()
+    {
+        let shape = [24, 24, 2];
+        let img = phantom(shape, n).mapv(|v| v * 4);
+        let lab = phantom(shape, n).mapv(|v| i16::from(v >= 150));
+        let aff = diag([0.3, 0.3, 0.3]);
+        write_nifti(
+            &root.join(format!("labelled/image/{id}_0000.nii.gz")),
+            &img,
+            aff,
+        );
+        write_nifti(
+            &root.join(format!("labelled/label/{id}_0000.nii.gz")),
+            &lab,
+            aff,
+        );
+    }
+    let o = run(
+        d.path(),
+        &[
+            "reproduce",
+            "sts3d",
+            "--data",
+            "sts",
+            "--test-segmenter",
+            "threshold",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let md = stdout(&o);
+    assert!(
+        md.starts_with("# Reproduction: STS-3D, 3 official test volumes"),
+        "{md}"
+    );
+    for id in ["Teeth_0010", "Teeth_0011", "Teeth_0012"] {
+        assert!(d
+            .path()
+            .join(format!("reproduce-sts3d/pred/{id}.nii.gz"))
+            .is_file());
+        for p in ["sdseg", "nnunet"] {
+            assert!(
+                section(&md, p).contains(&format!("\n| {id} | ")),
+                "{p} {id}"
+            );
+        }
+    }
+    assert!(!md.contains("Teeth_0001 |"), "a training case was scored");
+}
+
+#[test]
+fn stability_with_the_tiny_fixture_three_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let shape = [40, 36, 2];
+    let aff = diag([0.8, 0.8, 2.5]);
+    write_nifti(&d.path().join("img.nii.gz"), &phantom(shape, 1), aff);
+    // Label only on slice 1 (the fixture model costs seconds per slice in the test profile).
+    let lab = labels_for(shape, 1).mapv(|v| if v == 6 { 6 } else { 0 });
+    let lab = Array3::from_shape_fn(shape, |(i, j, k)| if k == 1 { lab[[i, j, k]] } else { 0 });
+    write_nifti(&d.path().join("label.nii.gz"), &lab, aff);
+    let w = weights();
+    let o = run(
+        d.path(),
+        &[
+            "stability",
+            "--input",
+            "img.nii.gz",
+            "--label",
+            "label.nii.gz",
+            "--runs",
+            "3",
+            "--weights",
+            &w,
+            "--out",
+            "st",
+            "--batch-size",
+            "2",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let md = stdout(&o);
+    assert!(
+        md.starts_with("# Stability over seeds (paper Table 5)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("LPIPS: not computed (needs pretrained AlexNet weights, unavailable offline)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| Method | LPIPS | PSNR (dB) | SSIM | MS-SSIM |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| SDSeg (checkpoint.safetensors) | not computed |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("of 1 slices (those whose 256x256 label is non-empty"),
+        "{md}"
+    );
+    // Seed 0 against itself is perfect; seeds 1 and 2 have rows.
+    assert!(
+        md.contains("\n| 0 | inf (identical) | 1.0000 | 1.0000 | 1 | 0 |"),
+        "{md}"
+    );
+    assert!(md.contains("\n| 1 | ") && md.contains("\n| 2 | "), "{md}");
+    assert!(!md.contains("\n| 3 | "), "{md}");
+    assert!(md.contains("| img | 2 | 1 |"), "{md}");
+
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("st/stability.json")).unwrap())
+            .unwrap();
+    assert_eq!(j["runs"], 3);
+    assert_eq!(j["seeds"], serde_json::json!([0, 1, 2]));
+    assert_eq!(j["slices"]["evaluated"], 1);
+    assert_eq!(j["lpips"]["computed"], false);
+    let r0 = &j["per_run"][0]["scores"];
+    assert_eq!(r0["ssim"]["mean"], 1.0);
+    assert_eq!(r0["ms_ssim"]["mean"], 1.0);
+    assert_eq!(r0["psnr_db"]["n"], 0, "identical pairs have no PSNR");
+    let ssim = j["summary"]["ssim"]["mean"].as_f64().unwrap();
+    assert!(ssim > -1.0 && ssim < 1.0, "seeds differ: {ssim}");
+    let csv = std::fs::read_to_string(d.path().join("st/stability.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3);
+    assert!(
+        csv.starts_with("case,slice,seed,psnr_db,ssim,ms_ssim,empty,identical\nimg,1,0,inf,1,1,")
+    );
+
+    // Too few runs is a usage error.
+    let o = run(
+        d.path(),
+        &[
+            "stability",
+            "--input",
+            "img.nii.gz",
+            "--runs",
+            "1",
+            "--weights",
+            &w,
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}
+
+#[test]
+fn stability_on_a_dataset_split() {
+    let d = tempfile::tempdir().unwrap();
+    let raw = write_btcv(d.path(), [24, 20, 2]);
+    let o = run(
+        d.path(),
+        &[
+            "stability",
+            "btcv",
+            "--data",
+            raw.to_str().unwrap(),
+            "--runs",
+            "2",
+            "--test-segmenter",
+            "threshold",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ids: Vec<&str> = j["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTCV_TEST);
+    assert_eq!(j["pipeline"], "btcv");
+    assert_eq!(j["slices"]["selection"], "non-empty label at 256x256");
+}
