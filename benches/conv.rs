@@ -1,13 +1,14 @@
 //! GFLOP/s of `model::conv::Conv2d` (the fast CPU path) against candle 0.11's conv2d on the
 //! SDSeg model's convolution shapes, f32, all rayon threads.
 //!
-//! `cargo bench --bench conv [-- [FILTER] [--reps N] [--ours-only]]`: each shape runs ours and
+//! `cargo bench --bench conv [-- [FILTER] [--reps N] [--ours-only] [--kernel avx512|avx2]]`:
+//! each shape runs ours (with the given micro-kernel, default the fastest available) and
 //! candle back to back `N` times (default 5) and prints the medians; on a shared machine, read
 //! the ratio, not the absolute numbers. FLOPs count a multiply-add as 2.
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::Conv2dConfig;
-use sdseg_volume::model::conv::{fast_available, Conv2d, ConvPath, Padding2d};
+use sdseg_volume::model::conv::{fast_available, Conv2d, ConvPath, CpuKernel, Padding2d};
 use std::time::Instant;
 
 struct Shape {
@@ -129,17 +130,26 @@ fn main() -> candle_core::Result<()> {
     let mut reps = 5usize;
     let mut ours_only = false;
     let mut filter = None;
+    let mut kernel = CpuKernel::best();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--reps" => reps = it.next().and_then(|v| v.parse().ok()).unwrap_or(reps),
             "--ours-only" => ours_only = true,
+            "--kernel" => {
+                kernel = match it.next().map(String::as_str) {
+                    Some("avx512") => Some(CpuKernel::Avx512),
+                    Some("avx2") => Some(CpuKernel::Avx2Fma),
+                    k => panic!("--kernel {k:?}: expected avx512 or avx2"),
+                }
+            }
             f => filter = Some(f.to_string()),
         }
     }
     println!(
-        "fast path available: {}, rayon threads: {}",
+        "fast path available: {}, kernel: {:?}, rayon threads: {}",
         fast_available(),
+        kernel.filter(|k| k.available()),
         rayon::current_num_threads()
     );
     let threads = rayon::current_num_threads();
@@ -162,8 +172,14 @@ fn main() -> candle_core::Result<()> {
             stride: s.stride,
             ..Default::default()
         };
-        let conv = Conv2d::new(w, Some(b), cfg).with_padding(s.pad);
-        assert_eq!(conv.path_for(&x) == ConvPath::FastCpu, fast_available());
+        let mut conv = Conv2d::new(w, Some(b), cfg).with_padding(s.pad);
+        if let Some(k) = kernel {
+            conv = conv.with_cpu_kernel(k);
+        }
+        assert_eq!(
+            conv.path_for(&x) == ConvPath::FastCpu,
+            kernel.is_some_and(|k| k.available())
+        );
         let y = conv.forward(&x)?;
         let (_, co, oh, ow) = y.dims4()?;
         let flops = 2.0 * (s.x[0] * co * oh * ow * s.x[1] * s.k * s.k) as f64;

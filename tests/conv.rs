@@ -1,5 +1,5 @@
-//! Parity of `model::conv::Conv2d` (the fast CPU path when the CPU has AVX-512F, candle's
-//! conv2d otherwise) against an f64 naive convolution and against candle's conv2d, on random
+//! Parity of `model::conv::Conv2d` (the fast CPU path with each micro-kernel the CPU runs,
+//! AVX-512 and/or AVX2 + FMA, candle's conv2d when none) against an f64 naive convolution and against candle's conv2d, on random
 //! data for every variant the kernel distinguishes: 1×1 (one long row, in place), 3×3 stride 1
 //! (padded copy / in place when unpadded), stride 2 (phase-split copy) with symmetric and the
 //! LDM `Downsample`'s asymmetric padding, odd sizes, batches, channel counts that are not
@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Conv2dConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sdseg_volume::model::conv::{fast_available, Conv2d, ConvPath, Padding2d};
+use sdseg_volume::model::conv::{Conv2d, ConvPath, CpuKernel, Padding2d};
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -90,15 +90,30 @@ fn check_with(case: &Case, x: &Tensor, seed: u64) {
         ..Default::default()
     };
     let conv = Conv2d::new(w.clone(), b.clone(), cfg).with_padding(case.pad);
-    if fast_available() {
-        assert_eq!(conv.path_for(x), ConvPath::FastCpu);
-    }
-    let got = conv.forward(x).unwrap();
     let want = naive(x, &w, b.as_ref(), case.stride, case.pad);
-    let e = rel_err(&got, &want);
+    assert_eq!(conv.cpu_kernel_for(x), CpuKernel::best());
+    // Every kernel this CPU runs (the default one first), or candle's conv2d when none.
+    let mut kernels: Vec<Option<CpuKernel>> =
+        CpuKernel::all_available().into_iter().map(Some).collect();
+    if kernels.is_empty() {
+        kernels.push(None);
+    }
+    for k in kernels {
+        let conv = match k {
+            Some(k) => conv.clone().with_cpu_kernel(k),
+            None => conv.clone(),
+        };
+        assert_eq!(conv.cpu_kernel_for(x), k);
+        check_kernel(case, &conv, x, &want, k);
+    }
+}
+
+fn check_kernel(case: &Case, conv: &Conv2d, x: &Tensor, want: &[f64], k: Option<CpuKernel>) {
+    let got = conv.forward(x).unwrap();
+    let e = rel_err(&got, want);
     let cand = conv.forward_candle(x).unwrap();
     assert_eq!(got.dims(), cand.dims(), "shape vs candle");
-    let e_cand = rel_err(&cand, &want);
+    let e_cand = rel_err(&cand, want);
     let diff = (&got - &cand)
         .unwrap()
         .abs()
@@ -110,7 +125,7 @@ fn check_with(case: &Case, x: &Tensor, seed: u64) {
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     assert!(
         e <= 1e-5,
-        "x {:?} co {} k {} s {} {:?}: rel err vs f64 {e:e} (candle: {e_cand:e})",
+        "{k:?} x {:?} co {} k {} s {} {:?}: rel err vs f64 {e:e} (candle: {e_cand:e})",
         case.x,
         case.co,
         case.k,
@@ -119,7 +134,7 @@ fn check_with(case: &Case, x: &Tensor, seed: u64) {
     );
     assert!(
         diff as f64 / scale <= 1e-5,
-        "x {:?}: rel diff vs candle {:e}",
+        "{k:?} x {:?}: rel diff vs candle {:e}",
         case.x,
         diff as f64 / scale
     );
@@ -343,4 +358,43 @@ fn other_dtypes_use_candle() {
     let conv = Conv2d::new(w, None, Default::default());
     assert_eq!(conv.path_for(&x), ConvPath::Candle);
     assert_eq!(conv.forward(&x).unwrap().dims(), &[1, 2, 6, 6]);
+}
+
+#[test]
+fn kernel_choice_and_forced_kernels() {
+    let all = CpuKernel::all_available();
+    assert_eq!(CpuKernel::best(), all.first().copied());
+    let expect = if CpuKernel::Avx512.available() {
+        Some(CpuKernel::Avx512)
+    } else if CpuKernel::Avx2Fma.available() {
+        Some(CpuKernel::Avx2Fma)
+    } else {
+        None
+    };
+    assert_eq!(CpuKernel::best(), expect);
+    let x = random(&[1, 3, 9, 9], 1000);
+    let w = random(&[4, 3, 3, 3], 1001);
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    for k in [CpuKernel::Avx512, CpuKernel::Avx2Fma] {
+        // A kernel the CPU lacks falls back to candle instead of faulting.
+        let conv = Conv2d::new(w.clone(), None, cfg).with_cpu_kernel(k);
+        let want = if k.available() {
+            ConvPath::FastCpu
+        } else {
+            ConvPath::Candle
+        };
+        assert_eq!(conv.path_for(&x), want, "{k:?}");
+        let diff = (conv.forward(&x).unwrap() - conv.forward_candle(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "{k:?}: {diff}");
+    }
 }

@@ -1,13 +1,16 @@
 //! `Conv2d` of our own: the one convolution every layer of the model uses, so that the fast
 //! CPU path (issue 7) is chosen here, once, and the model code never sees it.
 //!
-//! [`Conv2d::forward`] runs [`cpu::FastConv2d`] (a direct AVX-512 convolution, several times
-//! faster than candle 0.11's im2col conv2d) for f32 NCHW tensors on the CPU when the CPU has
-//! AVX-512F, groups = 1 and dilation = 1, and nothing tracks gradients; anything else (CUDA,
-//! f16/bf16, groups, dilation, autograd, CPUs without AVX-512) goes to candle's `conv2d`.
+//! [`Conv2d::forward`] runs [`cpu::FastConv2d`] (a direct convolution with an AVX-512 or an
+//! AVX2 + FMA micro-kernel, faster than candle 0.11's im2col conv2d) for f32 NCHW tensors on the
+//! CPU when the CPU has AVX-512F or AVX2 + FMA ([`CpuKernel`]), groups = 1 and dilation = 1, and
+//! nothing tracks gradients; anything else (CUDA, f16/bf16, groups, dilation, autograd, other
+//! CPUs) goes to candle's `conv2d`.
 //! Asymmetric padding ([`Padding2d`], e.g. the LDM `Downsample`'s `F.pad(x, (0, 1, 0, 1))`) is
 //! part of the conv: no padded copy of the activation on the fast path.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -54,10 +57,54 @@ impl Padding2d {
 /// Which implementation [`Conv2d::forward`] runs (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
-    /// Our direct AVX-512 CPU kernel.
+    /// Our direct CPU convolution, with the micro-kernel [`Conv2d::cpu_kernel_for`] names.
     FastCpu,
     /// candle's `Tensor::conv2d` (after an explicit zero pad when the padding is asymmetric).
     Candle,
+}
+
+/// The micro-kernels of [`ConvPath::FastCpu`], fastest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CpuKernel {
+    /// 32 zmm registers, 16 pixels a vector (x86-64 with AVX-512F).
+    Avx512,
+    /// 16 ymm registers, 8 pixels a vector (x86-64 with AVX2 and FMA).
+    Avx2Fma,
+}
+
+impl CpuKernel {
+    /// Whether this CPU can run the kernel (std caches the CPUID answers).
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                CpuKernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                CpuKernel::Avx2Fma => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// The fastest kernel this CPU runs: AVX-512 when present, else AVX2 + FMA, else none
+    /// (detected once).
+    pub fn best() -> Option<CpuKernel> {
+        static BEST: std::sync::OnceLock<Option<CpuKernel>> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| CpuKernel::all_available().first().copied())
+    }
+
+    /// Every kernel this CPU runs, fastest first (tests and benches run each).
+    pub fn all_available() -> Vec<CpuKernel> {
+        [CpuKernel::Avx512, CpuKernel::Avx2Fma]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +113,8 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     config: Conv2dConfig,
     padding: Padding2d,
+    /// Forced micro-kernel (tests, benches); `None`: [`CpuKernel::best`].
+    kernel: Option<CpuKernel>,
 }
 
 impl Conv2d {
@@ -76,6 +125,7 @@ impl Conv2d {
             bias,
             padding: Padding2d::symmetric(config.padding),
             config,
+            kernel: None,
         }
     }
 
@@ -86,6 +136,13 @@ impl Conv2d {
         if padding.is_symmetric() {
             self.config.padding = padding.top;
         }
+        self
+    }
+
+    /// Forces the fast path's micro-kernel (tests and benches compare them on one machine);
+    /// when the CPU cannot run it, `forward` goes to candle.
+    pub fn with_cpu_kernel(mut self, kernel: CpuKernel) -> Conv2d {
+        self.kernel = Some(kernel);
         self
     }
 
@@ -106,7 +163,19 @@ impl Conv2d {
 
     /// The implementation `forward(x)` will run.
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
+        match self.cpu_kernel_for(x) {
+            Some(_) => ConvPath::FastCpu,
+            None => ConvPath::Candle,
+        }
+    }
+
+    /// The micro-kernel `forward(x)` will run, `None` when it goes to candle.
+    pub fn cpu_kernel_for(&self, x: &Tensor) -> Option<CpuKernel> {
         let c = &self.config;
+        let kernel = match self.kernel {
+            Some(k) => Some(k).filter(|k| k.available()),
+            None => CpuKernel::best(),
+        }?;
         let fast = matches!(x.device(), Device::Cpu)
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
@@ -116,13 +185,8 @@ impl Conv2d {
             && c.dilation == 1
             && !(x.track_op()
                 || self.weight.track_op()
-                || self.bias.as_ref().is_some_and(|b| b.track_op()))
-            && fast_available();
-        if fast {
-            ConvPath::FastCpu
-        } else {
-            ConvPath::Candle
-        }
+                || self.bias.as_ref().is_some_and(|b| b.track_op()));
+        fast.then_some(kernel)
     }
 
     /// candle's conv2d (+ bias), whatever the path choice: the reference for tests and benches.
@@ -144,10 +208,11 @@ impl Conv2d {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn forward_fast(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_fast(&self, x: &Tensor, kernel: CpuKernel) -> Result<Tensor> {
         let op = cpu::FastConv2d {
             stride: self.config.stride,
             pad: self.padding,
+            kernel,
         };
         match &self.bias {
             None => x.apply_op2_no_bwd(&self.weight, &op),
@@ -156,21 +221,14 @@ impl Conv2d {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn forward_fast(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_fast(&self, x: &Tensor, _kernel: CpuKernel) -> Result<Tensor> {
         self.forward_candle(x)
     }
 }
 
-/// Whether this machine can run [`ConvPath::FastCpu`] (x86-64 with AVX-512F).
+/// Whether this machine can run [`ConvPath::FastCpu`] (x86-64 with AVX-512F or AVX2 + FMA).
 pub fn fast_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        cpu::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    CpuKernel::best().is_some()
 }
 
 /// Build a conv with a bias from `vb` (keys `weight` [out, in, k, k] and `bias` [out]).
@@ -188,9 +246,9 @@ pub fn conv2d(
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self.path_for(x) {
-            ConvPath::FastCpu => self.forward_fast(x),
-            ConvPath::Candle => self.forward_candle(x),
+        match self.cpu_kernel_for(x) {
+            Some(kernel) => self.forward_fast(x, kernel),
+            None => self.forward_candle(x),
         }
     }
 }

@@ -15,36 +15,7 @@
 
 use std::arch::x86_64::*;
 
-/// How the accumulators start: from the bias (first tap block), from zero (no bias), or from
-/// what an earlier tap block left in the output.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Init {
-    Bias(*const f32),
-    Zero,
-    Accumulate,
-}
-
-/// The `NV` segments of one tile: input base pointer (tap offsets are added to it), output
-/// pointer at the tile's first channel, and the lane mask of each segment.
-pub(super) struct Tile<const NV: usize> {
-    pub x: [*const f32; NV],
-    pub y: [*mut f32; NV],
-    pub mask: [u16; NV],
-}
-
-impl<const NV: usize> Tile<NV> {
-    /// The same tile, `by` floats further in the output (another block of channels).
-    ///
-    /// # Safety
-    /// The moved pointers stay inside the output allocation.
-    pub unsafe fn offset_y(&self, by: usize) -> Tile<NV> {
-        Tile {
-            x: self.x,
-            y: self.y.map(|p| p.add(by)),
-            mask: self.mask,
-        }
-    }
-}
+use super::cpu::{Init, Tile};
 
 /// # Safety
 /// The CPU supports AVX-512F; `w` holds `taps.len() * CO` floats; for every tap `t` and

@@ -1,5 +1,5 @@
-//! Fast CPU f32 convolution (issue 7, item 1): a direct convolution with an AVX-512
-//! register-tile micro-kernel, no im2col matrix.
+//! Fast CPU f32 convolution (issue 7, item 1): a direct convolution with a register-tile
+//! micro-kernel (AVX-512, `avx512.rs`, or AVX2 + FMA, `avx2.rs`), no im2col matrix.
 //!
 //! Layout. The input is copied once into a zero-padded buffer (skipped for unpadded stride-1
 //! convs over unit-stride rows, e.g. every 1×1 conv), one plane per (image, channel). For stride
@@ -14,37 +14,78 @@
 //! each task runs every block of output channels over its segments, taps blocked so the
 //! block's packed weights stay in L1.
 
-use super::avx512::{kernel, Init, Tile};
-use super::Padding2d;
+use super::{avx2, avx512, CpuKernel, Padding2d};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// Output channels per register tile of the main kernel, and its segments (16 pixels each).
-const CO_MAIN: usize = 8;
-const NV_MAIN: usize = 3;
+/// AVX-512: output channels per register tile of the main kernel (and per packed weight
+/// block), and its segments (16 pixels each).
+const CO_512: usize = 8;
+const NV_512: usize = 3;
+/// AVX2: output channels per packed weight block, run as `CO_2 / CO_2K` kernels of `CO_2K`
+/// channels × `NV_2K` segments, over chunks of `NV_2` segments.
+const CO_2: usize = 6;
+const CO_2K: usize = 6;
+const NV_2K: usize = 1;
+const NV_2: usize = 3;
 /// Floats past the end of the padded buffer: unmasked loads of a full segment never pass the
 /// end, but keep a margin for the `kw / s` shift of the last tap.
 const SLACK: usize = 32;
 
-/// Whether the fast path can run on this CPU.
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// How the accumulators start: from the bias (first tap block), from zero (no bias), or from
+/// what an earlier tap block left in the output.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Init {
+    Bias(*const f32),
+    Zero,
+    Accumulate,
+}
+
+impl Init {
+    /// The same start for the channels from `by` on.
+    ///
+    /// # Safety
+    /// A moved bias pointer stays inside the bias.
+    unsafe fn offset(self, by: usize) -> Init {
+        match self {
+            Init::Bias(b) => Init::Bias(b.add(by)),
+            other => other,
+        }
     }
 }
 
+/// The `NV` segments of one tile: input base pointer (tap offsets are added to it), output
+/// pointer at the tile's first channel, and the lane mask of each segment.
+pub(super) struct Tile<const NV: usize> {
+    pub x: [*const f32; NV],
+    pub y: [*mut f32; NV],
+    pub mask: [u16; NV],
+}
+
 /// The fast conv as a candle custom op: `apply_op2_no_bwd(x, w)` or `apply_op3_no_bwd(x, w, b)`
-/// (f32, NCHW, groups 1, dilation 1; `available()` must hold).
+/// (f32, NCHW, groups 1, dilation 1; the CPU runs `kernel`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct FastConv2d {
     pub stride: usize,
     pub pad: Padding2d,
+    pub kernel: CpuKernel,
+}
+
+/// Output channels per packed weight block (the full blocks [`main_tile`] runs).
+fn co_main(k: CpuKernel) -> usize {
+    match k {
+        CpuKernel::Avx512 => CO_512,
+        CpuKernel::Avx2Fma => CO_2,
+    }
+}
+
+/// Segments per chunk of [`main_tile`]: its input stays in L1 while every block runs over it.
+fn nv_main(k: CpuKernel) -> usize {
+    match k {
+        CpuKernel::Avx512 => NV_512,
+        CpuKernel::Avx2Fma => NV_2,
+    }
 }
 
 impl CustomOp2 for FastConv2d {
@@ -184,8 +225,10 @@ impl FastConv2d {
             None => None,
             Some((b, bl)) => Some(gather_bias(b, bl, g.co)?),
         };
-        let wpack = pack_weights(w, wl, &g);
-        let plan = Plan::new(&g, xl, rayon::current_num_threads().max(1));
+        let k = self.kernel;
+        let (co_main, nv_main) = (co_main(k), nv_main(k));
+        let wpack = pack_weights(w, wl, &g, co_main);
+        let plan = Plan::new(&g, xl, rayon::current_num_threads().max(1), nv_main);
         let ptrs = Ptrs {
             x: x[xl.start_offset()..].as_ptr(),
             y: y.as_mut_ptr(),
@@ -241,36 +284,19 @@ impl FastConv2d {
                         };
                         // Full blocks: each tile of input segments (in L1) meets every
                         // block's weights, which stream from L2.
-                        for chunk in segs.chunks(NV_MAIN) {
-                            let (tile, tail) = tile::<NV_MAIN>(chunk, x_k, y_task);
-                            for co0 in (0..g.co / CO_MAIN).map(|blk| blk * CO_MAIN) {
-                                let w = wpack.as_ptr().add(co0 * ntaps + k0 * CO_MAIN);
-                                let t = tile.offset_y(co0 * y_plane);
-                                if tail {
-                                    kernel::<CO_MAIN, NV_MAIN, true>(
-                                        taps,
-                                        w,
-                                        &t,
-                                        y_plane,
-                                        init(co0),
-                                    );
-                                } else {
-                                    kernel::<CO_MAIN, NV_MAIN, false>(
-                                        taps,
-                                        w,
-                                        &t,
-                                        y_plane,
-                                        init(co0),
-                                    );
-                                }
+                        for chunk in segs.chunks(nv_main) {
+                            for co0 in (0..g.co / co_main).map(|blk| blk * co_main) {
+                                let w = wpack.as_ptr().add(co0 * ntaps + k0 * co_main);
+                                let yb = y_task.add(co0 * y_plane);
+                                main_tile(k, taps, w, chunk, x_k, yb, y_plane, init(co0));
                             }
                         }
-                        let rest = g.co % CO_MAIN;
+                        let rest = g.co % co_main;
                         if rest > 0 {
                             let co0 = g.co - rest;
                             let w = wpack.as_ptr().add(co0 * ntaps + k0 * rest);
                             let yb = y_task.add(co0 * y_plane);
-                            run_block(rest, taps, w, segs, x_k, yb, y_plane, init(co0));
+                            run_block(k, rest, taps, w, segs, x_k, yb, y_plane, init(co0));
                         }
                     }
                 }
@@ -323,7 +349,8 @@ const L2_OUTPUT: usize = 256 * 1024;
 const L2_WEIGHTS: usize = 512 * 1024;
 
 impl Plan {
-    fn new(g: &Geom, xl: &Layout, threads: usize) -> Plan {
+    /// `nv`: segments per chunk of [`main_tile`].
+    fn new(g: &Geom, xl: &Layout, threads: usize, nv: usize) -> Plan {
         let [_, xs_c, xs_h, xs_w] = strides4(xl);
         let unpadded = g.pad == Padding2d::default() && g.s == 1 && xs_w == 1;
         let src = if unpadded && g.kh == 1 && g.kw == 1 && xs_h == g.w {
@@ -336,8 +363,8 @@ impl Plan {
         let kk = g.kh * g.kw;
         // Cache lines a tile reads per input channel: kh rows × phases × (NV + 1) lines.
         let lines = match src {
-            Source::Flat => NV_MAIN,
-            _ => g.kh * g.s.min(g.kw) * (NV_MAIN + 1 + (g.kw - 1) / g.s / 16),
+            Source::Flat => nv,
+            _ => g.kh * g.s.min(g.kw) * (nv + 1 + (g.kw - 1) / g.s / 16),
         };
         let cb = (L1_INPUT / (lines * 64))
             .min(L2_WEIGHTS / (4 * g.co * kk))
@@ -351,7 +378,7 @@ impl Plan {
         }
         let plane_segs = (g.oh * g.ow).div_ceil(16);
         let mut segs_per_task = (L2_OUTPUT / (64 * g.co) / 24 * 24).max(24).min(plane_segs);
-        while segs_per_task > NV_MAIN && g.n * plane_segs.div_ceil(segs_per_task) < min_tasks {
+        while segs_per_task > nv && g.n * plane_segs.div_ceil(segs_per_task) < min_tasks {
             segs_per_task = segs_per_task.div_ceil(2);
         }
         let band_rows = (rows_per_task - 1) * g.s + g.kh;
@@ -486,22 +513,23 @@ fn gather_bias(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
     Ok((0..co).map(|i| b[o + i * s]).collect())
 }
 
-/// Output-channel blocks `(first channel, width)`: full `CO_MAIN` blocks, then the remainder.
-fn blocks(co: usize) -> Vec<(usize, usize)> {
-    let mut v: Vec<_> = (0..co / CO_MAIN).map(|i| (i * CO_MAIN, CO_MAIN)).collect();
-    if !co.is_multiple_of(CO_MAIN) {
-        v.push((co - co % CO_MAIN, co % CO_MAIN));
+/// Output-channel blocks `(first channel, width)`: full `main` blocks, then the remainder.
+fn blocks(co: usize, main: usize) -> Vec<(usize, usize)> {
+    let mut v: Vec<_> = (0..co / main).map(|i| (i * main, main)).collect();
+    if !co.is_multiple_of(main) {
+        v.push((co - co % main, co % main));
     }
     v
 }
 
-/// Weights packed per block: `[tap][channel of block]`, block `(co0, cob)` at `co0 · taps`.
-fn pack_weights(w: &[f32], wl: &Layout, g: &Geom) -> Vec<f32> {
+/// Weights packed per block of `main` channels: `[tap][channel of block]`, block `(co0, cob)`
+/// at `co0 · taps`.
+fn pack_weights(w: &[f32], wl: &Layout, g: &Geom, main: usize) -> Vec<f32> {
     let [s0, s1, s2, s3] = strides4(wl);
     let w = &w[wl.start_offset()..];
     let ntaps = g.c * g.kh * g.kw;
     let mut out = vec![0f32; g.co * ntaps];
-    for (co0, cob) in blocks(g.co) {
+    for (co0, cob) in blocks(g.co, main) {
         let dst = &mut out[co0 * ntaps..(co0 + cob) * ntaps];
         let mut i = 0;
         for ci in 0..g.c {
@@ -552,12 +580,56 @@ fn taps(g: &Geom, v: &InView, cb: usize) -> Vec<isize> {
     t
 }
 
-/// Runs one output-channel block over `segs`, in tiles of the kernel's segment count.
+/// Runs a full block of `co_main(k)` channels (weights packed `[tap][channel]`) over the
+/// (at most `nv_main(k)`) segments of `chunk`.
 ///
 /// # Safety
-/// As for [`kernel`], for every segment.
+/// As for the kernels, for every segment; the CPU runs `k`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn main_tile(
+    k: CpuKernel,
+    taps: &[isize],
+    w: *const f32,
+    chunk: &[Seg],
+    x: *const f32,
+    y: *mut f32,
+    y_plane: usize,
+    init: Init,
+) {
+    match k {
+        CpuKernel::Avx512 => {
+            let (tile, tail) = tile::<NV_512>(chunk, x, y);
+            if tail {
+                avx512::kernel::<CO_512, NV_512, true>(taps, w, &tile, y_plane, init);
+            } else {
+                avx512::kernel::<CO_512, NV_512, false>(taps, w, &tile, y_plane, init);
+            }
+        }
+        CpuKernel::Avx2Fma => {
+            for c0 in (0..CO_2).step_by(CO_2K) {
+                tiles_avx2::<CO_2K, NV_2K>(
+                    taps,
+                    w.add(c0),
+                    CO_2,
+                    chunk,
+                    x,
+                    y.add(c0 * y_plane),
+                    y_plane,
+                    init.offset(c0),
+                );
+            }
+        }
+    }
+}
+
+/// Runs one output-channel block of `cob < co_main(k)` channels over `segs`, in tiles of the
+/// kernel's segment count.
+///
+/// # Safety
+/// As for the kernels, for every segment; the CPU runs `k`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_block(
+    k: CpuKernel,
     cob: usize,
     taps: &[isize],
     w: *const f32,
@@ -567,26 +639,56 @@ unsafe fn run_block(
     y_plane: usize,
     init: Init,
 ) {
+    if k == CpuKernel::Avx512 {
+        macro_rules! go {
+            ($co:literal, $nv:literal) => {
+                tiles_avx512::<$co, $nv>(taps, w, segs, x, y, y_plane, init)
+            };
+        }
+        match cob {
+            7 => go!(7, 3),
+            6 => go!(6, 4),
+            5 => go!(5, 4),
+            4 => go!(4, 6),
+            3 => go!(3, 8),
+            2 => go!(2, 8),
+            1 => go!(1, 8),
+            _ => unreachable!("output-channel block of {cob}"),
+        }
+        return;
+    }
+    // AVX2: `2·CO·NV + 2·NV + 1 <= 16` ymm registers; channels `c0..c0 + CO` of the block.
     macro_rules! go {
-        ($co:literal, $nv:literal) => {
-            run_tiles::<$co, $nv>(taps, w, segs, x, y, y_plane, init)
+        ($co:literal, $nv:literal, $c0:literal) => {
+            tiles_avx2::<$co, $nv>(
+                taps,
+                w.add($c0),
+                cob,
+                segs,
+                x,
+                y.add($c0 * y_plane),
+                y_plane,
+                init.offset($c0),
+            )
         };
     }
     match cob {
-        8 => go!(8, 3),
-        7 => go!(7, 3),
-        6 => go!(6, 4),
-        5 => go!(5, 4),
-        4 => go!(4, 6),
-        3 => go!(3, 8),
-        2 => go!(2, 8),
-        1 => go!(1, 8),
+        7 => {
+            go!(4, 1, 0);
+            go!(3, 1, 4);
+        }
+        6 => go!(6, 1, 0),
+        5 => go!(5, 1, 0),
+        4 => go!(4, 1, 0),
+        3 => go!(3, 1, 0),
+        2 => go!(2, 2, 0),
+        1 => go!(1, 3, 0),
         _ => unreachable!("output-channel block of {cob}"),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_tiles<const CO: usize, const NV: usize>(
+unsafe fn tiles_avx512<const CO: usize, const NV: usize>(
     taps: &[isize],
     w: *const f32,
     segs: &[Seg],
@@ -598,9 +700,31 @@ unsafe fn run_tiles<const CO: usize, const NV: usize>(
     for chunk in segs.chunks(NV) {
         let (tile, tail) = tile::<NV>(chunk, x, y);
         if tail {
-            kernel::<CO, NV, true>(taps, w, &tile, y_plane, init);
+            avx512::kernel::<CO, NV, true>(taps, w, &tile, y_plane, init);
         } else {
-            kernel::<CO, NV, false>(taps, w, &tile, y_plane, init);
+            avx512::kernel::<CO, NV, false>(taps, w, &tile, y_plane, init);
+        }
+    }
+}
+
+/// `w_stride`: floats per tap of the packed block `w` points into.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles_avx2<const CO: usize, const NV: usize>(
+    taps: &[isize],
+    w: *const f32,
+    w_stride: usize,
+    segs: &[Seg],
+    x: *const f32,
+    y: *mut f32,
+    y_plane: usize,
+    init: Init,
+) {
+    for chunk in segs.chunks(NV) {
+        let (tile, tail) = tile::<NV>(chunk, x, y);
+        if tail {
+            avx2::kernel::<CO, NV, true>(taps, w, w_stride, &tile, y_plane, init);
+        } else {
+            avx2::kernel::<CO, NV, false>(taps, w, w_stride, &tile, y_plane, init);
         }
     }
 }
