@@ -238,7 +238,9 @@ impl<'a> SliceSource<'a> {
         let norm = self.normalised_native_slice(k);
         let s = self.geometry.model_size;
         let out = if norm.dim() == (s, s) {
-            norm
+            // No resize (native size = S): the slice of a column-major volume is column-major;
+            // callers get row-major (standard layout) like the zoomed slices.
+            norm.as_standard_layout().into_owned()
         } else {
             match self.interpolation {
                 Interpolation::Bilinear => zoom_linear_f64(norm.view(), [s, s], Edge::Scipy),
@@ -400,6 +402,22 @@ mod tests {
         assert_eq!(f.apply(-1000.0), -1.25);
         assert_eq!(f.apply(1000.0), 0.875);
         assert_eq!(f.apply(75.0), 0.0);
+    }
+
+    /// Native in-plane size = S (no resize): the column-major slice still comes out row-major,
+    /// so `model_input` lays it out like a zoomed one.
+    #[test]
+    fn unresized_slices_are_row_major() {
+        let ph =
+            crate::phantom::abdomen_phantom(&crate::phantom::PhantomParams::new([16, 16, 2]), 1);
+        let mut p = Pipeline::load("btcv").unwrap();
+        p.slicing.size = 16;
+        let src = SliceSource::new(&ph.volume, &p);
+        let one = src.prepare_slice(1);
+        assert!(one.is_standard_layout());
+        let batch = src.model_input(0..2);
+        let want: Vec<f32> = one.iter().copied().collect();
+        assert_eq!(&batch[3 * 256..4 * 256], &want[..]);
     }
 
     #[test]
