@@ -106,6 +106,9 @@ fn check_with(case: &Case, x: &Tensor, seed: u64) {
         assert_eq!(conv.cpu_kernel_for(x), k);
         check_kernel(case, &conv, x, &want, k);
     }
+    // The training path (im2col from differentiable ops) computes the same convolution.
+    let e = rel_err(&conv.forward_im2col(x).unwrap(), &want);
+    assert!(e <= 1e-5, "im2col x {:?} s {} {:?}: rel err {e:e}", case.x, case.stride, case.pad);
 }
 
 fn check_kernel(case: &Case, conv: &Conv2d, x: &Tensor, want: &[f64], k: Option<CpuKernel>) {
@@ -310,7 +313,7 @@ fn larger_layer_shapes() {
 }
 
 #[test]
-fn tracked_tensors_use_candle_and_get_gradients() {
+fn tracked_tensors_use_im2col_and_get_gradients() {
     let x = random(&[1, 4, 6, 6], 800);
     let w = Var::from_tensor(&random(&[5, 4, 3, 3], 801)).unwrap();
     let cfg = Conv2dConfig {
@@ -318,7 +321,7 @@ fn tracked_tensors_use_candle_and_get_gradients() {
         ..Default::default()
     };
     let conv = Conv2d::new(w.as_tensor().clone(), None, cfg);
-    assert_eq!(conv.path_for(&x), ConvPath::Candle);
+    assert_eq!(conv.path_for(&x), ConvPath::Im2col);
     let y = conv.forward(&x).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
     let g = grads.get(w.as_tensor()).expect("weight gradient");
@@ -396,5 +399,51 @@ fn kernel_choice_and_forced_kernels() {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-4, "{k:?}: {diff}");
+    }
+}
+
+/// With gradients tracked the conv takes the im2col path, and its gradients equal candle's
+/// conv2d backward (input, weight and bias), for stride 1 and the stride-2 downsample padding.
+#[test]
+fn im2col_training_path_gradients_match_candle() {
+    for (i, (k, stride, pad)) in [
+        (3, 1, sym(1)),
+        (1, 1, sym(0)),
+        (3, 2, Padding2d::from_torch_pad(0, 1, 0, 1)),
+        (3, 2, sym(1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = Var::from_tensor(&random(&[2, 5, 9, 10], 900 + i as u64)).unwrap();
+        let w = Var::from_tensor(&random(&[4, 5, k, k], 910 + i as u64)).unwrap();
+        let b = Var::from_tensor(&random(&[4], 920 + i as u64)).unwrap();
+        let cfg = Conv2dConfig {
+            stride,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(w.as_tensor().clone(), Some(b.as_tensor().clone()), cfg)
+            .with_padding(pad);
+        assert_eq!(conv.path_for(x.as_tensor()), ConvPath::Im2col);
+        let probe = random(&[2, 4, (9 + pad.top + pad.bottom - k) / stride + 1, (10 + pad.left + pad.right - k) / stride + 1], 930);
+        let ours = conv.forward(x.as_tensor()).unwrap();
+        let theirs = conv.forward_candle(x.as_tensor()).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            let a = g1.get(v.as_tensor()).unwrap();
+            let want: Vec<f64> = g2
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let e = rel_err(a, &want);
+            assert!(e <= 1e-5, "case {i} grad {name}: rel err {e:e}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use super::Globals;
 use crate::error::UsageError;
 use crate::model::config::SdsegConfig;
 use crate::pipeline::Pipeline;
-use crate::train::autoencoder::{train_autoencoder, AeOptions};
+use crate::train::autoencoder::{train_autoencoder, AeOptions, RecLoss};
 use crate::train::session::Event;
 use crate::train::{train_sdseg, DataSource, RunOptions};
 
@@ -88,6 +88,10 @@ pub struct TrainArgs {
     /// Slices per inference batch in validation.
     #[arg(long, default_value_t = 8)]
     pub val_batch: usize,
+    /// Draw training timesteps uniformly from [N, T) instead of [0, T) (the official
+    /// recipe). Inference runs only t = T − 1; a high N trains a small model faster.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub t_min: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +107,10 @@ pub struct AutoencoderArgs {
     /// Weight of the KL term (LDM kl-f8: 1e-6).
     #[arg(long, default_value_t = 1e-6)]
     pub kl_weight: f64,
+    /// Reconstruction loss: `l1` (LDM) or `l2`. L2 trains small autoencoders on sparse
+    /// masks faster: L1's median-seeking gradient lets them settle on all-background.
+    #[arg(long, value_enum, default_value_t = RecLoss::L1)]
+    pub rec_loss: RecLoss,
 }
 
 fn parse_device(s: &str) -> anyhow::Result<Device> {
@@ -240,6 +248,7 @@ pub fn run_train(args: TrainArgs, g: Globals) -> anyhow::Result<()> {
         seed: c.seed,
         val_batch: args.val_batch,
         stop_on_nan: true,
+        t_min: args.t_min,
     };
     let pb = progress(&g, c.steps, "train");
     let mut on = handler(&g, &pb);
@@ -290,6 +299,7 @@ pub fn run_autoencoder(args: AutoencoderArgs, g: Globals) -> anyhow::Result<()> 
         batch_size: c.batch_size,
         lr,
         kl_weight: args.kl_weight,
+        rec_loss: args.rec_loss,
         device: r.device,
         resume: c.resume,
         val_every: c.val_every,

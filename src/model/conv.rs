@@ -61,6 +61,11 @@ pub enum ConvPath {
     FastCpu,
     /// candle's `Tensor::conv2d` (after an explicit zero pad when the padding is asymmetric).
     Candle,
+    /// Shifted views stacked into columns and one matmul, built from differentiable candle ops
+    /// only. Taken when gradients are tracked (training): candle 0.11's conv2d backward runs a
+    /// scalar `conv_transpose2d` for the input gradient, which is ~30× slower than the
+    /// matmul's backward this path gets.
+    Im2col,
 }
 
 /// The micro-kernels of [`ConvPath::FastCpu`], fastest first.
@@ -165,7 +170,62 @@ impl Conv2d {
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
         match self.cpu_kernel_for(x) {
             Some(_) => ConvPath::FastCpu,
+            None if self.tracks_gradients(x) && self.config.groups == 1 && self.config.dilation == 1 => {
+                ConvPath::Im2col
+            }
             None => ConvPath::Candle,
+        }
+    }
+
+    fn tracks_gradients(&self, x: &Tensor) -> bool {
+        x.track_op() || self.weight.track_op() || self.bias.as_ref().is_some_and(|b| b.track_op())
+    }
+
+    /// The [`ConvPath::Im2col`] convolution (+ bias); any stride, padding and kernel size,
+    /// groups = dilation = 1. Stride s > 1 views the padded input as `[.., H/s, s, W/s, s]`
+    /// so every tap is a plain `narrow`.
+    pub fn forward_im2col(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (o, ci, kh, kw) = self.weight.dims4()?;
+        if ci != c {
+            candle_core::bail!("conv2d: input has {c} channels, weight expects {ci}");
+        }
+        let s = self.config.stride.max(1);
+        let p = self.padding;
+        let (hp, wp) = (h + p.top + p.bottom, w + p.left + p.right);
+        if hp < kh || wp < kw {
+            candle_core::bail!("conv2d: padded input {hp}×{wp} smaller than kernel {kh}×{kw}");
+        }
+        let (ho, wo) = ((hp - kh) / s + 1, (wp - kw) / s + 1);
+        let y = if kh == 1 && kw == 1 && s == 1 && p == Padding2d::default() {
+            let w2 = self.weight.reshape((o, c))?;
+            w2.broadcast_matmul(&x.reshape((b, c, h * w))?)?
+        } else {
+            // Pad to whole multiples of the stride that cover every tap.
+            let (hs, ws) = (((ho - 1) * s + kh).div_ceil(s) * s, ((wo - 1) * s + kw).div_ceil(s) * s);
+            let xp = pad_or_crop(x, 2, p.top, hs)?;
+            let xp = pad_or_crop(&xp, 3, p.left, ws)?;
+            let xr = xp.reshape((b, c, hs / s, s, ws / s, s))?;
+            let mut taps = Vec::with_capacity(kh * kw);
+            for di in 0..kh {
+                for dj in 0..kw {
+                    let t = xr
+                        .narrow(2, di / s, ho)?
+                        .narrow(3, di % s, 1)?
+                        .narrow(4, dj / s, wo)?
+                        .narrow(5, dj % s, 1)?
+                        .reshape((b, c, ho, wo))?;
+                    taps.push(t);
+                }
+            }
+            let cols = Tensor::stack(&taps, 2)?.reshape((b, c * kh * kw, ho * wo))?;
+            let w2 = self.weight.reshape((o, c * kh * kw))?;
+            w2.broadcast_matmul(&cols)?
+        };
+        let y = y.reshape((b, o, ho, wo))?;
+        match &self.bias {
+            None => Ok(y),
+            Some(bias) => y.broadcast_add(&bias.reshape((1, o, 1, 1))?),
         }
     }
 
@@ -226,6 +286,18 @@ impl Conv2d {
     }
 }
 
+/// `before` zero rows/columns on `dim`, then the input, then zeros or a crop so that `dim`
+/// has exactly `len` entries.
+fn pad_or_crop(x: &Tensor, dim: usize, before: usize, len: usize) -> Result<Tensor> {
+    let n = x.dim(dim)?;
+    if before + n <= len {
+        x.pad_with_zeros(dim, before, len - before - n)
+    } else {
+        x.narrow(dim, 0, len.saturating_sub(before))?
+            .pad_with_zeros(dim, before, 0)
+    }
+}
+
 /// Whether this machine can run [`ConvPath::FastCpu`] (x86-64 with AVX-512F or AVX2 + FMA).
 pub fn fast_available() -> bool {
     CpuKernel::best().is_some()
@@ -248,6 +320,7 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self.cpu_kernel_for(x) {
             Some(kernel) => self.forward_fast(x, kernel),
+            None if self.path_for(x) == ConvPath::Im2col => self.forward_im2col(x),
             None => self.forward_candle(x),
         }
     }

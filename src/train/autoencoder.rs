@@ -44,12 +44,23 @@ pub struct AeOptions {
     pub batch_size: usize,
     pub lr: f64,
     pub kl_weight: f64,
+    pub rec_loss: RecLoss,
     pub device: Device,
     pub resume: bool,
     pub val_every: u64,
     pub save_every: u64,
     pub log_every: u64,
     pub seed: u64,
+}
+
+/// The reconstruction term of the autoencoder loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum RecLoss {
+    /// Mean absolute error, as LDM's `LPIPSWithDiscriminator` (without LPIPS/GAN).
+    #[default]
+    L1,
+    /// Mean squared error.
+    L2,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -118,12 +129,17 @@ fn ae_loss(
     ae: &AutoencoderKL,
     masks: &Tensor,
     kl_weight: f64,
+    rec: RecLoss,
     rng: &mut ChaCha8Rng,
 ) -> Result<(Tensor, f32, f32), TrainError> {
     let post = ae.encode_t(masks, true)?;
     let z = post.sample(rng)?;
-    let rec = ae.decode_t(&z, true)?;
-    let rec_loss = (masks - &rec)?.abs()?.mean_all()?;
+    let out = ae.decode_t(&z, true)?;
+    let diff = (masks - &out)?;
+    let rec_loss = match rec {
+        RecLoss::L1 => diff.abs()?.mean_all()?,
+        RecLoss::L2 => diff.sqr()?.mean_all()?,
+    };
     let pixels = (masks.elem_count() / masks.dim(0)?) as f64;
     let kl = (post.kl()?.mean_all()? / pixels)?;
     let loss = (&rec_loss + (&kl * kl_weight)?)?;
@@ -285,7 +301,7 @@ pub fn train_autoencoder(
         let _ = std::fs::remove_file(&log_path);
         append(
             &log_path,
-            "step,loss,rec_l1,kl,elapsed_s,recon_dice,latent_std",
+            "step,loss,rec,kl,elapsed_s,recon_dice,latent_std",
         )?;
     }
     let save = |state: &RunState, opt: &AdamW| -> Result<(), TrainError> {
@@ -318,7 +334,7 @@ pub fn train_autoencoder(
             .map_err(|_| TrainError::Internal("data thread stopped".into()))?;
         let masks = Tensor::from_vec(b.masks, (b.batch, 3, s, s), dev)?;
         let mut rng = rng_for(state.seed, streams::STEP, n);
-        let (loss, rec, kl) = ae_loss(&ae, &masks, opts.kl_weight, &mut rng)?;
+        let (loss, rec, kl) = ae_loss(&ae, &masks, opts.kl_weight, opts.rec_loss, &mut rng)?;
         let l = loss.to_scalar::<f32>()?;
         if !l.is_finite() {
             return Err(TrainError::Diverged { step: n, loss: l });

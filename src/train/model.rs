@@ -238,6 +238,10 @@ pub struct TrainModel {
     sqrt_1m_ac: Vec<f32>,
     /// `scale_factor`; None until estimated from the first batch.
     pub scale_factor: Option<f32>,
+    /// Training timesteps are drawn uniformly from `[t_min, T)`; 0 (the official recipe)
+    /// draws from every step. Inference uses only t = T − 1, so a small model trained on
+    /// little compute learns the one step it needs faster with a high `t_min`.
+    pub t_min: u32,
 }
 
 impl TrainModel {
@@ -269,6 +273,7 @@ impl TrainModel {
             sqrt_1m_ac: get("sqrt_one_minus_alphas_cumprod"),
             schedule,
             scale_factor: None,
+            t_min: 0,
         })
     }
 
@@ -579,7 +584,8 @@ impl TrainModel {
         let b = images.dim(0)?;
         let z0 = (self.encode_masks(masks)?.sample(rng)? * sf as f64)?.detach();
         let tmax = self.schedule.num_timesteps() as u32;
-        let t: Vec<u32> = (0..b).map(|_| rng.random_range(0..tmax)).collect();
+        let tmin = self.t_min.min(tmax - 1);
+        let t: Vec<u32> = (0..b).map(|_| rng.random_range(tmin..tmax)).collect();
         let noise: Vec<f32> = (0..z0.elem_count())
             .map(|_| rng.sample::<f32, _>(StandardNormal))
             .collect();

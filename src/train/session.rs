@@ -59,6 +59,8 @@ pub struct RunOptions {
     pub val_batch: usize,
     /// Stop with an error when the loss becomes NaN/inf.
     pub stop_on_nan: bool,
+    /// Draw training timesteps from `[t_min, T)` (0 = the official uniform draw).
+    pub t_min: u32,
 }
 
 /// What a finished run reports.
@@ -234,6 +236,7 @@ pub fn train_sdseg(
     let dev = &opts.device;
     let mut init_rng = rng_for(state.seed, streams::INIT, 0);
     let mut model = TrainModel::new(&opts.config, dev, &mut init_rng)?;
+    model.t_min = opts.t_min;
     let groups = model.param_groups();
     let mut opt = AdamW::new(groups, state.base_lr, AdamWConfig::default())?;
     let unet_params = model.unet_params();

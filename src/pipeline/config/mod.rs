@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 const BUILTINS: &[(&str, &str)] = &[
     ("btcv", include_str!("../../../pipelines/btcv.toml")),
     ("sts3d", include_str!("../../../pipelines/sts3d.toml")),
+    ("demo", include_str!("../../../pipelines/demo.toml")),
 ];
 
 /// Names of the built-in pipelines.
