@@ -15,6 +15,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod cpu;
+mod im2col;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -170,7 +171,10 @@ impl Conv2d {
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
         match self.cpu_kernel_for(x) {
             Some(_) => ConvPath::FastCpu,
-            None if self.tracks_gradients(x) && self.config.groups == 1 && self.config.dilation == 1 => {
+            None if self.tracks_gradients(x)
+                && self.config.groups == 1
+                && self.config.dilation == 1 =>
+            {
                 ConvPath::Im2col
             }
             None => ConvPath::Candle,
@@ -181,46 +185,29 @@ impl Conv2d {
         x.track_op() || self.weight.track_op() || self.bias.as_ref().is_some_and(|b| b.track_op())
     }
 
-    /// The [`ConvPath::Im2col`] convolution (+ bias); any stride, padding and kernel size,
-    /// groups = dilation = 1. Stride s > 1 views the padded input as `[.., H/s, s, W/s, s]`
-    /// so every tap is a plain `narrow`.
+    /// The [`ConvPath::Im2col`] convolution (+ bias): any stride, padding and kernel size,
+    /// groups = dilation = 1; f32 CPU ([`im2col::Im2col`] has no other backend), else candle.
     pub fn forward_im2col(&self, x: &Tensor) -> Result<Tensor> {
+        if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
+            return self.forward_candle(x);
+        }
         let (b, c, h, w) = x.dims4()?;
         let (o, ci, kh, kw) = self.weight.dims4()?;
         if ci != c {
             candle_core::bail!("conv2d: input has {c} channels, weight expects {ci}");
         }
-        let s = self.config.stride.max(1);
-        let p = self.padding;
-        let (hp, wp) = (h + p.top + p.bottom, w + p.left + p.right);
-        if hp < kh || wp < kw {
-            candle_core::bail!("conv2d: padded input {hp}×{wp} smaller than kernel {kh}×{kw}");
-        }
-        let (ho, wo) = ((hp - kh) / s + 1, (wp - kw) / s + 1);
-        let y = if kh == 1 && kw == 1 && s == 1 && p == Padding2d::default() {
-            let w2 = self.weight.reshape((o, c))?;
+        let op = im2col::Im2col {
+            kh,
+            kw,
+            stride: self.config.stride.max(1),
+            pad: self.padding,
+        };
+        let (ho, wo) = op.out_size(h, w)?;
+        let w2 = self.weight.reshape((o, c * kh * kw))?;
+        let y = if kh == 1 && kw == 1 && op.stride == 1 && op.pad == Padding2d::default() {
             w2.broadcast_matmul(&x.reshape((b, c, h * w))?)?
         } else {
-            // Pad to whole multiples of the stride that cover every tap.
-            let (hs, ws) = (((ho - 1) * s + kh).div_ceil(s) * s, ((wo - 1) * s + kw).div_ceil(s) * s);
-            let xp = pad_or_crop(x, 2, p.top, hs)?;
-            let xp = pad_or_crop(&xp, 3, p.left, ws)?;
-            let xr = xp.reshape((b, c, hs / s, s, ws / s, s))?;
-            let mut taps = Vec::with_capacity(kh * kw);
-            for di in 0..kh {
-                for dj in 0..kw {
-                    let t = xr
-                        .narrow(2, di / s, ho)?
-                        .narrow(3, di % s, 1)?
-                        .narrow(4, dj / s, wo)?
-                        .narrow(5, dj % s, 1)?
-                        .reshape((b, c, ho, wo))?;
-                    taps.push(t);
-                }
-            }
-            let cols = Tensor::stack(&taps, 2)?.reshape((b, c * kh * kw, ho * wo))?;
-            let w2 = self.weight.reshape((o, c * kh * kw))?;
-            w2.broadcast_matmul(&cols)?
+            w2.broadcast_matmul(&x.contiguous()?.apply_op1(op)?)?
         };
         let y = y.reshape((b, o, ho, wo))?;
         match &self.bias {
@@ -283,18 +270,6 @@ impl Conv2d {
     #[cfg(not(target_arch = "x86_64"))]
     fn forward_fast(&self, x: &Tensor, _kernel: CpuKernel) -> Result<Tensor> {
         self.forward_candle(x)
-    }
-}
-
-/// `before` zero rows/columns on `dim`, then the input, then zeros or a crop so that `dim`
-/// has exactly `len` entries.
-fn pad_or_crop(x: &Tensor, dim: usize, before: usize, len: usize) -> Result<Tensor> {
-    let n = x.dim(dim)?;
-    if before + n <= len {
-        x.pad_with_zeros(dim, before, len - before - n)
-    } else {
-        x.narrow(dim, 0, len.saturating_sub(before))?
-            .pad_with_zeros(dim, before, 0)
     }
 }
 
