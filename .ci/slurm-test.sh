@@ -138,8 +138,9 @@ EOF
 fi
 
 # --- 5. the model --------------------------------------------------------------------------
-FIXTURE=(--weights "$FIX/checkpoint.safetensors" --model-config "$FIX/config.json")
-FAKE=(--test-segmenter threshold)
+# --pipeline btcv: the tiny fixture is a 256² model (run's default pipeline is the 64² demo).
+FIXTURE=(--weights "$FIX/checkpoint.safetensors" --model-config "$FIX/config.json" --pipeline btcv)
+FAKE=(--test-segmenter threshold --pipeline btcv)
 case "$MODE" in
   fixture) MODEL=("${FIXTURE[@]}") ;;
   fake) MODEL=("${FAKE[@]}") ;;

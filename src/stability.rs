@@ -37,8 +37,14 @@ use crate::error::UsageError;
 use crate::metrics::image::{ms_ssim, psnr, ssim, SsimOptions, MS_SSIM_BETAS};
 use crate::metrics::Stat;
 use crate::pipeline::segmenter::{
-    NoiseMode, NoiseSource, SliceSegmenter, SoftOutput, MODEL_SIZE, PLANE_LEN, SLICE_LEN,
+    plane_len, slice_len, NoiseMode, NoiseSource, SliceSegmenter, SoftOutput, OFFICIAL_SIZE,
 };
+
+/// The protocol's map side: the official notebook compares 256×256 soft maps (and MS-SSIM's
+/// five scales need a map this large), so stability runs only 256² pipelines.
+const MODEL_SIZE: usize = OFFICIAL_SIZE;
+const PLANE_LEN: usize = plane_len(MODEL_SIZE);
+const SLICE_LEN: usize = slice_len(MODEL_SIZE);
 use crate::pipeline::{LabelSlices, Pipeline, SliceSource};
 use crate::volume::Volume;
 
@@ -563,11 +569,12 @@ pub fn compute_case(
         );
     }
     let src = SliceSource::new(volume, pipeline);
-    if src.geometry().model_size != MODEL_SIZE {
+    if src.geometry().model_size != MODEL_SIZE || model.size() != MODEL_SIZE {
         return Err(UsageError(format!(
-            "pipeline '{}': slicing.size {} (SDSeg takes {MODEL_SIZE})",
+            "pipeline '{}': slicing.size {} (model: {}); stability compares {MODEL_SIZE}×{MODEL_SIZE} maps, the official protocol",
             pipeline.name,
-            src.geometry().model_size
+            src.geometry().model_size,
+            model.size()
         ))
         .into());
     }
@@ -607,7 +614,9 @@ pub fn compute_case(
             let SoftOutput::Probabilities(_) = &out else {
                 anyhow::bail!("case {id}: the model returned logits, not binary probabilities");
             };
-            let maps: Vec<Vec<u8>> = (0..b).map(|s| quantise(out.slice_planes(s))).collect();
+            let maps: Vec<Vec<u8>> = (0..b)
+                .map(|s| quantise(out.slice_planes(s, MODEL_SIZE)))
+                .collect();
             let first = chunk_i * opts.batch_size;
             if seed == 0 {
                 reference.extend(maps.iter().cloned());

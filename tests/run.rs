@@ -8,7 +8,15 @@ mod run_util;
 use run_util::*;
 use std::path::Path;
 
-const FAKE: &[&str] = &["--test-segmenter", "threshold", "--quiet"];
+/// The threshold test model on the btcv pipeline (256² slices; the default pipeline is the
+/// 64² demo, covered by `tests/demo_run.rs`).
+const FAKE: &[&str] = &[
+    "--test-segmenter",
+    "threshold",
+    "--quiet",
+    "--pipeline",
+    "btcv",
+];
 
 fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["run"];
@@ -441,6 +449,8 @@ fn slurm_script_tasks_cover_every_case_once() {
             "0",
             "--test-segmenter",
             "threshold",
+            "--pipeline",
+            "btcv",
             "--report",
             "rep/r-{shard}.json",
         ],
@@ -544,6 +554,8 @@ fn run_with_the_tiny_fixture_equals_trace_and_ignores_batch_size() {
                 &out,
                 "--weights",
                 w,
+                "--pipeline",
+                "btcv",
                 "--batch-size",
                 b,
                 "--seed",

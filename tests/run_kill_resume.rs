@@ -22,6 +22,8 @@ fn run_args(out: &str, model: &str) -> Vec<String> {
         "--quiet",
         "--test-segmenter",
         model,
+        "--pipeline",
+        "btcv",
         "--noise",
         "per-slice",
         "--seed",

@@ -142,10 +142,12 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
             std::fs::create_dir_all(&args.out)
                 .with_context(|| format!("creating {}", args.out.display()))?;
             let vol_path = args.out.join("phantom.nii.gz");
-            crate::io::nifti::write_volume(
+            // Tagged like the DICOM SeriesDescription, so `run` knows a demo phantom.
+            crate::io::nifti::write_volume_described(
                 &vol_path,
                 &ph.volume,
                 crate::io::nifti::VolumeDtype::Auto,
+                crate::train::PHANTOM_TAG,
             )
             .with_context(|| format!("writing {}", vol_path.display()))?;
             let lab_path = args.out.join("labels.nii.gz");

@@ -17,17 +17,20 @@ use crate::pipeline::shard::Shard;
 /// Model and pipeline flags (shared with `slurm-script`, which passes them on).
 #[derive(Clone, Debug, clap::Args)]
 pub struct ModelArgs {
-    /// Model weights: an official Lightning .ckpt or a .safetensors (default: the pipeline's).
+    /// Model weights: an official Lightning .ckpt or a .safetensors (default: the pipeline's;
+    /// for `demo`, testdata/demo-model/model.safetensors).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Model config: a JSON file (the official hyper-parameters) or a preset name
-    /// (sdseg-binary, sdseg-cls9, sdseg-cls14); default: <weights>.json or config.json beside
-    /// the weights, else the pipeline's preset.
+    /// (sdseg-binary, sdseg-cls9, sdseg-cls14, sdseg-demo); default: <weights>.json or
+    /// config.json beside the weights, else the pipeline's preset.
     #[arg(long, value_name = "FILE|PRESET")]
     pub model_config: Option<String>,
-    /// Pipeline: a built-in name (btcv, sts3d) or a pipeline TOML file, optionally with a
-    /// variant (btcv:cls9).
-    #[arg(long, value_name = "NAME|FILE[:VARIANT]", default_value = "btcv")]
+    /// Pipeline: a built-in name (demo, btcv, sts3d) or a pipeline TOML file, optionally with
+    /// a variant (btcv:cls9). The default, demo, is the bundled toy model for synthetic
+    /// phantoms (`sdseg-volume phantom`), not a medical model: use btcv or sts3d with an SDSeg
+    /// checkpoint for real CT.
+    #[arg(long, value_name = "NAME|FILE[:VARIANT]", default_value = "demo")]
     pub pipeline: String,
     /// Slices per model batch (batches never span two volumes).
     #[arg(long, value_name = "N", default_value_t = 8)]
@@ -191,22 +194,27 @@ impl Args {
         }
         let pipeline =
             load_pipeline(&m.pipeline).map_err(|e| UsageError(format!("--pipeline: {e}")))?;
-        let size = crate::pipeline::segmenter::MODEL_SIZE;
-        if pipeline.slicing.size != size {
-            return Err(UsageError(format!(
-                "pipeline '{}': slicing.size {} is not supported by `run` (SDSeg takes {size}×{size})",
-                pipeline.name, pipeline.slicing.size
-            )));
-        }
+        // The slice size comes from the pipeline; whether the model takes it is checked when
+        // the model config is known (`runner::load_segmenter`).
         let weights = m
             .weights
             .clone()
             .or_else(|| pipeline.default_weights().map(|p| p.to_path_buf()));
-        if weights.is_none() && m.test_segmenter.is_none() {
-            return Err(UsageError(format!(
-                "--weights is required (model.ckpt or model.safetensors): pipeline '{}' names no default weights",
-                pipeline.name
-            )));
+        if m.test_segmenter.is_none() {
+            match &weights {
+                None => {
+                    return Err(UsageError(format!(
+                        "--weights is required (model.ckpt or model.safetensors): pipeline '{}' names no default weights",
+                        pipeline.name
+                    )))
+                }
+                Some(w) if m.weights.is_none() && !w.is_file() => {
+                    return Err(UsageError(
+                        crate::pipeline::demo::missing_weights_message(&pipeline, w),
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         let preset = pipeline.model.preset.clone();
         let num_classes = m

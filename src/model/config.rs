@@ -337,9 +337,20 @@ impl SdsegConfig {
 
     /// Latent shape [C, h, w] of the noise and the condition for one image.
     pub fn latent_shape(&self) -> [usize; 3] {
-        let dd = &self.cond_stage().ddconfig;
-        let side = dd.resolution / dd.downsample_factor();
+        self.latent_shape_for(self.cond_stage().ddconfig.resolution)
+    }
+
+    /// Latent shape [C, h, w] for a square image of side `size` (the condition encoder's
+    /// down-sampling; `size` should be a multiple of [`Self::image_factor`]).
+    pub fn latent_shape_for(&self, size: usize) -> [usize; 3] {
+        let side = size / self.cond_stage().ddconfig.downsample_factor();
         [self.cond_stage().embed_dim, side, side]
+    }
+
+    /// What an image side must be a multiple of: the condition encoder's down-sampling times
+    /// the UNet's (8 × 16 = 128 for the official models, 4 × 2 = 8 for `sdseg-demo`).
+    pub fn image_factor(&self) -> usize {
+        self.cond_stage().ddconfig.downsample_factor() * self.unet().downsample_factor()
     }
 
     /// Cross-field checks: the pieces must fit together the way SDSeg wires them.
@@ -441,8 +452,16 @@ mod tests {
         for name in PRESETS {
             let c = SdsegConfig::preset(name).unwrap();
             c.validate().unwrap();
-            assert_eq!(c.latent_shape(), [4, 32, 32]);
+            let want = if *name == "sdseg-demo" { 16 } else { 32 };
+            assert_eq!(c.latent_shape(), [4, want, want], "{name}");
+            assert_eq!(c.latent_shape_for(c.image_size()), c.latent_shape());
         }
+        let official = SdsegConfig::preset("sdseg-binary").unwrap();
+        assert_eq!(official.image_factor(), 128);
+        assert_eq!(official.latent_shape_for(128), [4, 16, 16]);
+        let demo = SdsegConfig::preset("sdseg-demo").unwrap();
+        assert_eq!(demo.image_factor(), 8);
+        assert_eq!(demo.latent_shape_for(96), [4, 24, 24]);
         assert_eq!(
             SdsegConfig::preset("sdseg-binary").unwrap().task(),
             Task::Binary

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  reader ──(0)──► prepare (rayon) + batcher ──(2)──► model ──(2)──► postprocess (rayon) ──(1)──► writer
-//!  read + plan       [B,3,256,256] + noise           SoftOutput      labels into the stored grid     NIfTI, preview
+//!  read + plan       [B,3,S,S] + noise               SoftOutput      labels into the stored grid     NIfTI, preview
 //! ```
 //! Each stage is a thread; the numbers are the bounded channel capacities (0 = hand-over). The
 //! reader reads volume N+1 while N is being segmented; the writer writes N−1 meanwhile. No
@@ -88,6 +88,9 @@ pub trait Observer: Sync {
     fn slices_done(&self, _case: &Case, _n: usize) {}
     /// A case is written or failed.
     fn case_finished(&self, _outcome: &CaseOutcome) {}
+    /// The demo model is about to segment `case`, which is not a demo phantom: a safety
+    /// warning that must reach the user (also with `--quiet`). Called from the reader thread.
+    fn demo_input_warning(&self, _case: &Case) {}
 }
 
 /// An observer that does nothing.
@@ -105,6 +108,9 @@ pub struct EngineOptions {
     pub digest_inputs: bool,
     /// Label names and colours (previews, statistics).
     pub labels: Vec<LabelInfo>,
+    /// The model is the demo model: warn (observer + case warnings) for every input that is
+    /// not a demo phantom (`pipeline::demo`).
+    pub demo_model: bool,
 }
 
 impl Default for EngineOptions {
@@ -116,6 +122,7 @@ impl Default for EngineOptions {
             read: ReadOptions::default(),
             digest_inputs: false,
             labels: super::labels_sidecar::label_table(2, &[]),
+            demo_model: false,
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod cases;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod labels_sidecar;
 pub mod postprocess;

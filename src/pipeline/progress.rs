@@ -4,7 +4,7 @@
 //! `--statistics`, a per-label table per case on stdout.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -44,6 +44,8 @@ pub struct Progress {
     start: Instant,
     total: usize,
     done: AtomicU64,
+    /// The demo-model warning banner was printed (later cases get one line).
+    demo_warned: AtomicBool,
 }
 
 impl Progress {
@@ -72,6 +74,7 @@ impl Progress {
             start: Instant::now(),
             total: total_cases,
             done: AtomicU64::new(0),
+            demo_warned: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +85,21 @@ impl Progress {
                 let _ = self.multi.println(line);
             }
             Display::Lines => eprintln!("{line}"),
+        }
+    }
+
+    /// A safety warning on stderr: printed in every display mode, `--quiet` included, and
+    /// above the bars on a terminal.
+    pub fn warn(&self, text: &str) {
+        match self.display {
+            Display::Bars => {
+                let _ = self.multi.println(text);
+            }
+            Display::Lines => {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{text}");
+                let _ = err.flush();
+            }
         }
     }
 
@@ -121,6 +139,14 @@ impl Progress {
 }
 
 impl Observer for Progress {
+    fn demo_input_warning(&self, case: &Case) {
+        if self.demo_warned.swap(true, Ordering::SeqCst) {
+            self.warn(&super::demo::short_warning(&case.id));
+        } else {
+            self.warn(&super::demo::banner(&case.id, &case.input));
+        }
+    }
+
     fn case_started(&self, case: &Case, slices: usize) {
         if self.display != Display::Bars {
             return;

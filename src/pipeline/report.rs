@@ -38,6 +38,10 @@ pub struct ModelInfo {
     /// UNet weights from the EMA copy (default) or the raw ones (`--no-ema`).
     pub ema: bool,
     pub num_classes: usize,
+    /// Side S of the square slices the model ran on (the pipeline's `slicing.size`).
+    pub slice_size: usize,
+    /// The bundled demo model (a toy trained on phantoms): non-phantom inputs get a warning.
+    pub demo_model: bool,
 }
 
 /// Stage busy times in seconds.

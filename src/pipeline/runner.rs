@@ -210,12 +210,14 @@ pub fn resolve_model_config(m: &ModelChoice) -> ConfigSource {
 pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegmenter>, ModelInfo)> {
     use crate::model::config::SdsegConfig;
     let m = &opts.model;
+    let size = opts.slicer.model_size();
     if let Some(t) = m.test {
         let mut model = if t.classes > 2 {
             ThresholdSegmenter::multiclass(t.classes)
         } else {
             ThresholdSegmenter::binary()
-        };
+        }
+        .with_size(size);
         model.delay = std::time::Duration::from_millis(t.delay_ms);
         let info = ModelInfo {
             kind: "threshold".into(),
@@ -225,6 +227,8 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
             weights_sha256: None,
             ema: m.ema,
             num_classes: t.classes,
+            slice_size: size,
+            demo_model: false,
         };
         return Ok((Box::new(model), info));
     }
@@ -255,11 +259,26 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
     if !opts.quiet {
         eprintln!("model config: {source}");
     }
+    // Checked before the weights are read: the slice size must suit the network.
+    if let Err(why) = super::segmenter::check_model_size(&config, size) {
+        return Err(UsageError(format!(
+            "pipeline '{}' (slicing.size {size}) does not fit the model (config from {source}): {why}",
+            opts.slicer.pipeline.name
+        ))
+        .into());
+    }
+    let preset_config = match &source {
+        ConfigSource::Flag(a) if !Path::new(a).is_file() => Some(a.as_str()),
+        ConfigSource::Preset(n) => Some(n.as_str()),
+        _ => None,
+    };
+    let demo_model =
+        super::demo::is_demo_model(&opts.slicer.pipeline, weights, preset_config, &config);
     let device = crate::model::sdseg::parse_device(&m.device.to_string())?;
     let dtype = crate::model::sdseg::parse_dtype(&m.dtype.to_string())?;
     let model = crate::model::sdseg::Sdseg::load(weights, &config, &device, dtype, m.ema)
         .with_context(|| format!("loading {}", weights.display()))?;
-    let segmenter = SdsegSegmenter::new(model);
+    let segmenter = SdsegSegmenter::new(model, size)?;
     let classes = segmenter.num_classes();
     if classes != m.num_classes {
         return Err(UsageError(format!(
@@ -279,6 +298,8 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
         weights_sha256: None,
         ema: m.ema,
         num_classes: classes,
+        slice_size: size,
+        demo_model,
     };
     Ok((Box::new(segmenter), info))
 }
@@ -386,6 +407,7 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
                 read: opts.read.clone(),
                 digest_inputs: opts.report.is_some(),
                 labels: labels.clone(),
+                demo_model: info.demo_model,
             },
         };
         let t = Instant::now();

@@ -2,11 +2,13 @@
 //! feeds it.
 //!
 //! The engine never sees candle. It hands a [`SliceSegmenter`] a batch of prepared slices
-//! (`[B,3,256,256]`, values in [-1, 1]) plus the noise latents it drew for exactly those slices
-//! (`[B,C,h,w]`, see [`NoiseSource`]), and gets back soft maps at 256×256: probabilities for a
+//! (`[B,3,S,S]`, values in [-1, 1], S = the pipeline's `slicing.size`: 256 for the official
+//! models, 64 for the demo) plus the noise latents it drew for exactly those slices
+//! (`[B,C,h,w]`, see [`NoiseSource`]), and gets back soft maps at S×S: probabilities for a
 //! binary model, per-class logits for a multi-class one ([`SoftOutput`]). Thresholding, argmax
 //! and the resize back to the native slice size happen in postprocessing, so the model adapter
-//! stays a thin call into `model::sdseg::Sdseg`.
+//! stays a thin call into `model::sdseg::Sdseg`. A segmenter is built for one size
+//! ([`SliceSegmenter::size`]); the engine refuses a segmenter whose size is not the pipeline's.
 //!
 //! Noise lives here, not in the model, so that determinism is one rule in one place: the same
 //! seed gives bit-identical inputs to the model whatever the batch size, shard or resume point.
@@ -16,22 +18,29 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use sha2::{Digest, Sha256};
 
-/// Side of the square model input and soft output (SDSeg works at 256×256).
-pub const MODEL_SIZE: usize = 256;
-/// Values in one prepared slice: 3 channels × 256 × 256.
-pub const SLICE_LEN: usize = 3 * MODEL_SIZE * MODEL_SIZE;
-/// Values in one soft map plane: 256 × 256.
-pub const PLANE_LEN: usize = MODEL_SIZE * MODEL_SIZE;
+/// Slice side of the official SDSeg models (BTCV, STS-3D: 256×256), the size of the official
+/// evaluation protocols (`stability`). `run` takes the size from the pipeline.
+pub const OFFICIAL_SIZE: usize = 256;
+
+/// Values in one prepared slice of side `size`: 3 channels × size × size.
+pub const fn slice_len(size: usize) -> usize {
+    3 * size * size
+}
+
+/// Values in one soft map plane of side `size`.
+pub const fn plane_len(size: usize) -> usize {
+    size * size
+}
 
 /// Errors a model may return; the engine records them as the case's failure reason.
 pub type SegmentError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Soft output of one batch at 256×256, row-major.
+/// Soft output of one batch at the model's S×S, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SoftOutput {
-    /// Binary model: foreground probability per pixel, `[B,256,256]`; the mask is `p > 0.5`.
+    /// Binary model: foreground probability per pixel, `[B,S,S]`; the mask is `p > 0.5`.
     Probabilities(Vec<f32>),
-    /// Multi-class model: one logit map per class, `[B,K,256,256]`; the label is the argmax
+    /// Multi-class model: one logit map per class, `[B,K,S,S]`; the label is the argmax
     /// over K (class 0 is background).
     Logits { classes: usize, data: Vec<f32> },
 }
@@ -60,9 +69,9 @@ impl SoftOutput {
         }
     }
 
-    /// The planes of slice `s` of the batch.
-    pub fn slice_planes(&self, s: usize) -> &[f32] {
-        let n = self.planes_per_slice() * PLANE_LEN;
+    /// The planes of slice `s` of a batch of `size`×`size` maps.
+    pub fn slice_planes(&self, s: usize, size: usize) -> &[f32] {
+        let n = self.planes_per_slice() * plane_len(size);
         &self.data()[s * n..(s + 1) * n]
     }
 }
@@ -74,12 +83,15 @@ pub trait SliceSegmenter: Send {
     /// Label values the model produces: 2 for binary, K for a K-class model.
     fn num_classes(&self) -> usize;
 
+    /// Side S of the square slices it takes and the soft maps it returns.
+    fn size(&self) -> usize;
+
     /// Shape `[C, h, w]` of the noise latent of one slice (SDSeg at 256²: `[4, 32, 32]`).
     fn latent_shape(&self) -> [usize; 3];
 
-    /// Segment `b` slices. `images` is `[b,3,256,256]` (f32 in [-1, 1], row-major, NCHW);
-    /// `noise` is `[b, C, h, w]` with `[C, h, w] = latent_shape()`. Returns probabilities
-    /// `[b,256,256]` when `num_classes() == 2`, else logits `[b,K,256,256]`.
+    /// Segment `b` slices. `images` is `[b,3,S,S]` (f32 in [-1, 1], row-major, NCHW, S =
+    /// `size()`); `noise` is `[b, C, h, w]` with `[C, h, w] = latent_shape()`. Returns
+    /// probabilities `[b,S,S]` when `num_classes() == 2`, else logits `[b,K,S,S]`.
     fn segment(
         &mut self,
         images: &[f32],
@@ -96,6 +108,8 @@ pub trait SliceSegmenter: Send {
 #[derive(Clone, Debug)]
 pub struct ThresholdSegmenter {
     pub classes: usize,
+    /// Slice side S (256 unless [`Self::with_size`]).
+    pub size: usize,
     pub latent: [usize; 3],
     pub noise_weight: f32,
     /// Fail the call when a slice's mean input equals this value (test hook for model errors).
@@ -108,6 +122,7 @@ impl ThresholdSegmenter {
     pub fn binary() -> ThresholdSegmenter {
         ThresholdSegmenter {
             classes: 2,
+            size: OFFICIAL_SIZE,
             latent: [4, 32, 32],
             noise_weight: 0.0,
             fail_on_mean: None,
@@ -121,11 +136,26 @@ impl ThresholdSegmenter {
             ..ThresholdSegmenter::binary()
         }
     }
+
+    /// For `size`×`size` slices, with the latent an SDSeg KL-f8 encoder would give
+    /// (`[4, size/8, size/8]`, at least 1×1): `[4, 32, 32]` at 256.
+    pub fn with_size(self, size: usize) -> ThresholdSegmenter {
+        let side = (size / 8).max(1);
+        ThresholdSegmenter {
+            size,
+            latent: [4, side, side],
+            ..self
+        }
+    }
 }
 
 impl SliceSegmenter for ThresholdSegmenter {
     fn num_classes(&self) -> usize {
         self.classes
+    }
+
+    fn size(&self) -> usize {
+        self.size
     }
 
     fn latent_shape(&self) -> [usize; 3] {
@@ -140,21 +170,24 @@ impl SliceSegmenter for ThresholdSegmenter {
     ) -> Result<SoftOutput, SegmentError> {
         std::thread::sleep(self.delay);
         let latent_len: usize = self.latent.iter().product();
-        if images.len() != b * SLICE_LEN || noise.len() != b * latent_len {
+        let (slice, plane) = (slice_len(self.size), plane_len(self.size));
+        if images.len() != b * slice || noise.len() != b * latent_len {
             return Err(format!(
-                "batch of {b}: got {} image values and {} noise values, expected {} and {}",
+                "batch of {b}: got {} image values and {} noise values, expected {} and {} ({}×{} slices)",
                 images.len(),
                 noise.len(),
-                b * SLICE_LEN,
-                b * latent_len
+                b * slice,
+                b * latent_len,
+                self.size,
+                self.size
             )
             .into());
         }
-        let mut planes = Vec::with_capacity(b * PLANE_LEN);
+        let mut planes = Vec::with_capacity(b * plane);
         for s in 0..b {
-            let img = &images[s * SLICE_LEN..s * SLICE_LEN + PLANE_LEN];
+            let img = &images[s * slice..s * slice + plane];
             if let Some(bad) = self.fail_on_mean {
-                let mean = img.iter().sum::<f32>() / PLANE_LEN as f32;
+                let mean = img.iter().sum::<f32>() / plane as f32;
                 if mean == bad {
                     return Err(format!("test segmenter refuses a slice of mean {bad}").into());
                 }
@@ -171,14 +204,14 @@ impl SliceSegmenter for ThresholdSegmenter {
             return Ok(SoftOutput::Probabilities(planes));
         }
         let k = self.classes;
-        let mut data = vec![0f32; b * k * PLANE_LEN];
+        let mut data = vec![0f32; b * k * plane];
         for s in 0..b {
-            for p in 0..PLANE_LEN {
-                let v = planes[s * PLANE_LEN + p];
+            for p in 0..plane {
+                let v = planes[s * plane + p];
                 // bin centre c: -1 + (2c + 1)/K; logit = -(distance to the centre)
                 for c in 0..k {
                     let centre = -1.0 + (2 * c + 1) as f32 / k as f32;
-                    data[(s * k + c) * PLANE_LEN + p] = -(v - centre).abs();
+                    data[(s * k + c) * plane + p] = -(v - centre).abs();
                 }
             }
         }
@@ -186,15 +219,55 @@ impl SliceSegmenter for ThresholdSegmenter {
     }
 }
 
-/// The SDSeg model (`model::sdseg::Sdseg`) behind the seam: images and noise go in as CPU
-/// tensors (the model moves them to its device and dtype), soft maps come back as f32.
+/// The SDSeg model (`model::sdseg::Sdseg`) behind the seam, for S×S slices: images and noise
+/// go in as CPU tensors (the model moves them to its device and dtype), soft maps come back
+/// as f32. The noise latent is the condition's shape at S (`[C, S/f, S/f]`, f the condition
+/// encoder's down-sampling), whatever resolution the model was trained at.
 pub struct SdsegSegmenter {
     model: crate::model::sdseg::Sdseg,
+    size: usize,
+    latent: [usize; 3],
+}
+
+/// Why a model cannot take slices of a size: the side must be a positive multiple of the
+/// model's total down-sampling (condition encoder × UNet).
+pub fn check_model_size(
+    config: &crate::model::config::SdsegConfig,
+    size: usize,
+) -> Result<(), String> {
+    let f = config.image_factor();
+    if size > 0 && size.is_multiple_of(f) {
+        return Ok(());
+    }
+    let below = size / f * f;
+    let suggest = if below == 0 {
+        format!("{f}")
+    } else {
+        format!("{below} or {}", below + f)
+    };
+    Err(format!(
+        "slice size {size} is not a multiple of {f}, the model's down-sampling factor \
+         (condition encoder {} × UNet {}); use a size like {suggest}",
+        config.cond_stage().ddconfig.downsample_factor(),
+        config.unet().downsample_factor()
+    ))
 }
 
 impl SdsegSegmenter {
-    pub fn new(model: crate::model::sdseg::Sdseg) -> SdsegSegmenter {
-        SdsegSegmenter { model }
+    /// The model for `size`×`size` slices; an error (see [`check_model_size`]) if the model
+    /// cannot take that size.
+    pub fn new(
+        model: crate::model::sdseg::Sdseg,
+        size: usize,
+    ) -> Result<SdsegSegmenter, crate::model::checkpoint::ModelError> {
+        check_model_size(model.config(), size)
+            .map_err(crate::model::checkpoint::ModelError::Input)?;
+        let latent = model.config().latent_shape_for(size);
+        Ok(SdsegSegmenter {
+            model,
+            size,
+            latent,
+        })
     }
     pub fn model(&self) -> &crate::model::sdseg::Sdseg {
         &self.model
@@ -209,8 +282,12 @@ impl SliceSegmenter for SdsegSegmenter {
         }
     }
 
+    fn size(&self) -> usize {
+        self.size
+    }
+
     fn latent_shape(&self) -> [usize; 3] {
-        self.model.latent_shape()
+        self.latent
     }
 
     fn segment(
@@ -222,7 +299,7 @@ impl SliceSegmenter for SdsegSegmenter {
         use crate::model::sdseg::Output;
         use candle_core::{DType, Device, Tensor};
         let [c, h, w] = self.latent_shape();
-        let img = Tensor::from_slice(images, (b, 3, MODEL_SIZE, MODEL_SIZE), &Device::Cpu)?;
+        let img = Tensor::from_slice(images, (b, 3, self.size, self.size), &Device::Cpu)?;
         let z = Tensor::from_slice(noise, (b, c, h, w), &Device::Cpu)?;
         let host = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
             t.to_dtype(DType::F32)?
@@ -353,26 +430,65 @@ mod tests {
 
     #[test]
     fn threshold_segmenter_binary_and_multiclass() {
-        let mut img = vec![0f32; SLICE_LEN];
+        let mut img = vec![0f32; slice_len(OFFICIAL_SIZE)];
         img[0] = 1.0;
         img[1] = -1.0;
         img[2] = 0.2;
         let noise = vec![0f32; 4096];
         let mut m = ThresholdSegmenter::binary();
         let out = m.segment(&img, &noise, 1).unwrap();
-        let p = out.slice_planes(0);
+        let p = out.slice_planes(0, OFFICIAL_SIZE);
         assert_eq!(&p[..3], &[1.0, 0.0, 0.6]);
         let mut m = ThresholdSegmenter::multiclass(4);
         let out = m.segment(&img, &noise, 1).unwrap();
         assert_eq!(out.classes(), 4);
-        let planes = out.slice_planes(0);
+        let planes = out.slice_planes(0, OFFICIAL_SIZE);
+        let pl = plane_len(OFFICIAL_SIZE);
         let argmax = |p: usize| {
             (0..4)
-                .max_by(|&a, &b| planes[a * PLANE_LEN + p].total_cmp(&planes[b * PLANE_LEN + p]))
+                .max_by(|&a, &b| planes[a * pl + p].total_cmp(&planes[b * pl + p]))
                 .unwrap()
         };
         // bins of [-1,1] by quarters: 1.0 → 3, -1.0 → 0, 0.2 → 2
         assert_eq!((argmax(0), argmax(1), argmax(2)), (3, 0, 2));
         assert!(m.segment(&img, &noise[..10], 1).is_err());
+    }
+
+    #[test]
+    fn threshold_segmenter_at_another_size() {
+        let m = ThresholdSegmenter::binary().with_size(64);
+        assert_eq!((m.size(), m.latent_shape()), (64, [4, 8, 8]));
+        assert_eq!(
+            ThresholdSegmenter::binary().with_size(256).latent,
+            [4, 32, 32]
+        );
+        let mut m = m;
+        let mut img = vec![0f32; slice_len(64)];
+        img[5] = 1.0;
+        let noise = vec![0f32; 4 * 8 * 8];
+        let out = m.segment(&img, &noise, 1).unwrap();
+        assert_eq!(out.data().len(), plane_len(64));
+        assert_eq!(out.slice_planes(0, 64)[5], 1.0);
+        // 256² slices for a 64² model: refused with the sizes in the message.
+        let big = vec![0f32; slice_len(256)];
+        let e = m.segment(&big, &noise, 1).unwrap_err().to_string();
+        assert!(e.contains("64×64"), "{e}");
+    }
+
+    #[test]
+    fn model_sizes_must_divide_by_the_down_sampling() {
+        let demo = crate::model::config::SdsegConfig::preset("sdseg-demo").unwrap();
+        assert!(check_model_size(&demo, 64).is_ok());
+        assert!(check_model_size(&demo, 96).is_ok());
+        let e = check_model_size(&demo, 60).unwrap_err();
+        assert!(
+            e.contains("not a multiple of 8") && e.contains("56 or 64"),
+            "{e}"
+        );
+        assert!(check_model_size(&demo, 0).is_err());
+        let official = crate::model::config::SdsegConfig::preset("sdseg-binary").unwrap();
+        assert!(check_model_size(&official, 256).is_ok());
+        let e = check_model_size(&official, 64).unwrap_err();
+        assert!(e.contains("128") && e.contains("8 × UNet 16"), "{e}");
     }
 }

@@ -28,8 +28,8 @@ mod xform;
 pub use header::{Datatype, NiftiInfo};
 pub use read::read_header;
 pub use write::{
-    lossless_i16, write_array_like, write_array_on, write_array_with_affine, ArrayRole, Grid,
-    NiftiElement, GZ_LEVEL,
+    lossless_i16, write_array_like, write_array_on, write_array_with_affine,
+    write_intensity_described, ArrayRole, Grid, NiftiElement, GZ_LEVEL,
 };
 pub use xform::AffineSource;
 
@@ -242,6 +242,24 @@ pub fn write_volume(path: &Path, volume: &Volume, dtype: VolumeDtype) -> Result<
             write_array_like(path, data.view(), volume, ArrayRole::Intensity)
         }
         _ => write_array_like(path, volume.data().view(), volume, ArrayRole::Intensity),
+    }
+}
+
+/// [`write_volume`] with the header's `descrip` set to `descrip` (the phantom writer stamps
+/// `train::PHANTOM_TAG` this way, so `run` can tell phantoms from real CT).
+pub fn write_volume_described(
+    path: &Path,
+    volume: &Volume,
+    dtype: VolumeDtype,
+    descrip: &str,
+) -> Result<(), NiftiError> {
+    let grid = Grid::of(volume);
+    match resolve_dtype(path, volume, dtype)? {
+        VolumeDtype::I16 => {
+            let data = ndarray::Zip::from(volume.data()).par_map_collect(|&v| v as i16);
+            write_intensity_described(path, data.view(), grid, descrip)
+        }
+        _ => write_intensity_described(path, volume.data().view(), grid, descrip),
     }
 }
 

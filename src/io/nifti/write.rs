@@ -105,7 +105,27 @@ pub fn write_array_on<T: NiftiElement>(
         });
     }
     let h = geometry_header(grid);
-    write_with_header(path, h, data, role)
+    write_with_header(path, h, data, role, None)
+}
+
+/// [`write_array_on`] for an intensity array, with `descrip` set to `text` (truncated to 80
+/// bytes): how the phantom writer stamps its tag (`train::PHANTOM_TAG`).
+pub fn write_intensity_described<T: NiftiElement>(
+    path: &Path,
+    data: ArrayView3<'_, T>,
+    grid: Grid<'_>,
+    text: &str,
+) -> Result<(), NiftiError> {
+    let shape = dim3(&data);
+    if shape != grid.shape {
+        return Err(NiftiError::ShapeMismatch {
+            path: path.to_path_buf(),
+            got: shape,
+            expected: grid.shape,
+        });
+    }
+    let h = geometry_header(grid);
+    write_with_header(path, h, data, ArrayRole::Intensity, Some(text))
 }
 
 /// Write `data` with `affine` as sform and qform (code 1, scanner), as for a DICOM input.
@@ -116,7 +136,7 @@ pub fn write_array_with_affine<T: NiftiElement>(
     role: ArrayRole,
 ) -> Result<(), NiftiError> {
     let h = xform::header_from_affine(affine, dim3(&data));
-    write_with_header(path, h, data, role)
+    write_with_header(path, h, data, role, None)
 }
 
 /// `Ok` if every voxel is an integer in int16's range, else the first voxel (in `[i, j, k]`
@@ -182,6 +202,7 @@ fn write_with_header<T: NiftiElement>(
     mut h: NiftiHeader,
     data: ArrayView3<'_, T>,
     role: ArrayRole,
+    descrip: Option<&str>,
 ) -> Result<(), NiftiError> {
     let name = path
         .file_name()
@@ -223,7 +244,9 @@ fn write_with_header<T: NiftiElement>(
             h.intent_code = 0;
             h.cal_min = 0.0;
             h.cal_max = 0.0;
-            if h.descrip.iter().all(|&c| c == 0) {
+            if let Some(text) = descrip {
+                h.descrip = header::descrip(text);
+            } else if h.descrip.iter().all(|&c| c == 0) {
                 h.descrip = header::descrip("sdseg-volume");
             }
         }

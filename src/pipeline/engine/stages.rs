@@ -13,7 +13,7 @@ use super::prep::{frame_view, frame_view_mut, VolumePlan};
 use super::{CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
 use crate::pipeline::postprocess::PostprocessError;
 use crate::pipeline::preview::{self, PreviewSlices};
-use crate::pipeline::segmenter::{NoiseSource, SliceSegmenter, SoftOutput, PLANE_LEN, SLICE_LEN};
+use crate::pipeline::segmenter::{plane_len, slice_len, NoiseSource, SliceSegmenter, SoftOutput};
 use crate::pipeline::stats::LabelAccumulator;
 use crate::volume::{Source, Volume};
 
@@ -89,6 +89,32 @@ pub(super) fn run(
     jobs: &[Job],
     model: &mut dyn SliceSegmenter,
 ) -> Vec<CaseOutcome> {
+    let size = engine.slicer.model_size();
+    if model.size() != size {
+        // A wiring error (the model was built for other slices): nothing can run.
+        let message = format!(
+            "the model takes {m}×{m} slices but pipeline '{}' makes {size}×{size} slices",
+            engine.slicer.pipeline.name,
+            m = model.size()
+        );
+        return jobs
+            .iter()
+            .map(|j| {
+                let outcome = CaseOutcome {
+                    case: j.case.clone(),
+                    status: CaseStatus::Failed(CaseError {
+                        input: j.case.input.clone(),
+                        stage: "model",
+                        message: message.clone(),
+                        input_error: false,
+                    }),
+                    details: CaseDetails::default(),
+                };
+                engine.observer.case_finished(&outcome);
+                outcome
+            })
+            .collect();
+    }
     let noise = NoiseSource::new(
         engine.options.noise,
         engine.options.seed,
@@ -105,7 +131,7 @@ pub(super) fn run(
         s.spawn(|| prepare(engine, jobs, &noise, batch, rx_read, tx_model));
         s.spawn(|| postprocess(engine, jobs, classes, rx_post, tx_write));
         let writer = s.spawn(|| writer(engine, jobs, rx_write));
-        run_model(model, jobs, rx_model, tx_post);
+        run_model(model, jobs, plane_len(size), rx_model, tx_post);
         writer.join().expect("writer thread panicked")
     })
 }
@@ -158,6 +184,12 @@ fn read_one(
     details.spacing = Some(volume.spacing());
     details.orientation = Some(volume.axcodes().to_string());
     details.warnings = volume.provenance().warnings.clone();
+    if engine.options.demo_model && !crate::train::looks_like_demo_phantom(&volume) {
+        details
+            .warnings
+            .push(crate::pipeline::demo::report_warning());
+        engine.observer.demo_input_warning(&job.case);
+    }
     let files: Vec<PathBuf> = match &volume.provenance().source {
         Source::Dicom(d) => {
             details.series_uid = Some(d.series_instance_uid.clone());
@@ -214,6 +246,7 @@ fn prepare(
     tx: Sender<ToModel>,
 ) {
     let latent = noise.latent_len();
+    let slice = slice_len(engine.slicer.model_size());
     for msg in rx {
         let loaded = match msg {
             Ok(l) => l,
@@ -237,9 +270,9 @@ fn prepare(
             let b = batch.min(n - first);
             let t = Instant::now();
             let view = frame_view(volume.data().view(), &plan.geometry.reorientation);
-            let mut images = vec![0f32; b * SLICE_LEN];
+            let mut images = vec![0f32; b * slice];
             images
-                .par_chunks_mut(SLICE_LEN)
+                .par_chunks_mut(slice)
                 .enumerate()
                 .for_each(|(s, out)| {
                     engine
@@ -280,6 +313,7 @@ fn prepare(
 fn run_model(
     model: &mut dyn SliceSegmenter,
     jobs: &[Job],
+    plane: usize,
     rx: Receiver<ToModel>,
     tx: Sender<ToPost>,
 ) {
@@ -302,7 +336,7 @@ fn run_model(
                 let result = model
                     .segment(&images, &noise, b)
                     .map_err(|e| anyhow::anyhow!("model: {e}"))
-                    .and_then(|soft| check_soft(soft, b, classes));
+                    .and_then(|soft| check_soft(soft, b, classes, plane));
                 let spent = t.elapsed();
                 drop(images);
                 match result {
@@ -330,13 +364,18 @@ fn run_model(
     }
 }
 
-fn check_soft(soft: SoftOutput, b: usize, classes: usize) -> anyhow::Result<SoftOutput> {
+fn check_soft(
+    soft: SoftOutput,
+    b: usize,
+    classes: usize,
+    plane: usize,
+) -> anyhow::Result<SoftOutput> {
     let want_planes = if classes <= 2 { 1 } else { classes };
     let ok_kind = match &soft {
         SoftOutput::Probabilities(_) => classes <= 2,
         SoftOutput::Logits { classes: k, .. } => *k == classes && classes > 2,
     };
-    if !ok_kind || soft.data().len() != b * want_planes * PLANE_LEN {
+    if !ok_kind || soft.data().len() != b * want_planes * plane {
         anyhow::bail!(
             "model returned {} values as {} for a batch of {b} ({classes} classes); expected {}",
             soft.data().len(),
@@ -344,7 +383,7 @@ fn check_soft(soft: SoftOutput, b: usize, classes: usize) -> anyhow::Result<Soft
                 SoftOutput::Probabilities(_) => "probabilities".to_string(),
                 SoftOutput::Logits { classes, .. } => format!("{classes}-class logits"),
             },
-            b * want_planes * PLANE_LEN
+            b * want_planes * plane
         );
     }
     Ok(soft)
@@ -441,6 +480,7 @@ fn finish_batch(
     classes: usize,
 ) -> Result<(), PostprocessError> {
     let plan = &c.loaded.plan;
+    let size = engine.slicer.model_size();
     let r = &plan.geometry.reorientation;
     let hu = frame_view(c.loaded.volume.data().view(), r);
     let mut lab = frame_view_mut(c.labels.view_mut(), r);
@@ -452,7 +492,7 @@ fn finish_batch(
         .map(|(s, mut out)| {
             engine
                 .slicer
-                .finish(plan, soft.slice_planes(s), out.view_mut())?;
+                .finish(plan, soft.slice_planes(s, size), out.view_mut())?;
             let mut a = LabelAccumulator::new(classes);
             a.add_slice(out.view(), hu.index_axis(Axis(2), first + s));
             Ok(a)

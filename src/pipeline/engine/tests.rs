@@ -6,7 +6,7 @@ use crate::geometry::AxCodes;
 use crate::pipeline::config::{Normalise, Pipeline, SliceFrame};
 use crate::pipeline::postprocess::ResizeBack;
 use crate::pipeline::preprocess::NormStats;
-use crate::pipeline::segmenter::{ThresholdSegmenter, PLANE_LEN};
+use crate::pipeline::segmenter::ThresholdSegmenter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -332,5 +332,126 @@ fn observer_sees_every_slice_and_case() {
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
     assert_eq!(count.1.load(Ordering::SeqCst), 11);
     assert_eq!(count.2.load(Ordering::SeqCst), 2);
-    let _ = PLANE_LEN;
+}
+
+fn demo() -> Slicer {
+    Slicer::new(Pipeline::load("demo").unwrap(), ResizeBack::Bilinear)
+}
+
+#[test]
+fn the_slice_size_comes_from_the_pipeline() {
+    // Demo: 64² slices in LPS. At the native size 64×64 the resizes are the identity, so the
+    // pointwise model gives exactly the thresholded input; 96×80 goes through both resizes.
+    let mut aff = Affine::from_spacing([0.8, 0.8, 2.5]);
+    aff.0[0][0] = -0.8;
+    aff.0[1][1] = -0.8;
+    let mut io = MemIo::default();
+    let v = phantom([64, 64, 5], aff);
+    let slicer = demo();
+    assert_eq!(slicer.model_size(), 64);
+    let want = expected_binary(&v, &slicer);
+    io.volumes.insert("/in/a".into(), v);
+    io.volumes.insert("/in/b".into(), phantom([96, 80, 3], aff));
+    let mut model = ThresholdSegmenter::binary().with_size(64);
+    let out = run_with(
+        &io,
+        &slicer,
+        &[job("a"), job("b")],
+        EngineOptions::default(),
+        &mut model,
+    );
+    for o in &out {
+        assert!(matches!(o.status, CaseStatus::Written), "{:?}", o.status);
+    }
+    let w = io.written.lock().unwrap();
+    assert_eq!(w[Path::new("/out/a.nii.gz")].0, want);
+    let b = &w[Path::new("/out/b.nii.gz")].0;
+    assert_eq!(b.dim(), (96, 80, 3));
+    let fg = b.iter().filter(|&&x| x == 1).count();
+    assert!(fg > 100 && fg < b.len() - 100, "{fg}");
+}
+
+#[test]
+fn a_model_of_another_size_fails_every_case_clearly() {
+    let mut io = MemIo::default();
+    io.volumes.insert(
+        "/in/a".into(),
+        phantom([64, 64, 2], Affine::from_spacing([1.0, 1.0, 1.0])),
+    );
+    let out = run_with(
+        &io,
+        &demo(),
+        &[job("a"), job("b")],
+        EngineOptions::default(),
+        &mut ThresholdSegmenter::binary(),
+    );
+    for o in &out {
+        let CaseStatus::Failed(e) = &o.status else {
+            panic!("{:?}", o.status)
+        };
+        assert!(
+            e.message.contains("256×256") && e.message.contains("64×64"),
+            "{e:?}"
+        );
+    }
+    assert!(io.written.lock().unwrap().is_empty());
+}
+
+#[test]
+fn the_demo_model_warns_on_inputs_that_are_not_phantoms() {
+    struct Warned(Mutex<Vec<String>>);
+    impl Observer for Warned {
+        fn demo_input_warning(&self, case: &Case) {
+            self.0.lock().unwrap().push(case.id.clone());
+        }
+    }
+    let mut io = MemIo::default();
+    let aff = Affine::from_spacing([1.0, 1.0, 1.0]);
+    // A synthetic volume counts as a phantom; one that says it came from a DICOM series
+    // without the phantom tag does not.
+    io.volumes
+        .insert("/in/ph".into(), phantom([64, 64, 2], aff));
+    let real = phantom([64, 64, 2], aff);
+    let (data, affine, mut prov) = real.into_parts();
+    prov.source = crate::volume::Source::Dicom(crate::volume::DicomSource {
+        input: "/in/ct".into(),
+        series_instance_uid: "1.2.3".into(),
+        series_description: Some("ABDOMEN 1.0 B30f".into()),
+        modality: Some("CT".into()),
+        files: vec![],
+        transfer_syntax: "1.2.840.10008.1.2.1".into(),
+    });
+    io.volumes
+        .insert("/in/ct".into(), Volume::new(data, affine, prov).unwrap());
+    let slicer = demo();
+    for demo_model in [true, false] {
+        let seen = Warned(Mutex::new(vec![]));
+        let engine = Engine {
+            slicer: &slicer,
+            io: &io,
+            observer: &seen,
+            options: EngineOptions {
+                demo_model,
+                ..EngineOptions::default()
+            },
+        };
+        let out = engine.run(
+            &[job("ph"), job("ct")],
+            &mut ThresholdSegmenter::binary().with_size(64),
+        );
+        let warned = seen.0.lock().unwrap().clone();
+        let has = |i: usize| {
+            out[i]
+                .details
+                .warnings
+                .iter()
+                .any(|w| w.contains("DEMO MODEL"))
+        };
+        if demo_model {
+            assert_eq!(warned, ["ct"]);
+            assert!(!has(0) && has(1));
+        } else {
+            assert!(warned.is_empty() && !has(0) && !has(1));
+        }
+    }
 }
