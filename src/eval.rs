@@ -150,11 +150,14 @@ impl LabelScheme {
                 .iter()
                 .map(|(a, b)| format!("{a}->{b}"))
                 .collect();
-            let mut d = format!("ground truth remapped {}", steps.join(", "));
-            if remap.binarise {
-                d.push_str(", then > 0 on ground truth and prediction");
+            let mut parts = Vec::new();
+            if !steps.is_empty() {
+                parts.push(format!("ground truth remapped {}", steps.join(", ")));
             }
-            d
+            if remap.binarise {
+                parts.push("> 0 on ground truth and prediction".to_string());
+            }
+            parts.join(", then ")
         };
         LabelScheme {
             name,
