@@ -2,13 +2,14 @@
 //! SDSeg model's convolution shapes, f32, all rayon threads.
 //!
 //! `cargo bench --bench conv [-- [FILTER] [--reps N] [--ours-only] [--kernel avx512|avx2]]`:
-//! each shape runs ours (with the given micro-kernel, default the fastest available) and
+//! each shape runs ours (the path `Conv2d::forward` picks: the fastest micro-kernel, or one
+//! gemm per image for 1×1 convs; with `--kernel`, that micro-kernel for every shape) and
 //! candle back to back `N` times (default 5) and prints the medians; on a shared machine, read
 //! the ratio, not the absolute numbers. FLOPs count a multiply-add as 2.
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::Conv2dConfig;
-use sdseg_volume::model::conv::{fast_available, Conv2d, ConvPath, CpuKernel, Padding2d};
+use sdseg_volume::model::conv::{fast_available, Conv2d, CpuKernel, Padding2d};
 use std::time::Instant;
 
 struct Shape {
@@ -60,6 +61,15 @@ fn shapes() -> Vec<Shape> {
             1,
             p0,
         ),
+        s(
+            "1x1 128->256 1x128x128x128",
+            [1, 128, 128, 128],
+            256,
+            1,
+            1,
+            p0,
+        ),
+        s("1x1 512->512 1x512x32x32", [1, 512, 32, 32], 512, 1, 1, p0),
         s(
             "3x3/2 pad(0,1,0,1) 128->128 256->128",
             [1, 128, 256, 256],
@@ -130,7 +140,7 @@ fn main() -> candle_core::Result<()> {
     let mut reps = 5usize;
     let mut ours_only = false;
     let mut filter = None;
-    let mut kernel = CpuKernel::best();
+    let mut kernel = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -149,13 +159,22 @@ fn main() -> candle_core::Result<()> {
     println!(
         "fast path available: {}, kernel: {:?}, rayon threads: {}",
         fast_available(),
-        kernel.filter(|k| k.available()),
+        kernel.or(CpuKernel::best()).filter(|k| k.available()),
         rayon::current_num_threads()
     );
     let threads = rayon::current_num_threads();
     println!(
-        "{:<38} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7}",
-        "shape", "ours ms", "GF/s", "GF/cpu", "cand ms", "GF/s", "GF/cpu", "wall x", "cpu x"
+        "{:<38} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "shape",
+        "path",
+        "ours ms",
+        "GF/s",
+        "GF/cpu",
+        "cand ms",
+        "GF/s",
+        "GF/cpu",
+        "wall x",
+        "cpu x"
     );
     for s in shapes() {
         if filter
@@ -176,10 +195,7 @@ fn main() -> candle_core::Result<()> {
         if let Some(k) = kernel {
             conv = conv.with_cpu_kernel(k);
         }
-        assert_eq!(
-            conv.path_for(&x) == ConvPath::FastCpu,
-            kernel.is_some_and(|k| k.available())
-        );
+        let path = conv.path_for(&x);
         let y = conv.forward(&x)?;
         let (_, co, oh, ow) = y.dims4()?;
         let flops = 2.0 * (s.x[0] * co * oh * ow * s.x[1] * s.k * s.k) as f64;
@@ -197,8 +213,9 @@ fn main() -> candle_core::Result<()> {
         let ours = Stats::of(&ours, flops, threads);
         let cand = Stats::of(&cand, flops, threads);
         println!(
-            "{:<38} {:>8.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>6.2}x {:>6.2}x",
+            "{:<38} {:>8} {:>8.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>6.2}x {:>6.2}x",
             s.name,
+            format!("{path:?}"),
             ours.ms,
             ours.gflops,
             ours.cpu_gflops,

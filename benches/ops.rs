@@ -1,9 +1,12 @@
 //! Fused GroupNorm(+SiLU) (`model::ops::group_norm_silu`) against candle-nn's `GroupNorm`
-//! followed by `silu`, on the SDSeg activation shapes, f32 CPU, all rayon threads.
+//! followed by `silu` and against the model's exact candle-op path
+//! (`model::norm::GroupNorm::forward_exact` + `silu`, what training runs), on the SDSeg
+//! activation shapes, f32 CPU, all rayon threads.
 //!
 //! `cargo bench --bench ops [-- [FILTER] [--reps N]]`: ms per call (medians, back to back).
 
 use candle_core::{Device, Module, Tensor};
+use sdseg_volume::model::norm::GroupNorm;
 use sdseg_volume::model::ops::group_norm_silu;
 use std::time::Instant;
 
@@ -33,8 +36,8 @@ fn main() -> candle_core::Result<()> {
         }
     }
     println!(
-        "{:<28} {:>10} {:>12} {:>8}",
-        "GroupNorm(32)+SiLU", "fused ms", "candle ms", "ratio"
+        "{:<28} {:>10} {:>12} {:>8} {:>10} {:>8}",
+        "GroupNorm(32)+SiLU", "fused ms", "candle ms", "ratio", "exact ms", "ratio"
     );
     let shapes: [[usize; 4]; 4] = [
         [1, 128, 256, 256],
@@ -52,19 +55,23 @@ fn main() -> candle_core::Result<()> {
         let w = Tensor::randn(1f32, 0.1, s[1], &dev)?;
         let b = Tensor::randn(0f32, 0.1, s[1], &dev)?;
         let gn = candle_nn::GroupNorm::new(w.clone(), b.clone(), s[1], 32, 1e-6)?;
-        let (mut fused, mut cand) = (Vec::new(), Vec::new());
+        let ours = GroupNorm::new(w.clone(), b.clone(), 32, 1e-6)?;
+        let (mut fused, mut cand, mut exact) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             fused.push(time(|| {
                 group_norm_silu(&x, 32, 1e-6, &w, &b, true).unwrap()
             }));
             cand.push(time(|| gn.forward(&x).unwrap().silu().unwrap()));
+            exact.push(time(|| ours.forward_exact(&x).unwrap().silu().unwrap()));
         }
-        let (f, c) = (median(fused), median(cand));
+        let (f, c, e) = (median(fused), median(cand), median(exact));
         println!(
-            "{name:<28} {:>10.2} {:>12.2} {:>7.1}x",
+            "{name:<28} {:>10.2} {:>12.2} {:>7.1}x {:>10.2} {:>7.1}x",
             f * 1e3,
             c * 1e3,
-            c / f
+            c / f,
+            e * 1e3,
+            e / f
         );
     }
     Ok(())

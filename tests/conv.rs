@@ -1,5 +1,5 @@
 //! Parity of `model::conv::Conv2d` (the fast CPU path with each micro-kernel the CPU runs,
-//! AVX-512 and/or AVX2 + FMA, candle's conv2d when none) against an f64 naive convolution and against candle's conv2d, on random
+//! AVX-512 and/or AVX2 + FMA, candle's conv2d when none; 1×1 convs also as one gemm per image) against an f64 naive convolution and against candle's conv2d, on random
 //! data for every variant the kernel distinguishes: 1×1 (one long row, in place), 3×3 stride 1
 //! (padded copy / in place when unpadded), stride 2 (phase-split copy) with symmetric and the
 //! LDM `Downsample`'s asymmetric padding, odd sizes, batches, channel counts that are not
@@ -91,7 +91,14 @@ fn check_with(case: &Case, x: &Tensor, seed: u64) {
     };
     let conv = Conv2d::new(w.clone(), b.clone(), cfg).with_padding(case.pad);
     let want = naive(x, &w, b.as_ref(), case.stride, case.pad);
-    assert_eq!(conv.cpu_kernel_for(x), CpuKernel::best());
+    if case.k == 1 && case.stride == 1 && case.pad == sym(0) {
+        // Unforced 1×1 convs are one gemm per image.
+        assert_eq!(conv.path_for(x), ConvPath::Matmul);
+        assert_eq!(conv.cpu_kernel_for(x), None);
+        check_kernel(case, &conv, x, &want, None);
+    } else {
+        assert_eq!(conv.cpu_kernel_for(x), CpuKernel::best());
+    }
     // Every kernel this CPU runs (the default one first), or candle's conv2d when none.
     let mut kernels: Vec<Option<CpuKernel>> =
         CpuKernel::all_available().into_iter().map(Some).collect();
@@ -315,6 +322,18 @@ fn larger_layer_shapes() {
             bias: true,
         },
         701,
+    );
+    // 1×1 with more input channels than one gemm depth block, no bias.
+    check(
+        &Case {
+            x: vec![2, 300, 9, 11],
+            co: 17,
+            k: 1,
+            stride: 1,
+            pad: sym(0),
+            bias: false,
+        },
+        702,
     );
 }
 

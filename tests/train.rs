@@ -80,7 +80,9 @@ fn train_writes_the_official_key_layout() {
     for (k, s) in &theirs {
         assert_eq!(&ours[k], s, "shape of {k}");
     }
-    assert!(ours.keys().any(|k| k.starts_with("model_ema.diffusion_model")));
+    assert!(ours
+        .keys()
+        .any(|k| k.starts_with("model_ema.diffusion_model")));
     // The written config loads back and names the same architecture.
     let written = sdseg_volume::model::config::SdsegConfig::load(out.join("config.json")).unwrap();
     let fixture = sdseg_volume::model::config::SdsegConfig::load(&cfg).unwrap();

@@ -6,6 +6,8 @@
 //! CPU when the CPU has AVX-512F or AVX2 + FMA ([`CpuKernel`]), groups = 1 and dilation = 1, and
 //! nothing tracks gradients; anything else (CUDA, f16/bf16, groups, dilation, autograd, other
 //! CPUs) goes to candle's `conv2d`.
+//! 1×1 convs (stride 1, unpadded) on the same tensors go to [`ConvPath::Matmul`] instead: one
+//! `gemm` per image (`gemm.rs`), faster than the direct kernel for that shape.
 //! Asymmetric padding ([`Padding2d`], e.g. the LDM `Downsample`'s `F.pad(x, (0, 1, 0, 1))`) is
 //! part of the conv: no padded copy of the activation on the fast path.
 
@@ -15,6 +17,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod cpu;
+mod gemm;
 mod im2col;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -60,6 +63,10 @@ impl Padding2d {
 pub enum ConvPath {
     /// Our direct CPU convolution, with the micro-kernel [`Conv2d::cpu_kernel_for`] names.
     FastCpu,
+    /// A 1×1, stride-1, unpadded conv as one matrix product per image (`gemm` crate, bias
+    /// accumulated in place), on the tensors [`ConvPath::FastCpu`] takes (f32 CPU, no
+    /// gradients), any CPU; not when a micro-kernel is forced with [`Conv2d::with_cpu_kernel`].
+    Matmul,
     /// candle's `Tensor::conv2d` (after an explicit zero pad when the padding is asymmetric).
     Candle,
     /// Shifted views stacked into columns and one matmul, built from differentiable candle ops
@@ -169,6 +176,9 @@ impl Conv2d {
 
     /// The implementation `forward(x)` will run.
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
+        if self.pointwise_for(x) {
+            return ConvPath::Matmul;
+        }
         match self.cpu_kernel_for(x) {
             Some(_) => ConvPath::FastCpu,
             None if self.tracks_gradients(x)
@@ -216,24 +226,48 @@ impl Conv2d {
         }
     }
 
-    /// The micro-kernel `forward(x)` will run, `None` when it goes to candle.
+    /// The micro-kernel `forward(x)` will run, `None` when it goes to candle or to
+    /// [`ConvPath::Matmul`].
     pub fn cpu_kernel_for(&self, x: &Tensor) -> Option<CpuKernel> {
-        let c = &self.config;
         let kernel = match self.kernel {
             Some(k) => Some(k).filter(|k| k.available()),
             None => CpuKernel::best(),
         }?;
-        let fast = matches!(x.device(), Device::Cpu)
+        (self.fast_tensors(x) && !self.pointwise_for(x)).then_some(kernel)
+    }
+
+    /// f32 NCHW CPU tensors, groups = dilation = 1, nothing tracking gradients: what both
+    /// [`ConvPath::FastCpu`] and [`ConvPath::Matmul`] need.
+    fn fast_tensors(&self, x: &Tensor) -> bool {
+        let c = &self.config;
+        matches!(x.device(), Device::Cpu)
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
             && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
             && x.rank() == 4
             && c.groups == 1
             && c.dilation == 1
-            && !(x.track_op()
-                || self.weight.track_op()
-                || self.bias.as_ref().is_some_and(|b| b.track_op()));
-        fast.then_some(kernel)
+            && !self.tracks_gradients(x)
+    }
+
+    /// Whether `forward(x)` takes [`ConvPath::Matmul`]: a 1×1, stride-1, unpadded conv on fast
+    /// tensors, no forced micro-kernel.
+    fn pointwise_for(&self, x: &Tensor) -> bool {
+        self.kernel.is_none()
+            && self.config.stride == 1
+            && self.padding == Padding2d::default()
+            && matches!(self.weight.dims(), [_, _, 1, 1])
+            && self.fast_tensors(x)
+    }
+
+    /// The [`ConvPath::Matmul`] convolution (+ bias), for a 1×1, stride-1, unpadded conv on
+    /// f32 CPU tensors.
+    fn forward_matmul(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        match &self.bias {
+            None => x.apply_op2_no_bwd(&self.weight, &gemm::Pointwise),
+            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &gemm::Pointwise),
+        }
     }
 
     /// candle's conv2d (+ bias), whatever the path choice: the reference for tests and benches.
@@ -293,6 +327,9 @@ pub fn conv2d(
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.pointwise_for(x) {
+            return self.forward_matmul(x);
+        }
         match self.cpu_kernel_for(x) {
             Some(kernel) => self.forward_fast(x, kernel),
             None if self.path_for(x) == ConvPath::Im2col => self.forward_im2col(x),

@@ -111,11 +111,6 @@ fn conv1x1(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
     conv2d(in_c, out_c, 1, Conv2dConfig::default(), vb)
 }
 
-/// `nonlinearity`: swish, x·sigmoid(x).
-fn swish(x: &Tensor) -> Result<Tensor> {
-    x.silu()
-}
-
 fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
     if train && p > 0.0 {
         candle_nn::ops::dropout(&x, p as f32)
@@ -156,8 +151,9 @@ impl ResnetBlock {
 
 impl ModuleT for ResnetBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.conv1.forward(&swish(&self.norm1.forward(x)?)?)?;
-        let h = swish(&self.norm2.forward(&h)?)?;
+        // `nonlinearity(norm(x))` (swish = SiLU): one fused op on the inference fast path.
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.norm2.forward_silu(&h)?;
         let h = self.conv2.forward(&dropout(h, self.dropout, train)?)?;
         match &self.nin_shortcut {
             Some(skip) => skip.forward(x)? + h,
@@ -379,7 +375,7 @@ impl ModuleT for Encoder {
             h = level.forward_t(h, train)?;
         }
         let h = self.mid.forward_t(&h, train)?;
-        let h = swish(&self.norm_out.forward(&h)?)?;
+        let h = self.norm_out.forward_silu(&h)?;
         self.conv_out.forward(&h)
     }
 }
@@ -459,7 +455,7 @@ impl ModuleT for Decoder {
         for level in self.up.iter().rev() {
             h = level.forward_t(h, train)?;
         }
-        let h = swish(&self.norm_out.forward(&h)?)?;
+        let h = self.norm_out.forward_silu(&h)?;
         self.conv_out.forward(&h)
     }
 }

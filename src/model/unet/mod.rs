@@ -20,6 +20,7 @@ use candle_nn::{Conv2dConfig, Embedding, Init, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::model::conv::{conv2d, Conv2d};
+use crate::model::ops;
 
 /// `unet_config.params` of the LDM YAML. Defaults are `UNetModel.__init__`'s.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -195,8 +196,48 @@ impl GroupNorm32 {
     }
 }
 
-impl Module for GroupNorm32 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl GroupNorm32 {
+    /// `silu(self.forward(x))`.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        if ops::fused_applies(x, &[&self.weight, &self.bias]) {
+            return ops::group_norm_silu(x, GROUPS, GN_EPS, &self.weight, &self.bias, true);
+        }
+        self.forward_exact(x)?.silu()
+    }
+
+    /// `silu(self.forward(x) · (1 + scale) + shift)` for `scale`, `shift` of [B, C] or
+    /// [B, C, 1, 1] (the `ResBlock`'s `use_scale_shift_norm` branch; Dropout comes after).
+    pub fn forward_scale_shift_silu(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+    ) -> Result<Tensor> {
+        if ops::fused_applies(x, &[&self.weight, &self.bias, scale, shift]) {
+            return ops::group_norm_scale_shift_silu(
+                x,
+                GROUPS,
+                GN_EPS,
+                &self.weight,
+                &self.bias,
+                scale,
+                shift,
+                true,
+            );
+        }
+        let (b, c) = (scale.dim(0)?, scale.dim(1)?);
+        let mut cshape = vec![1usize; x.rank()];
+        (cshape[0], cshape[1]) = (b, c);
+        let scale = scale.reshape(cshape.as_slice())?;
+        let shift = shift.reshape(cshape.as_slice())?;
+        self.forward_exact(x)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?
+            .silu()
+    }
+
+    /// The norm in candle ops (differentiable, any device and dtype).
+    pub fn forward_exact(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let shape = x.shape().clone();
         let (b, c) = (x.dim(0)?, x.dim(1)?);
@@ -212,6 +253,17 @@ impl Module for GroupNorm32 {
             .broadcast_mul(&self.weight.reshape(wshape.clone())?)?
             .broadcast_add(&self.bias.reshape(wshape)?)?
             .to_dtype(dtype)
+    }
+}
+
+/// On the inference fast path (f32 CPU tensors, nothing tracking gradients) the fused one-pass
+/// op of [`crate::model::ops`], else [`GroupNorm32::forward_exact`].
+impl Module for GroupNorm32 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if ops::fused_applies(x, &[&self.weight, &self.bias]) {
+            return ops::group_norm_silu(x, GROUPS, GN_EPS, &self.weight, &self.bias, false);
+        }
+        self.forward_exact(x)
     }
 }
 
@@ -536,7 +588,7 @@ impl UNetModel {
             let skip = hs.pop().expect("one skip per output block");
             h = block.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb)?;
         }
-        self.out_conv.forward(&self.out_norm.forward(&h)?.silu()?)
+        self.out_conv.forward(&self.out_norm.forward_silu(&h)?)
     }
 
     /// `UNetModel.forward(x, timesteps, y)`: `t` [N] integer timesteps, `y` [N] class ids.

@@ -114,7 +114,7 @@ impl ResBlock {
 
     /// `x`: [B, C, H, W]; `emb`: [B, emb_channels] (already in x's dtype).
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.in_norm.forward(x)?.silu()?;
+        let h = self.in_norm.forward_silu(x)?;
         let h = resample(&h, self.updown)?;
         let x = resample(x, self.updown)?;
         let h = self.in_conv.forward(&h)?;
@@ -122,19 +122,17 @@ impl ResBlock {
         let e = self.emb_proj.forward(&emb.silu()?)?;
         let (b, n) = e.dims2()?;
         let e = e.reshape((b, n, 1, 1))?;
+        // out_layers: norm (+ scale-shift) and SiLU in one op on the fast path.
         let h = if self.use_scale_shift_norm {
             let half = n / 2;
             let scale = e.narrow(1, 0, half)?;
             let shift = e.narrow(1, half, half)?;
-            self.out_norm
-                .forward(&h)?
-                .broadcast_mul(&(scale + 1.0)?)?
-                .broadcast_add(&shift)?
+            self.out_norm.forward_scale_shift_silu(&h, &scale, &shift)?
         } else {
-            self.out_norm.forward(&h.broadcast_add(&e)?)?
+            self.out_norm.forward_silu(&h.broadcast_add(&e)?)?
         };
         // Dropout (out_layers.2) is the identity at inference.
-        let h = self.out_conv.forward(&h.silu()?)?;
+        let h = self.out_conv.forward(&h)?;
         match &self.skip_connection {
             Some(skip) => skip.forward(&x)? + h,
             None => x + h,
@@ -206,5 +204,59 @@ impl Module for Upsample {
             Some(conv) => conv.forward(&x),
             None => Ok(x),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    /// The same block with its weights as `Var`s (training: exact candle ops, gradients) and
+    /// as plain tensors (inference: fused GroupNorm + scale-shift + SiLU, gemm 1×1 skip).
+    #[test]
+    fn fused_inference_path_matches_the_differentiable_one() -> Result<()> {
+        let dev = Device::Cpu;
+        for (scale_shift, updown, out) in [
+            (true, UpDown::None, 64),
+            (false, UpDown::Down, 32),
+            (true, UpDown::Up, 32),
+        ] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+            let trained = ResBlock::new(32, 16, out, scale_shift, updown, vb)?;
+            let mut plain = std::collections::HashMap::new();
+            for (k, v) in vm.data().lock().unwrap().iter() {
+                // Non-trivial norms and a non-zero out conv, so every branch matters.
+                let t = (v.as_tensor().randn_like(0.0, 0.2)? + v.as_tensor())?.detach();
+                v.set(&t)?;
+                plain.insert(k.clone(), t);
+            }
+            let fast = ResBlock::new(
+                32,
+                16,
+                out,
+                scale_shift,
+                updown,
+                VarBuilder::from_tensors(plain, DType::F32, &dev),
+            )?;
+            let x = (Tensor::randn(0f32, 1.0, (2, 32, 8, 8), &dev)? + 0.5)?;
+            let emb = Tensor::randn(0f32, 1.0, (2, 16), &dev)?;
+            let xv = Var::from_tensor(&x)?;
+            let want = trained.forward(xv.as_tensor(), &emb)?;
+            assert!(want.track_op());
+            let got = fast.forward(&x, &emb)?;
+            assert!(!got.track_op());
+            let err = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                err <= 1e-5 * scale,
+                "{scale_shift} {updown:?}: {err} of {scale}"
+            );
+            let grads = want.sum_all()?.backward()?;
+            assert!(grads.get(xv.as_tensor()).is_some());
+        }
+        Ok(())
     }
 }
