@@ -335,7 +335,7 @@ fn missing_default_weights_are_a_usage_error_naming_the_file() {
 /// `run INPUT --out FILE` with no other flag: pipeline demo, its default weights and preset
 /// (the README's main command). The bundled series is a held-out phantom (seed 2000): no
 /// warning, labels on its grid, and `eval` against its organ labels gives the demo model's
-/// real Dice (0.93 when it was committed; docs/demo-model.md).
+/// real Dice (0.94 when it was committed; docs/demo-model.md).
 #[test]
 fn no_flags_use_the_demo_pipeline_and_its_weights() {
     let d = tempfile::tempdir().unwrap();
