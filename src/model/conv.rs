@@ -147,10 +147,7 @@ impl CpuKernel {
         } else {
             [CpuKernel::Avx512, CpuKernel::Avx2Fma]
         };
-        order
-            .into_iter()
-            .filter(|k| k.available())
-            .collect()
+        order.into_iter().filter(|k| k.available()).collect()
     }
 }
 
