@@ -195,6 +195,8 @@ impl Conv2d {
         match self.cpu_kernel_for(x) {
             Some(_) => ConvPath::FastCpu,
             None if self.tracks_gradients(x)
+                && matches!(x.device(), Device::Cpu)
+                && x.dtype() == DType::F32
                 && self.config.groups == 1
                 && self.config.dilation == 1 =>
             {
