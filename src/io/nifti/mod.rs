@@ -28,8 +28,8 @@ mod xform;
 pub use header::{Datatype, NiftiInfo};
 pub use read::read_header;
 pub use write::{
-    lossless_i16, write_array_like, write_array_on, write_array_with_affine,
-    write_intensity_described, ArrayRole, Grid, NiftiElement, GZ_LEVEL,
+    lossless_i16, write_array_described, write_array_like, write_array_on, write_array_with_affine,
+    ArrayRole, Grid, NiftiElement, GZ_LEVEL,
 };
 pub use xform::AffineSource;
 
@@ -236,13 +236,7 @@ pub fn write_labels_on(
 /// Write the HU volume as the pipeline sees it: float32, or int16 when that is lossless
 /// (`Auto`) or requested (`I16`, an error if not lossless).
 pub fn write_volume(path: &Path, volume: &Volume, dtype: VolumeDtype) -> Result<(), NiftiError> {
-    match resolve_dtype(path, volume, dtype)? {
-        VolumeDtype::I16 => {
-            let data = ndarray::Zip::from(volume.data()).par_map_collect(|&v| v as i16);
-            write_array_like(path, data.view(), volume, ArrayRole::Intensity)
-        }
-        _ => write_array_like(path, volume.data().view(), volume, ArrayRole::Intensity),
-    }
+    write_volume_with(path, volume, dtype, None)
 }
 
 /// [`write_volume`] with the header's `descrip` set to `descrip` (the phantom writer stamps
@@ -253,13 +247,22 @@ pub fn write_volume_described(
     dtype: VolumeDtype,
     descrip: &str,
 ) -> Result<(), NiftiError> {
-    let grid = Grid::of(volume);
+    write_volume_with(path, volume, dtype, Some(descrip))
+}
+
+fn write_volume_with(
+    path: &Path,
+    volume: &Volume,
+    dtype: VolumeDtype,
+    descrip: Option<&str>,
+) -> Result<(), NiftiError> {
+    let (grid, role) = (Grid::of(volume), ArrayRole::Intensity);
     match resolve_dtype(path, volume, dtype)? {
         VolumeDtype::I16 => {
             let data = ndarray::Zip::from(volume.data()).par_map_collect(|&v| v as i16);
-            write_intensity_described(path, data.view(), grid, descrip)
+            write_array_described(path, data.view(), grid, role, descrip)
         }
-        _ => write_intensity_described(path, volume.data().view(), grid, descrip),
+        _ => write_array_described(path, volume.data().view(), grid, role, descrip),
     }
 }
 

@@ -96,25 +96,17 @@ pub fn write_array_on<T: NiftiElement>(
     grid: Grid<'_>,
     role: ArrayRole,
 ) -> Result<(), NiftiError> {
-    let shape = dim3(&data);
-    if shape != grid.shape {
-        return Err(NiftiError::ShapeMismatch {
-            path: path.to_path_buf(),
-            got: shape,
-            expected: grid.shape,
-        });
-    }
-    let h = geometry_header(grid);
-    write_with_header(path, h, data, role, None)
+    write_array_described(path, data, grid, role, None)
 }
 
-/// [`write_array_on`] for an intensity array, with `descrip` set to `text` (truncated to 80
-/// bytes): how the phantom writer stamps its tag (`train::PHANTOM_TAG`).
-pub fn write_intensity_described<T: NiftiElement>(
+/// [`write_array_on`] with `descrip` set to `text` when given (truncated to 80 bytes): how the
+/// phantom writer stamps its tag (`train::PHANTOM_TAG`).
+pub fn write_array_described<T: NiftiElement>(
     path: &Path,
     data: ArrayView3<'_, T>,
     grid: Grid<'_>,
-    text: &str,
+    role: ArrayRole,
+    text: Option<&str>,
 ) -> Result<(), NiftiError> {
     let shape = dim3(&data);
     if shape != grid.shape {
@@ -125,7 +117,7 @@ pub fn write_intensity_described<T: NiftiElement>(
         });
     }
     let h = geometry_header(grid);
-    write_with_header(path, h, data, ArrayRole::Intensity, Some(text))
+    write_with_header(path, h, data, role, text)
 }
 
 /// Write `data` with `affine` as sform and qform (code 1, scanner), as for a DICOM input.
