@@ -488,3 +488,121 @@ fn im2col_training_path_gradients_match_candle() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// bf16 on the CPU (`--dtype bf16`): AMX tiles where the CPU has them, f32 elsewhere.
+
+use sdseg_volume::model::conv::{bf16_available, with_cpu_precision, CpuPrecision};
+
+fn bf16_round(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+}
+
+/// Under `CpuPrecision::Bf16` a conv AMX supports computes exactly the f32 conv of its input
+/// and weights rounded to bf16 (f32 sums: rel err ≤ 1e-5 against f64), and is not the f32 conv;
+/// on a CPU without AMX-BF16 it is the f32 conv, bit for bit.
+fn check_bf16(case: &Case, x: &Tensor, seed: u64, amx_shape: bool) {
+    let c = case.x[1];
+    let w = random(&[case.co, c, case.k, case.k], seed + 1);
+    let b = case.bias.then(|| random(&[case.co], seed + 2));
+    let cfg = Conv2dConfig {
+        stride: case.stride,
+        ..Default::default()
+    };
+    let conv = Conv2d::new(w.clone(), b.clone(), cfg).with_padding(case.pad);
+    let f32_path = conv.path_for(x);
+    let f32_out = conv.forward(x).unwrap();
+    let (path, got) = with_cpu_precision(CpuPrecision::Bf16, || {
+        (conv.path_for(x), conv.forward(x).unwrap())
+    });
+    // The scope ends with the closure.
+    assert_eq!(conv.path_for(x), f32_path);
+    let what = format!("x {:?} co {} k {} s {} {:?}", case.x, case.co, case.k, case.stride, case.pad);
+    assert_eq!(got.dims(), f32_out.dims(), "{what}");
+    if bf16_available() && amx_shape {
+        assert_eq!(path, ConvPath::AmxBf16, "{what}");
+        let want = naive(&bf16_round(x), &bf16_round(&w), b.as_ref(), case.stride, case.pad);
+        let e = rel_err(&got, &want);
+        assert!(e <= 1e-5, "{what}: rel err vs the f64 conv of bf16 inputs {e:e}");
+        let exact = naive(x, &w, b.as_ref(), case.stride, case.pad);
+        let e32 = rel_err(&got, &exact);
+        assert!(
+            (1e-6..2e-2).contains(&e32),
+            "{what}: rel err vs the f32 conv {e32:e} (bf16 rounding expected)"
+        );
+    } else {
+        assert_ne!(path, ConvPath::AmxBf16, "{what}");
+        let d = (&got - &f32_out).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{what}: fallback is the f32 conv");
+    }
+}
+
+#[test]
+fn bf16_convs_every_layout_amx_takes() {
+    let case = |x: &[usize], co, k, stride, pad, bias| Case {
+        x: x.to_vec(),
+        co,
+        k,
+        stride,
+        pad,
+        bias,
+    };
+    let cases = [
+        // 3×3 stride 1: full 2×2 register tiles, and odd segment / channel-block counts.
+        case(&[1, 64, 16, 32], 32, 3, 1, sym(1), true),
+        case(&[2, 64, 3, 16], 48, 3, 1, sym(1), true),
+        // Input channels that are not a multiple of 32 (zero-padded pairs), 3 as conv_in.
+        case(&[1, 3, 16, 16], 16, 3, 1, sym(1), true),
+        case(&[1, 40, 5, 32], 32, 3, 1, sym(1), false),
+        // Stride 2: the LDM Downsample's (0, 1, 0, 1) pad and symmetric padding.
+        case(&[1, 32, 32, 32], 32, 3, 2, Padding2d::from_torch_pad(0, 1, 0, 1), true),
+        case(&[2, 64, 13, 64], 16, 3, 2, sym(1), true),
+        // 1×1: a plane of 64 pixels seen as rows of 16, and a wide row.
+        case(&[2, 96, 8, 8], 48, 1, 1, sym(0), true),
+        case(&[1, 32, 2, 48], 64, 1, 1, sym(0), false),
+        // Unpadded 3×3 (attention-free VAE mid has none, but the op takes it).
+        case(&[1, 32, 6, 18], 16, 3, 1, sym(0), true),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let x = random(&c.x, 100 + i as u64);
+        check_bf16(c, &x, 100 + i as u64, true);
+    }
+}
+
+#[test]
+fn bf16_shapes_amx_does_not_take_run_in_f32() {
+    let cases = [
+        // 3 output channels (conv_out), rows of 8 pixels (UNet 8×8 level), a 1×1 conv on a
+        // 3×5 plane.
+        (vec![1, 32, 16, 16], 3, 3, sym(1)),
+        (vec![1, 32, 8, 8], 32, 3, sym(1)),
+        (vec![1, 32, 3, 5], 16, 1, sym(0)),
+    ];
+    for (i, (x, co, k, pad)) in cases.into_iter().enumerate() {
+        let c = Case {
+            x,
+            co,
+            k,
+            stride: 1,
+            pad,
+            bias: true,
+        };
+        let xt = random(&c.x, 200 + i as u64);
+        check_bf16(&c, &xt, 200 + i as u64, false);
+    }
+}
+
+#[test]
+fn bf16_non_contiguous_input() {
+    // A transposed view: the AMX path copies it contiguous first.
+    let x = random(&[1, 32, 32, 16], 300).transpose(2, 3).unwrap();
+    let c = Case {
+        x: vec![1, 32, 16, 32],
+        co: 32,
+        k: 3,
+        stride: 1,
+        pad: sym(1),
+        bias: true,
+    };
+    check_bf16(&c, &x, 300, true);
+}

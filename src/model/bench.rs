@@ -158,7 +158,8 @@ pub fn random_model(
     device: &Device,
     dtype: DType,
 ) -> Result<Sdseg, ModelError> {
-    let vb = RandomWeights::new(seed).var_builder(dtype, device);
+    let storage = crate::model::sdseg::storage_dtype(device, dtype);
+    let vb = RandomWeights::new(seed).var_builder(storage, device);
     let unet_vb = vb.pp("model").pp("diffusion_model");
     Sdseg::from_var_builders(config, vb, unet_vb, device, dtype)
 }

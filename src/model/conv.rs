@@ -12,6 +12,8 @@
 //! part of the conv: no padded copy of the activation on the fast path.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -22,6 +24,54 @@ mod im2col;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
+use std::cell::Cell;
+
+/// What the CPU convolutions of f32 tensors compute in (`--dtype bf16` on the CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuPrecision {
+    /// f32 products and sums.
+    #[default]
+    F32,
+    /// Input and weights rounded to bf16 (nearest even), f32 sums: [`ConvPath::AmxBf16`] where
+    /// the CPU has AMX-BF16 and the shape fits, f32 otherwise.
+    Bf16,
+}
+
+thread_local! {
+    static CPU_PRECISION: Cell<CpuPrecision> = const { Cell::new(CpuPrecision::F32) };
+}
+
+/// Runs `f` with the convolutions this thread starts computing in `p` (restored afterwards,
+/// also on unwind). A scope rather than a field of every conv: the precision is a property of
+/// the run (`--dtype`), and the weights are the same f32 tensors either way.
+pub fn with_cpu_precision<R>(p: CpuPrecision, f: impl FnOnce() -> R) -> R {
+    struct Restore(CpuPrecision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CPU_PRECISION.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CPU_PRECISION.with(|c| c.replace(p)));
+    f()
+}
+
+/// The precision in force on this thread (see [`with_cpu_precision`]).
+pub fn cpu_precision() -> CpuPrecision {
+    CPU_PRECISION.with(|c| c.get())
+}
+
+/// Whether this machine computes [`CpuPrecision::Bf16`] convolutions in bf16 (x86-64 with
+/// AMX-BF16, granted by the OS); elsewhere they run in f32.
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Zero padding on each side of the input, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -61,6 +111,10 @@ impl Padding2d {
 /// Which implementation [`Conv2d::forward`] runs (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
+    /// bf16 products with f32 sums on AMX tiles (`amx.rs`), for f32 CPU tensors without
+    /// gradients under [`CpuPrecision::Bf16`], when the CPU has AMX-BF16 and the conv has
+    /// output channels in 16s and output rows in 16s (or is a 1×1 conv on a plane of 16s).
+    AmxBf16,
     /// Our direct CPU convolution, with the micro-kernel [`Conv2d::cpu_kernel_for`] names.
     FastCpu,
     /// A 1×1, stride-1, unpadded conv as one matrix product per image (`gemm` crate, bias
@@ -189,6 +243,9 @@ impl Conv2d {
 
     /// The implementation `forward(x)` will run.
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
+        if self.amx_for(x) {
+            return ConvPath::AmxBf16;
+        }
         if self.pointwise_for(x) {
             return ConvPath::Matmul;
         }
@@ -263,6 +320,42 @@ impl Conv2d {
             && c.groups == 1
             && c.dilation == 1
             && !self.tracks_gradients(x)
+    }
+
+    /// Whether `forward(x)` takes [`ConvPath::AmxBf16`].
+    fn amx_for(&self, x: &Tensor) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            cpu_precision() == CpuPrecision::Bf16
+                && self.kernel.is_none()
+                && self.fast_tensors(x)
+                && amx::supports(x.dims(), self.weight.dims(), self.config.stride, self.padding)
+                && amx::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = x;
+            false
+        }
+    }
+
+    /// The [`ConvPath::AmxBf16`] convolution (+ bias).
+    #[cfg(target_arch = "x86_64")]
+    fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
+        let op = amx::AmxConv2d {
+            stride: self.config.stride,
+            pad: self.padding,
+        };
+        let x = x.contiguous()?;
+        match &self.bias {
+            None => x.apply_op2_no_bwd(&self.weight, &op),
+            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_candle(x)
     }
 
     /// Whether `forward(x)` takes [`ConvPath::Matmul`]: a 1×1, stride-1, unpadded conv on fast
@@ -342,6 +435,9 @@ pub fn conv2d(
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.amx_for(x) {
+            return self.forward_amx(x);
+        }
         if self.pointwise_for(x) {
             return self.forward_matmul(x);
         }

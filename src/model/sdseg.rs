@@ -27,6 +27,7 @@ use rand_distr::StandardNormal;
 use crate::model::checkpoint::{Checkpoint, KeyReport, LoadSession, ModelError, INFERENCE_BUFFERS};
 use crate::model::cond::AEEncoderEmbedder;
 use crate::model::config::{SdsegConfig, Task};
+use crate::model::conv::{with_cpu_precision, CpuPrecision};
 use crate::model::latent::latent_estimate;
 use crate::model::schedule::{Schedule, StepCoefficients};
 use crate::model::unet::UNetModel;
@@ -130,7 +131,11 @@ pub struct Sdseg {
     /// `time_embed(timestep_embedding(T − 1))`, [1, 4·model_channels], precomputed.
     t_emb: Tensor,
     device: Device,
+    /// The tensors' dtype (f32 for a `bf16` run on the CPU, see [`storage_dtype`]).
     dtype: DType,
+    /// `--dtype bf16` on the CPU: f32 tensors, convolutions computed in bf16 where the CPU
+    /// has AMX-BF16 ([`crate::model::conv::CpuPrecision`]).
+    cpu_bf16: bool,
     /// Rows per UNet/decoder pass; 0 = the image batch B.
     max_batch: usize,
     key_report: Option<KeyReport>,
@@ -153,17 +158,14 @@ impl Sdseg {
                 message,
             })
         })?;
-        if device.is_cpu() && dtype == DType::BF16 {
-            return Err(ModelError::Input(
-                "bf16 runs need --device cuda (candle's CPU matmul has no bf16); use f32 or f16 on the CPU"
-                    .into(),
-            ));
-        }
+        let cpu_bf16 = device.is_cpu() && dtype == DType::BF16;
+        let dtype = storage_dtype(device, dtype);
         let ckpt = Arc::new(Checkpoint::open(weights)?);
         let session = LoadSession::new(ckpt.clone(), use_ema);
         let vb = session.var_builder(dtype, device);
         let unet_vb = session.unet_var_builder(dtype, device);
-        let built = Self::from_var_builders(config, vb, unet_vb, device, dtype);
+        let requested = if cpu_bf16 { DType::BF16 } else { dtype };
+        let built = Self::from_var_builders(config, vb, unet_vb, device, requested);
 
         // Scale factor and schedule buffers are read outside the VarBuilders.
         let mut scale = None;
@@ -206,12 +208,8 @@ impl Sdseg {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        if device.is_cpu() && dtype == DType::BF16 {
-            return Err(ModelError::Input(
-                "bf16 runs need --device cuda (candle's CPU matmul has no bf16); use f32 or f16 on the CPU"
-                    .into(),
-            ));
-        }
+        let cpu_bf16 = device.is_cpu() && dtype == DType::BF16;
+        let dtype = storage_dtype(device, dtype);
         let cond = config.cond_stage();
         let fs = config.first_stage();
         let cond_stage_model =
@@ -242,6 +240,7 @@ impl Sdseg {
             t_emb,
             device: device.clone(),
             dtype,
+            cpu_bf16,
             max_batch: 0,
             key_report: None,
         })
@@ -275,8 +274,24 @@ impl Sdseg {
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// The dtype of the model's tensors (f32 for a CPU `bf16` run: see [`Self::conv_compute`]).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    /// What the convolutions compute in on this machine: `None` when they follow
+    /// [`Self::dtype`]; for a CPU `bf16` run, `Some(true)` when AMX-BF16 runs them in bf16 and
+    /// `Some(false)` when this CPU has no AMX-BF16 and they fall back to f32.
+    pub fn cpu_bf16_convs(&self) -> Option<bool> {
+        self.cpu_bf16.then(crate::model::conv::bf16_available)
+    }
+    /// Runs `f` with this model's CPU conv precision in force.
+    fn scoped<R>(&self, f: impl FnOnce() -> R) -> R {
+        let p = if self.cpu_bf16 {
+            CpuPrecision::Bf16
+        } else {
+            CpuPrecision::F32
+        };
+        with_cpu_precision(p, f)
     }
     pub fn scale_factor(&self) -> f32 {
         self.scale_factor
@@ -313,7 +328,7 @@ impl Sdseg {
     /// Condition latent `cond_stage_model.encode(image)`: [B, 3, H, W] in [−1, 1] → [B, 4, h, w].
     pub fn cond_latent(&self, image: &Tensor) -> Result<Tensor> {
         let image = self.check_image(image)?;
-        Ok(self.cond_stage_model.forward(&image)?)
+        Ok(self.scoped(|| self.cond_stage_model.forward(&image))?)
     }
 
     /// `UNetModel.forward(x, t, y)` for any timesteps `t` [N] (and class ids `y` [N]).
@@ -321,14 +336,14 @@ impl Sdseg {
         let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
         let t = t.to_device(&self.device)?;
         let y = y.map(|y| y.to_device(&self.device)).transpose()?;
-        Ok(self.unet.forward(&x, &t, y.as_ref())?)
+        Ok(self.scoped(|| self.unet.forward(&x, &t, y.as_ref()))?)
     }
 
     /// ε̂ at the single step t = T − 1 for `x` = cat[noise, cond] (precomputed t-embedding).
     pub fn eps(&self, x: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         let n = x.dim(0)?;
         let emb = self.unet.embedding(&self.t_emb, y, n)?;
-        Ok(self.unet.forward_with_emb(x, &emb)?)
+        Ok(self.scoped(|| self.unet.forward_with_emb(x, &emb))?)
     }
 
     /// ẑ0 at t = T − 1, divided by `scale_factor` when `unscale` (the decoder's input).
@@ -346,7 +361,7 @@ impl Sdseg {
 
     /// `first_stage_model.decode(z)` of an unscaled latent.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        Ok(self.first_stage_model.decode(z)?)
+        Ok(self.scoped(|| self.first_stage_model.decode(z))?)
     }
 
     /// Single-step segmentation of `image` [B, 3, H, W] (values in [−1, 1]) with `noise`
@@ -578,6 +593,17 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                 .map_err(|_| bad())?;
             Device::new_cuda(n).map_err(|e| ModelError::Input(format!("--device {s}: {e}")))
         }
+    }
+}
+
+/// The dtype the model's tensors are stored in for a requested `dtype` on `device`: as asked,
+/// except `bf16` on the CPU, which keeps f32 tensors (GroupNorm, softmax, the latent estimate
+/// and the matmuls stay f32) and computes the convolutions in bf16 (AMX-BF16, f32 sums).
+pub fn storage_dtype(device: &Device, dtype: DType) -> DType {
+    if device.is_cpu() && dtype == DType::BF16 {
+        DType::F32
+    } else {
+        dtype
     }
 }
 
