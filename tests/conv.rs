@@ -560,8 +560,15 @@ fn bf16_convs_every_layout_amx_takes() {
         // 1×1: a plane of 64 pixels seen as rows of 16, and a wide row.
         case(&[2, 96, 8, 8], 48, 1, 1, sym(0), true),
         case(&[1, 32, 2, 48], 64, 1, 1, sym(0), false),
-        // Unpadded 3×3 (attention-free VAE mid has none, but the op takes it).
+        // Unpadded 3×3 (the op takes it; the LDM modules pad every 3×3 conv).
         case(&[1, 32, 6, 18], 16, 3, 1, sym(0), true),
+        // Rows narrower than 16 pixels: 8-, 4-, 2- and 1-pixel segments (UNet 8×8 ... 2×2
+        // levels), and a 1×1 conv on a 3×5 plane (not a plane of 16s either).
+        case(&[1, 64, 8, 8], 32, 3, 1, sym(1), true),
+        case(&[2, 32, 4, 4], 16, 3, 1, sym(1), false),
+        case(&[1, 32, 4, 4], 32, 3, 2, Padding2d::from_torch_pad(0, 1, 0, 1), true),
+        case(&[1, 32, 3, 5], 16, 1, 1, sym(0), true),
+        case(&[1, 32, 3, 5], 16, 3, 1, sym(1), true),
     ];
     for (i, c) in cases.iter().enumerate() {
         let x = random(&c.x, 100 + i as u64);
@@ -572,11 +579,10 @@ fn bf16_convs_every_layout_amx_takes() {
 #[test]
 fn bf16_shapes_amx_does_not_take_run_in_f32() {
     let cases = [
-        // 3 output channels (conv_out), rows of 8 pixels (UNet 8×8 level), a 1×1 conv on a
-        // 3×5 plane.
+        // Output channels not in 16s: 3 (conv_out), 8 and 40.
         (vec![1, 32, 16, 16], 3, 3, sym(1)),
-        (vec![1, 32, 8, 8], 32, 3, sym(1)),
-        (vec![1, 32, 3, 5], 16, 1, sym(0)),
+        (vec![1, 32, 8, 8], 8, 1, sym(0)),
+        (vec![2, 16, 4, 16], 40, 3, sym(1)),
     ];
     for (i, (x, co, k, pad)) in cases.into_iter().enumerate() {
         let c = Case {

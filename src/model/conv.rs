@@ -22,7 +22,7 @@ mod cpu;
 mod gemm;
 mod im2col;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Layout, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use std::cell::Cell;
 
@@ -195,6 +195,10 @@ pub struct Conv2d {
     padding: Padding2d,
     /// Forced micro-kernel (tests, benches); `None`: [`CpuKernel::best`].
     kernel: Option<CpuKernel>,
+    /// The weights as AMX tiles, packed on the first [`ConvPath::AmxBf16`] call (the weights
+    /// of a conv never change: gradient-tracked ones never take that path).
+    #[cfg(target_arch = "x86_64")]
+    amx_weights: std::sync::Arc<std::sync::OnceLock<amx::PackedWeights>>,
 }
 
 impl Conv2d {
@@ -206,6 +210,8 @@ impl Conv2d {
             padding: Padding2d::symmetric(config.padding),
             config,
             kernel: None,
+            #[cfg(target_arch = "x86_64")]
+            amx_weights: Default::default(),
         }
     }
 
@@ -342,9 +348,20 @@ impl Conv2d {
     /// The [`ConvPath::AmxBf16`] convolution (+ bias).
     #[cfg(target_arch = "x86_64")]
     fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
+        let weights = match self.amx_weights.get() {
+            Some(p) => p,
+            None => {
+                let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+                let packed = amx::PackedWeights::new(&w, &Layout::contiguous(self.weight.shape()))?;
+                // A racing thread may have set it first; both packed the same weights.
+                let _ = self.amx_weights.set(packed);
+                self.amx_weights.get().expect("just set")
+            }
+        };
         let op = amx::AmxConv2d {
             stride: self.config.stride,
             pad: self.padding,
+            weights,
         };
         let x = x.contiguous()?;
         match &self.bias {

@@ -71,20 +71,26 @@ pub fn supports(x: &[usize], w: &[usize], stride: usize, pad: Padding2d) -> bool
     if hp < kh || wp < kw {
         return false;
     }
-    let ow = (wp - kw) / stride + 1;
-    let flat = kh == 1 && kw == 1 && stride == 1 && pad == Padding2d::default();
-    ow.is_multiple_of(16) || (flat && (h * wd).is_multiple_of(16))
+    true
+}
+
+/// Pixels per segment for output rows of `ow`: the largest power of two up to 16 dividing it.
+fn segment_width(ow: usize) -> usize {
+    1 << ow.trailing_zeros().min(4)
 }
 
 /// The conv as a candle custom op (f32 in and out, bf16 products, f32 sums); the input must be
-/// contiguous and [`supports`] true.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct AmxConv2d {
+/// contiguous and [`supports`] true. `weights` are the conv's weights packed by
+/// [`PackedWeights::new`] (packed once per conv, not per call: a full-size model has ~330 M
+/// weights, ~0.3 s to round and pack).
+#[derive(Clone, Debug)]
+pub(super) struct AmxConv2d<'a> {
     pub stride: usize,
     pub pad: Padding2d,
+    pub weights: &'a PackedWeights,
 }
 
-impl CustomOp2 for AmxConv2d {
+impl CustomOp2 for AmxConv2d<'_> {
     fn name(&self) -> &'static str {
         "sdseg-conv2d-amx-bf16"
     }
@@ -95,12 +101,13 @@ impl CustomOp2 for AmxConv2d {
         w: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, None)?;
+        let _ = w;
+        let (y, shape) = self.run(x.as_slice()?, xl, wl, None)?;
         Ok((CpuStorage::F32(y), shape))
     }
 }
 
-impl CustomOp3 for AmxConv2d {
+impl CustomOp3 for AmxConv2d<'_> {
     fn name(&self) -> &'static str {
         "sdseg-conv2d-amx-bf16-bias"
     }
@@ -113,26 +120,37 @@ impl CustomOp3 for AmxConv2d {
         b: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _ = w;
         let b = (b.as_slice()?, bl);
-        let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, Some(b))?;
+        let (y, shape) = self.run(x.as_slice()?, xl, wl, Some(b))?;
         Ok((CpuStorage::F32(y), shape))
     }
 }
 
-/// bf16 bits of `x`, rounded to nearest even (NaN stays NaN).
+/// `x` rounded to bf16 (nearest even; NaN stays a quiet NaN), in the upper 16 bits; the lower
+/// 16 are garbage. Branch-free, so the band fill vectorises.
 #[inline(always)]
-fn bf16_bits(x: f32) -> u32 {
+fn bf16_high(x: f32) -> u32 {
     let b = x.to_bits();
-    if x.is_nan() {
-        (b >> 16) | 0x40
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1));
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    if nan {
+        b | 0x0040_0000
     } else {
-        b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
+        rounded
     }
 }
 
+/// bf16 bits of `x` (see [`bf16_high`]).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    (bf16_high(x) >> 16) as u16
+}
+
+/// Two channels of one pixel as an `A`/`B` tile element: `lo` in the low half.
 #[inline(always)]
 fn pair(lo: f32, hi: f32) -> u32 {
-    bf16_bits(lo) | (bf16_bits(hi) << 16)
+    (bf16_high(lo) >> 16) | (bf16_high(hi) & 0xffff_0000)
 }
 
 /// The conv in "virtual" geometry: a flat 1×1 conv is seen as an image of rows of 16 pixels.
@@ -152,6 +170,8 @@ struct Geom {
     ow: usize,
     /// Channel pairs, padded to a multiple of 16 (32 channels per `A`/`B` tile).
     cp: usize,
+    /// Pixels per segment (see [`segment_width`]).
+    sw: usize,
 }
 
 impl Geom {
@@ -170,8 +190,10 @@ impl Geom {
         debug_assert_eq!(c, ci);
         let (p, s) = (op.pad, op.stride);
         let ow = (w + p.left + p.right - kw) / s + 1;
-        let flat = !ow.is_multiple_of(16);
+        let pointwise = kh == 1 && kw == 1 && s == 1 && p == Padding2d::default();
+        let flat = pointwise && !ow.is_multiple_of(16) && (h * w).is_multiple_of(16);
         let (h, w) = if flat { (h * w / 16, 16) } else { (h, w) };
+        let ow = (w + p.left + p.right - kw) / s + 1;
         Ok(Geom {
             n,
             c,
@@ -183,8 +205,9 @@ impl Geom {
             s,
             pad: p,
             oh: (h + p.top + p.bottom - kh) / s + 1,
-            ow: (w + p.left + p.right - kw) / s + 1,
+            ow,
             cp: c.div_ceil(32) * 16,
+            sw: segment_width(ow),
         })
     }
 
@@ -198,7 +221,6 @@ impl Geom {
 /// `k·ch + r·row + p·phase + j`.
 #[derive(Clone, Copy, Debug)]
 struct Band {
-    rows: usize,
     phase: usize,
     row: usize,
     ch: usize,
@@ -207,42 +229,38 @@ struct Band {
 /// `u32`s past the band's end: the last tap of the last segment may read that far.
 const SLACK: usize = 32;
 
-/// Bytes of a task's input band we aim for (L2-resident with one channel-pair block of
-/// weights beside it).
+/// Bytes of a task's input band we aim for (L2-resident beside a block of weights).
 const BAND_BYTES: usize = 384 * 1024;
 
-impl AmxConv2d {
+impl AmxConv2d<'_> {
     fn run(
         &self,
         x: &[f32],
         xl: &Layout,
-        w: &[f32],
         wl: &Layout,
         b: Option<(&[f32], &Layout)>,
     ) -> Result<(Vec<f32>, Shape)> {
-        let (n, _, _, _) = xl.shape().dims4()?;
         let g = Geom::new(self, xl, wl)?;
-        let (co, oh_real, ow_real) = {
-            let (_, _, h, wd) = xl.shape().dims4()?;
+        let pw = self.weights;
+        if (pw.co, pw.c, pw.kh, pw.kw) != (g.co, g.c, g.kh, g.kw) {
+            candle_core::bail!("amx conv2d: packed weights do not match {:?}", wl.dims());
+        }
+        let out_shape = {
+            let (_, _, h, w) = xl.shape().dims4()?;
             let p = self.pad;
-            let (_, _, kh, kw) = wl.shape().dims4()?;
-            (
-                g.co,
-                (h + p.top + p.bottom - kh) / g.s + 1,
-                (wd + p.left + p.right - kw) / g.s + 1,
-            )
+            let oh = (h + p.top + p.bottom - g.kh) / g.s + 1;
+            let ow = (w + p.left + p.right - g.kw) / g.s + 1;
+            Shape::from((g.n, g.co, oh, ow))
         };
-        let out_shape = Shape::from((n, co, oh_real, ow_real));
-        debug_assert_eq!(oh_real * ow_real, g.oh * g.ow);
-        let mut y = vec![0f32; n * co * g.oh * g.ow];
-        if y.is_empty() {
-            return Ok((y, out_shape));
+        let len = out_shape.elem_count();
+        debug_assert_eq!(len, g.n * g.co * g.oh * g.ow);
+        if len == 0 {
+            return Ok((vec![], out_shape));
         }
         let bias_tiles = match b {
             None => None,
-            Some((b, bl)) => Some(bias_tiles(b, bl, co)?),
+            Some((b, bl)) => Some(bias_tiles(b, bl, g.co)?),
         };
-        let wpack = pack_weights(&w[wl.start_offset()..], wl, &g);
         let x = &x[xl.start_offset()..];
 
         // Rows per task: the band near BAND_BYTES, and enough tasks for every thread.
@@ -258,7 +276,6 @@ impl AmxConv2d {
         }
         let band_rows = (rpt - 1) * g.s + g.kh;
         let band = Band {
-            rows: band_rows,
             phase: ws,
             row: g.s * ws,
             ch: band_rows * g.s * ws,
@@ -266,6 +283,8 @@ impl AmxConv2d {
         let koffs = k_offsets(&g, &band);
         let tasks_per_img = g.oh.div_ceil(rpt);
         let y_plane = g.oh * g.ow;
+        // Every output element is written by exactly one tile store below.
+        let mut y: Vec<f32> = Vec::with_capacity(len);
         let yptr = SendPtr(y.as_mut_ptr());
 
         (0..g.n * tasks_per_img).into_par_iter().for_each(|t| {
@@ -274,54 +293,48 @@ impl AmxConv2d {
             let r1 = (r0 + rpt).min(g.oh);
             BAND.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                let len = g.cp / 2 * 2 * band.ch + SLACK; // pairs × plane
-                if buf.len() < len {
-                    buf.resize(len, 0);
+                let need = g.cp * band.ch + SLACK;
+                if buf.len() < need {
+                    buf.resize(need, 0);
                 }
                 let rows = (r1 - r0 - 1) * g.s + g.kh;
                 fill_band(&mut buf, x, &g, &band, img, r0 * g.s, rows);
-                // Segments of the task: 16 output pixels each, (band offset, output offset).
+                // Segments of the task: `sw` output pixels each, (band offset, output offset).
                 let segs: Vec<(usize, usize)> = (r0..r1)
                     .flat_map(|r| {
-                        (0..g.ow).step_by(16).map(move |c0| {
-                            ((r - r0) * g.s * band.row + c0, r * g.ow + c0)
-                        })
+                        (0..g.ow)
+                            .step_by(g.sw)
+                            .map(move |c0| ((r - r0) * g.s * band.row + c0, r * g.ow + c0))
                     })
                     .collect();
                 let yp = yptr;
-                // SAFETY: every tile reads inside the band (offsets from `k_offsets` and
-                // `segs` stay below `len`) and the packed weights; stores write this task's
-                // output rows only; the tile configuration is loaded before any tile use and
-                // released after.
+                let ksteps = g.ksteps();
+                // SAFETY: every tile reads inside the band (offsets from `k_offsets` plus a
+                // segment's base stay below `need`) or the packed weights; stores write this
+                // task's output rows only; tiles are configured before use and released after.
                 unsafe {
-                    configure_tiles();
-                    let y_img = yp.get().add(img * co * y_plane);
-                    let blocks = co / 16;
+                    configure_tiles(g.sw);
+                    let y_img = yp.get().add(img * g.co * y_plane);
+                    let blocks = g.co / 16;
                     let mut cb = 0;
                     while cb < blocks {
                         let mc = (blocks - cb).min(2);
-                        let a = wpack.as_ptr().add(cb * g.ksteps() * 512);
+                        let a = pw.data.as_ptr().add(cb * ksteps * 512);
                         let bias = bias_tiles.as_ref().map(|bt| bt.as_ptr().add(cb * 256));
                         let mut si = 0;
                         while si < segs.len() {
                             let np = (segs.len() - si).min(2);
-                            let bx = [
-                                buf.as_ptr().add(segs[si].0),
-                                buf.as_ptr().add(segs[si + np - 1].0),
-                            ];
-                            let yo = [
-                                y_img.add(cb * 16 * y_plane + segs[si].1),
-                                y_img.add(cb * 16 * y_plane + segs[si + np - 1].1),
-                            ];
+                            let (s0, s1) = (segs[si], segs[si + np - 1]);
+                            let y0 = y_img.add(cb * 16 * y_plane);
                             let job = Job {
                                 a,
-                                a_step: g.ksteps() * 512,
-                                b: bx,
+                                a_step: ksteps * 512,
+                                b: [buf.as_ptr().add(s0.0), buf.as_ptr().add(s1.0)],
                                 b_stride: band.ch * 4,
                                 koffs: &koffs,
                                 bias,
-                                y: yo,
-                                y_stride: y_plane * 16 * 4 / 16,
+                                y: [y0.add(s0.1), y0.add(s1.1)],
+                                y_stride: y_plane * 4,
                                 y_block: 16 * y_plane,
                             };
                             match (mc, np) {
@@ -338,6 +351,8 @@ impl AmxConv2d {
                 }
             });
         });
+        // SAFETY: the tasks above stored every one of the `len` elements.
+        unsafe { y.set_len(len) };
         Ok((y, out_shape))
     }
 }
@@ -358,7 +373,7 @@ impl SendPtr {
     }
 }
 
-/// 64-byte tile configuration (palette 1): all 8 tiles 16 rows × 64 bytes.
+/// 64-byte tile configuration (palette 1).
 #[repr(C, align(64))]
 struct TileConfig {
     palette: u8,
@@ -368,9 +383,12 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
+/// Accumulators `tmm0..3` and inputs `tmm6, 7`: 16 rows of `sw` pixels (f32 or bf16 pairs);
+/// weights `tmm4, 5`: 16 rows of 32 bf16.
+///
 /// # Safety
-/// AMX is [`available`].
-unsafe fn configure_tiles() {
+/// AMX is [`available`]; `sw` is 1..=16.
+unsafe fn configure_tiles(sw: usize) {
     let mut cfg = TileConfig {
         palette: 1,
         start_row: 0,
@@ -379,14 +397,14 @@ unsafe fn configure_tiles() {
         rows: [0; 16],
     };
     for t in 0..8 {
-        cfg.colsb[t] = 64;
+        cfg.colsb[t] = if t == 4 || t == 5 { 64 } else { 4 * sw as u16 };
         cfg.rows[t] = 16;
     }
     asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
 }
 
-/// One register tile of work: `MC` blocks of 16 output channels × `NP` segments of 16 pixels
-/// over every reduction step.
+/// One register tile of work: `MC` blocks of 16 output channels × `NP` segments over every
+/// reduction step.
 struct Job<'a> {
     /// Packed weights of the first channel block; the second is `a_step` `u16`s further.
     a: *const u16,
@@ -476,7 +494,7 @@ impl Job<'_> {
 }
 
 /// Band offset of each reduction step (chunk `q` of 16 pairs, tap `kh`, `kw`), in the order
-/// [`pack_weights`] packs them.
+/// [`PackedWeights::new`] packs them.
 fn k_offsets(g: &Geom, band: &Band) -> Vec<usize> {
     let mut v = Vec::with_capacity(g.ksteps());
     for q in 0..g.cp / 16 {
@@ -489,37 +507,61 @@ fn k_offsets(g: &Geom, band: &Band) -> Vec<usize> {
     v
 }
 
-/// Weights as `A` tiles: block of 16 output channels, reduction step, 16 rows (channels) of
-/// 32 bf16 (input channels of the chunk, zero past `c`).
-fn pack_weights(w: &[f32], wl: &Layout, g: &Geom) -> Vec<u16> {
-    let st = wl.stride();
-    let (s0, s1, s2, s3) = (st[0], st[1], st[2], st[3]);
-    let ksteps = g.ksteps();
-    let mut out = vec![0u16; g.co * ksteps * 32];
-    out.par_chunks_mut(ksteps * 512)
-        .enumerate()
-        .for_each(|(blk, dst)| {
-            let mut k = 0;
-            for q in 0..g.cp / 16 {
-                for kh in 0..g.kh {
-                    for kw in 0..g.kw {
-                        for r in 0..16 {
-                            let co = blk * 16 + r;
-                            let row = &mut dst[(k * 16 + r) * 32..(k * 16 + r + 1) * 32];
-                            for (e, v) in row.iter_mut().enumerate() {
-                                let ci = q * 32 + e;
-                                if ci < g.c {
-                                    *v = bf16_bits(w[co * s0 + ci * s1 + kh * s2 + kw * s3])
-                                        as u16;
+/// A conv's weights as `A` tiles: per block of 16 output channels and reduction step
+/// (32-channel chunk, kh, kw), 16 rows (output channels) of 32 bf16 (the chunk's input
+/// channels, zero past `c`).
+#[derive(Debug)]
+pub struct PackedWeights {
+    co: usize,
+    c: usize,
+    kh: usize,
+    kw: usize,
+    data: Vec<u16>,
+}
+
+impl PackedWeights {
+    /// From `[co, c, kh, kw]` f32 weights (any strides); `co` a multiple of 16.
+    pub fn new(w: &[f32], wl: &Layout) -> Result<PackedWeights> {
+        let (co, c, kh, kw) = wl.shape().dims4()?;
+        if !co.is_multiple_of(16) {
+            candle_core::bail!("amx conv2d: {co} output channels, expected a multiple of 16");
+        }
+        let w = &w[wl.start_offset()..];
+        let st = wl.stride();
+        let (s0, s1, s2, s3) = (st[0], st[1], st[2], st[3]);
+        let chunks = c.div_ceil(32);
+        let ksteps = chunks * kh * kw;
+        let mut data = vec![0u16; co * ksteps * 32];
+        data.par_chunks_mut(ksteps * 512)
+            .enumerate()
+            .for_each(|(blk, dst)| {
+                let mut k = 0;
+                for q in 0..chunks {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            for r in 0..16 {
+                                let o = blk * 16 + r;
+                                let row = &mut dst[(k * 16 + r) * 32..(k * 16 + r + 1) * 32];
+                                for (e, v) in row.iter_mut().enumerate() {
+                                    let ci = q * 32 + e;
+                                    if ci < c {
+                                        *v = bf16_bits(w[o * s0 + ci * s1 + i * s2 + j * s3]);
+                                    }
                                 }
                             }
+                            k += 1;
                         }
-                        k += 1;
                     }
                 }
-            }
-        });
-    out
+            });
+        Ok(PackedWeights {
+            co,
+            c,
+            kh,
+            kw,
+            data,
+        })
+    }
 }
 
 /// Per block of 16 output channels, a 16×16 f32 tile whose row `r` is `bias[16·blk + r]`.
@@ -541,6 +583,7 @@ fn fill_band(dst: &mut [u32], x: &[f32], g: &Geom, band: &Band, img: usize, pr0:
     let (p, s, ws) = (g.pad, g.s, band.phase);
     let plane = g.h * g.w;
     let x_img = &x[img * g.c * plane..(img + 1) * g.c * plane];
+    let zeros = vec![0f32; g.w];
     for k in 0..g.cp {
         let (c0, c1) = (2 * k, 2 * k + 1);
         for r in 0..rows {
@@ -552,32 +595,36 @@ fn fill_band(dst: &mut [u32], x: &[f32], g: &Geom, band: &Band, img: usize, pr0:
                 continue;
             }
             let ir = pr - p.top;
-            let a = &x_img[c0 * plane + ir * g.w..c0 * plane + (ir + 1) * g.w];
-            let zero = [0f32; 0];
-            let bsrc: &[f32] = if c1 < g.c {
-                &x_img[c1 * plane + ir * g.w..c1 * plane + (ir + 1) * g.w]
+            let lo = &x_img[c0 * plane + ir * g.w..][..g.w];
+            let hi = if c1 < g.c {
+                &x_img[c1 * plane + ir * g.w..][..g.w]
             } else {
-                &zero
+                &zeros[..]
             };
             if s == 1 {
                 drow[..p.left].fill(0);
                 let d = &mut drow[p.left..p.left + g.w];
-                if bsrc.is_empty() {
-                    for (o, &lo) in d.iter_mut().zip(a) {
-                        *o = pair(lo, 0.0);
-                    }
-                } else {
-                    for ((o, &lo), &hi) in d.iter_mut().zip(a).zip(bsrc) {
-                        *o = pair(lo, hi);
-                    }
+                for ((o, &a), &b) in d.iter_mut().zip(lo).zip(hi) {
+                    *o = pair(a, b);
                 }
                 drow[p.left + g.w..].fill(0);
+            } else if s == 2 {
+                // Padded column `jp` goes to phase `jp % 2`, position `jp / 2`.
+                drow.fill(0);
+                let (pe, po) = (p.left % 2, (p.left + 1) % 2);
+                let (de, dod) = (pe * ws + p.left / 2, po * ws + p.left.div_ceil(2));
+                let even = g.w.div_ceil(2);
+                for (i, o) in drow[de..de + even].iter_mut().enumerate() {
+                    *o = pair(lo[2 * i], hi[2 * i]);
+                }
+                for (i, o) in drow[dod..dod + g.w / 2].iter_mut().enumerate() {
+                    *o = pair(lo[2 * i + 1], hi[2 * i + 1]);
+                }
             } else {
                 drow.fill(0);
                 for j in 0..g.w {
                     let jp = j + p.left;
-                    let hi = bsrc.get(j).copied().unwrap_or(0.0);
-                    drow[(jp % s) * ws + jp / s] = pair(a[j], hi);
+                    drow[(jp % s) * ws + jp / s] = pair(lo[j], hi[j]);
                 }
             }
         }

@@ -100,14 +100,13 @@ impl Module for AttentionBlock {
         let q = (q * scale)?;
         let k = (k * scale)?;
         // weight[b, t, s] = Σ_c q[b, c, t]·k[b, c, s]; softmax over s in f32.
-        let weight = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
+        // candle's CPU matmul takes transposed operands as they are (gemm strides): no copies.
+        let weight = q.transpose(1, 2)?.matmul(&k)?;
         let in_dtype = weight.dtype();
         let weight =
             candle_nn::ops::softmax_last_dim(&weight.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
         // a[b, c, t] = Σ_s weight[b, t, s]·v[b, c, s]
-        let a = v
-            .contiguous()?
-            .matmul(&weight.transpose(1, 2)?.contiguous()?)?;
+        let a = v.matmul(&weight.transpose(1, 2)?)?;
         let a = a.reshape((b, c, hh, ww))?;
         x + self.proj_out.forward(&a)?
     }
