@@ -113,13 +113,14 @@ impl Padding2d {
 pub enum ConvPath {
     /// bf16 products with f32 sums on AMX tiles (`amx.rs`), for f32 CPU tensors without
     /// gradients under [`CpuPrecision::Bf16`], when the CPU has AMX-BF16 and the conv has
-    /// output channels in 16s and output rows in 16s (or is a 1×1 conv on a plane of 16s).
+    /// output channels in 16s.
     AmxBf16,
     /// Our direct CPU convolution, with the micro-kernel [`Conv2d::cpu_kernel_for`] names.
     FastCpu,
-    /// A 1×1, stride-1, unpadded conv as one matrix product per image (`gemm` crate, bias
-    /// accumulated in place), on the tensors [`ConvPath::FastCpu`] takes (f32 CPU, no
-    /// gradients), any CPU; not when a micro-kernel is forced with [`Conv2d::with_cpu_kernel`].
+    /// One matrix product per image (`gemm` crate, bias accumulated in place; an im2col copy
+    /// first unless 1×1): 1×1 stride-1 unpadded convs, and any conv whose output plane has at
+    /// most 256 pixels, on the tensors [`ConvPath::FastCpu`] takes (f32 CPU, no gradients), any
+    /// CPU; not when a micro-kernel is forced with [`Conv2d::with_cpu_kernel`].
     Matmul,
     /// candle's `Tensor::conv2d` (after an explicit zero pad when the padding is asymmetric).
     Candle,
@@ -375,23 +376,40 @@ impl Conv2d {
         self.forward_candle(x)
     }
 
-    /// Whether `forward(x)` takes [`ConvPath::Matmul`]: a 1×1, stride-1, unpadded conv on fast
-    /// tensors, no forced micro-kernel.
+    /// Whether `forward(x)` takes [`ConvPath::Matmul`]: on fast tensors, no forced
+    /// micro-kernel, a 1×1, stride-1, unpadded conv or an output plane of at most
+    /// [`gemm::SMALL_PLANE`] pixels.
     fn pointwise_for(&self, x: &Tensor) -> bool {
-        self.kernel.is_none()
-            && self.config.stride == 1
+        if self.kernel.is_some() || !self.fast_tensors(x) {
+            return false;
+        }
+        let pointwise = self.config.stride == 1
             && self.padding == Padding2d::default()
-            && matches!(self.weight.dims(), [_, _, 1, 1])
-            && self.fast_tensors(x)
+            && matches!(self.weight.dims(), [_, _, 1, 1]);
+        pointwise
+            || (self.out_plane(x).is_some_and(|p| p <= gemm::SMALL_PLANE)
+                && gemm::GemmConv::takes(self.weight.layout()))
     }
 
-    /// The [`ConvPath::Matmul`] convolution (+ bias), for a 1×1, stride-1, unpadded conv on
-    /// f32 CPU tensors.
+    /// Output pixels per channel of `forward(x)`, `None` when the input is too small.
+    fn out_plane(&self, x: &Tensor) -> Option<usize> {
+        let (_, _, h, w) = x.dims4().ok()?;
+        let (_, _, kh, kw) = self.weight.dims4().ok()?;
+        let (p, s) = (self.padding, self.config.stride.max(1));
+        let (hp, wp) = (h + p.top + p.bottom, w + p.left + p.right);
+        (hp >= kh && wp >= kw).then(|| ((hp - kh) / s + 1) * ((wp - kw) / s + 1))
+    }
+
+    /// The [`ConvPath::Matmul`] convolution (+ bias).
     fn forward_matmul(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
+        let op = gemm::GemmConv {
+            stride: self.config.stride,
+            pad: self.padding,
+        };
         match &self.bias {
-            None => x.apply_op2_no_bwd(&self.weight, &gemm::Pointwise),
-            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &gemm::Pointwise),
+            None => x.apply_op2_no_bwd(&self.weight, &op),
+            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
         }
     }
 
