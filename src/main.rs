@@ -19,7 +19,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(all(not(target_env = "msvc"), not(target_os = "macos")))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always,metadata_thp:always\0";
+pub static malloc_conf: &[u8] =
+    b"dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always,metadata_thp:always\0";
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

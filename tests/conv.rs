@@ -495,7 +495,10 @@ fn im2col_training_path_gradients_match_candle() {
 use sdseg_volume::model::conv::{bf16_available, with_cpu_precision, CpuPrecision};
 
 fn bf16_round(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+    t.to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
 }
 
 /// Under `CpuPrecision::Bf16` a conv AMX supports computes exactly the f32 conv of its input
@@ -517,23 +520,61 @@ fn check_bf16(case: &Case, x: &Tensor, seed: u64, amx_shape: bool) {
     });
     // The scope ends with the closure.
     assert_eq!(conv.path_for(x), f32_path);
-    let what = format!("x {:?} co {} k {} s {} {:?}", case.x, case.co, case.k, case.stride, case.pad);
+    let (path3, got3) = with_cpu_precision(CpuPrecision::Bf16x3, || {
+        (conv.path_for(x), conv.forward(x).unwrap())
+    });
+    assert_eq!(path3, path);
+    let what = format!(
+        "x {:?} co {} k {} s {} {:?}",
+        case.x, case.co, case.k, case.stride, case.pad
+    );
     assert_eq!(got.dims(), f32_out.dims(), "{what}");
     if bf16_available() && amx_shape {
         assert_eq!(path, ConvPath::AmxBf16, "{what}");
-        let want = naive(&bf16_round(x), &bf16_round(&w), b.as_ref(), case.stride, case.pad);
+        let want = naive(
+            &bf16_round(x),
+            &bf16_round(&w),
+            b.as_ref(),
+            case.stride,
+            case.pad,
+        );
         let e = rel_err(&got, &want);
-        assert!(e <= 1e-5, "{what}: rel err vs the f64 conv of bf16 inputs {e:e}");
+        assert!(
+            e <= 1e-5,
+            "{what}: rel err vs the f64 conv of bf16 inputs {e:e}"
+        );
         let exact = naive(x, &w, b.as_ref(), case.stride, case.pad);
         let e32 = rel_err(&got, &exact);
         assert!(
             (1e-6..2e-2).contains(&e32),
             "{what}: rel err vs the f32 conv {e32:e} (bf16 rounding expected)"
         );
+        // Split bf16: all but the residual × residual products, ~16 mantissa bits.
+        let e3 = rel_err(&got3, &exact);
+        eprintln!("{what}: bf16 {e32:.2e}, bf16x3 {e3:.2e}");
+        assert!(
+            e3 <= 2e-5 && e3 < e32 / 50.0,
+            "{what}: bf16x3 rel err {e3:e} (bf16: {e32:e})"
+        );
     } else {
+        let d = (&got3 - &f32_out)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(
+            d.to_scalar::<f32>().unwrap(),
+            0.0,
+            "{what}: bf16x3 fallback is f32"
+        );
         assert_ne!(path, ConvPath::AmxBf16, "{what}");
         let d = (&got - &f32_out).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{what}: fallback is the f32 conv");
+        assert_eq!(
+            d.to_scalar::<f32>().unwrap(),
+            0.0,
+            "{what}: fallback is the f32 conv"
+        );
     }
 }
 
@@ -555,7 +596,14 @@ fn bf16_convs_every_layout_amx_takes() {
         case(&[1, 3, 16, 16], 16, 3, 1, sym(1), true),
         case(&[1, 40, 5, 32], 32, 3, 1, sym(1), false),
         // Stride 2: the LDM Downsample's (0, 1, 0, 1) pad and symmetric padding.
-        case(&[1, 32, 32, 32], 32, 3, 2, Padding2d::from_torch_pad(0, 1, 0, 1), true),
+        case(
+            &[1, 32, 32, 32],
+            32,
+            3,
+            2,
+            Padding2d::from_torch_pad(0, 1, 0, 1),
+            true,
+        ),
         case(&[2, 64, 13, 64], 16, 3, 2, sym(1), true),
         // 1×1: a plane of 64 pixels seen as rows of 16, and a wide row.
         case(&[2, 96, 8, 8], 48, 1, 1, sym(0), true),
@@ -566,7 +614,14 @@ fn bf16_convs_every_layout_amx_takes() {
         // levels), and a 1×1 conv on a 3×5 plane (not a plane of 16s either).
         case(&[1, 64, 8, 8], 32, 3, 1, sym(1), true),
         case(&[2, 32, 4, 4], 16, 3, 1, sym(1), false),
-        case(&[1, 32, 4, 4], 32, 3, 2, Padding2d::from_torch_pad(0, 1, 0, 1), true),
+        case(
+            &[1, 32, 4, 4],
+            32,
+            3,
+            2,
+            Padding2d::from_torch_pad(0, 1, 0, 1),
+            true,
+        ),
         case(&[1, 32, 3, 5], 16, 1, 1, sym(0), true),
         case(&[1, 32, 3, 5], 16, 3, 1, sym(1), true),
     ];

@@ -15,7 +15,7 @@ use crate::model::bench::{
     flops_per_slice, random_model, time_stages, BenchInputs, BenchResult, StageFlops, StageTimes,
 };
 use crate::model::config::SdsegConfig;
-use crate::model::sdseg::{parse_device, parse_dtype};
+use crate::model::sdseg::{parse_device, parse_precision};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,7 +32,8 @@ pub struct Args {
     /// Batch sizes (slices per pass), repeatable or a comma list.
     #[arg(long = "batch-size", value_delimiter = ',', default_values_t = [1usize, 4, 8])]
     pub batch_size: Vec<usize>,
-    /// f32, f16 or bf16.
+    /// f32, f16, bf16 or bf16-fast (on the CPU: f32 tensors, convolutions on AMX-BF16 in split
+    /// bf16, or plain bf16 for bf16-fast; f32 where the CPU has no AMX-BF16).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// cpu, cuda or cuda:N.
@@ -145,7 +146,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         return Err(UsageError("--iters must be at least 1".into()).into());
     }
     let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
+    let (dtype, fast_bf16) = parse_precision(&args.dtype)?;
     let quiet = g.quiet;
 
     let (model, name, weights) = match &args.weights {
@@ -178,6 +179,18 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
                 .with_context(|| format!("building {name} with random weights"))?;
             (model, name.to_owned(), "random".to_owned())
         }
+    };
+    let model = if fast_bf16 {
+        model.with_fast_bf16()
+    } else {
+        model
+    };
+    if model.cpu_bf16_convs() == Some(false) {
+        eprintln!(
+            "warning: --dtype {}: this CPU has no AMX-BF16 (or the OS does not grant it); \
+             convolutions run in f32",
+            args.dtype
+        );
     };
     let side = model.config().image_size();
     let flops = flops_per_slice(model.config(), side);

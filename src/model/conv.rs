@@ -35,6 +35,10 @@ pub enum CpuPrecision {
     /// Input and weights rounded to bf16 (nearest even), f32 sums: [`ConvPath::AmxBf16`] where
     /// the CPU has AMX-BF16 and the shape fits, f32 otherwise.
     Bf16,
+    /// Split bf16: input and weights as a bf16 plus a bf16 residual, three bf16 products per
+    /// f32 one (all but residual × residual), f32 sums: products good to ~16 mantissa bits, on
+    /// the same AMX path, at three times its tile work.
+    Bf16x3,
 }
 
 thread_local! {
@@ -200,6 +204,9 @@ pub struct Conv2d {
     /// of a conv never change: gradient-tracked ones never take that path).
     #[cfg(target_arch = "x86_64")]
     amx_weights: std::sync::Arc<std::sync::OnceLock<amx::PackedWeights>>,
+    /// The same with their bf16 residuals, for [`CpuPrecision::Bf16x3`].
+    #[cfg(target_arch = "x86_64")]
+    amx_weights_split: std::sync::Arc<std::sync::OnceLock<amx::PackedWeights>>,
 }
 
 impl Conv2d {
@@ -213,6 +220,8 @@ impl Conv2d {
             kernel: None,
             #[cfg(target_arch = "x86_64")]
             amx_weights: Default::default(),
+            #[cfg(target_arch = "x86_64")]
+            amx_weights_split: Default::default(),
         }
     }
 
@@ -333,10 +342,15 @@ impl Conv2d {
     fn amx_for(&self, x: &Tensor) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            cpu_precision() == CpuPrecision::Bf16
+            cpu_precision() != CpuPrecision::F32
                 && self.kernel.is_none()
                 && self.fast_tensors(x)
-                && amx::supports(x.dims(), self.weight.dims(), self.config.stride, self.padding)
+                && amx::supports(
+                    x.dims(),
+                    self.weight.dims(),
+                    self.config.stride,
+                    self.padding,
+                )
                 && amx::available()
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -349,20 +363,29 @@ impl Conv2d {
     /// The [`ConvPath::AmxBf16`] convolution (+ bias).
     #[cfg(target_arch = "x86_64")]
     fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
-        let weights = match self.amx_weights.get() {
+        let split = cpu_precision() == CpuPrecision::Bf16x3;
+        // Packed with residuals on the first call that needs them (they serve plain bf16 too).
+        let cache = if split {
+            &self.amx_weights_split
+        } else {
+            &self.amx_weights
+        };
+        let weights = match cache.get() {
             Some(p) => p,
             None => {
                 let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
-                let packed = amx::PackedWeights::new(&w, &Layout::contiguous(self.weight.shape()))?;
+                let layout = Layout::contiguous(self.weight.shape());
+                let packed = amx::PackedWeights::new(&w, &layout, split)?;
                 // A racing thread may have set it first; both packed the same weights.
-                let _ = self.amx_weights.set(packed);
-                self.amx_weights.get().expect("just set")
+                let _ = cache.set(packed);
+                cache.get().expect("just set")
             }
         };
         let op = amx::AmxConv2d {
             stride: self.config.stride,
             pad: self.padding,
             weights,
+            split,
         };
         let x = x.contiguous()?;
         match &self.bias {

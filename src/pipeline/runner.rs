@@ -58,6 +58,8 @@ pub enum DTypeSpec {
     F32,
     F16,
     Bf16,
+    /// bf16 with plain bf16 products on the CPU (see `Sdseg::with_fast_bf16`).
+    Bf16Fast,
 }
 
 impl FromStr for DTypeSpec {
@@ -67,7 +69,8 @@ impl FromStr for DTypeSpec {
             "f32" => Ok(DTypeSpec::F32),
             "f16" => Ok(DTypeSpec::F16),
             "bf16" => Ok(DTypeSpec::Bf16),
-            _ => Err(format!("dtype '{s}': expected f32, f16 or bf16")),
+            "bf16-fast" => Ok(DTypeSpec::Bf16Fast),
+            _ => Err(format!("dtype '{s}': expected f32, f16, bf16 or bf16-fast")),
         }
     }
 }
@@ -78,6 +81,7 @@ impl std::fmt::Display for DTypeSpec {
             DTypeSpec::F32 => "f32",
             DTypeSpec::F16 => "f16",
             DTypeSpec::Bf16 => "bf16",
+            DTypeSpec::Bf16Fast => "bf16-fast",
         })
     }
 }
@@ -275,9 +279,19 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
     let demo_model =
         super::demo::is_demo_model(&opts.slicer.pipeline, weights, preset_config, &config);
     let device = crate::model::sdseg::parse_device(&m.device.to_string())?;
-    let dtype = crate::model::sdseg::parse_dtype(&m.dtype.to_string())?;
-    let model = crate::model::sdseg::Sdseg::load(weights, &config, &device, dtype, m.ema)
+    let (dtype, fast_bf16) = crate::model::sdseg::parse_precision(&m.dtype.to_string())?;
+    let mut model = crate::model::sdseg::Sdseg::load(weights, &config, &device, dtype, m.ema)
         .with_context(|| format!("loading {}", weights.display()))?;
+    if fast_bf16 {
+        model = model.with_fast_bf16();
+    }
+    if model.cpu_bf16_convs() == Some(false) {
+        eprintln!(
+            "warning: --dtype {}: this CPU has no AMX-BF16 (or the OS does not grant it); \
+             convolutions run in f32",
+            m.dtype
+        );
+    }
     let segmenter = SdsegSegmenter::new(model, size)?;
     let classes = segmenter.num_classes();
     if classes != m.num_classes {

@@ -51,7 +51,13 @@ fn request_tile_permission() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: a plain syscall with integer arguments.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -88,6 +94,10 @@ pub(super) struct AmxConv2d<'a> {
     pub stride: usize,
     pub pad: Padding2d,
     pub weights: &'a PackedWeights,
+    /// Split bf16 ("bf16×3"): `x = x_hi + x_lo`, `w = w_hi + w_lo` (each a bf16), and
+    /// `x·w ≈ x_hi·w_hi + x_hi·w_lo + x_lo·w_hi`: three tile products per step, products good
+    /// to ~16 mantissa bits instead of 8. Needs weights packed with their low parts.
+    pub split: bool,
 }
 
 impl CustomOp2 for AmxConv2d<'_> {
@@ -151,6 +161,18 @@ fn bf16_bits(x: f32) -> u16 {
 #[inline(always)]
 fn pair(lo: f32, hi: f32) -> u32 {
     (bf16_high(lo) >> 16) | (bf16_high(hi) & 0xffff_0000)
+}
+
+/// `x − bf16(x)`, the part of `x` its bf16 rounding drops (exact in f32).
+#[inline(always)]
+fn residual(x: f32) -> f32 {
+    x - f32::from_bits(bf16_high(x) & 0xffff_0000)
+}
+
+/// [`pair`] of the residuals.
+#[inline(always)]
+fn pair_residual(lo: f32, hi: f32) -> u32 {
+    pair(residual(lo), residual(hi))
 }
 
 /// The conv in "virtual" geometry: a flat 1×1 conv is seen as an image of rows of 16 pixels.
@@ -242,7 +264,7 @@ impl AmxConv2d<'_> {
     ) -> Result<(Vec<f32>, Shape)> {
         let g = Geom::new(self, xl, wl)?;
         let pw = self.weights;
-        if (pw.co, pw.c, pw.kh, pw.kw) != (g.co, g.c, g.kh, g.kw) {
+        if (pw.co, pw.c, pw.kh, pw.kw) != (g.co, g.c, g.kh, g.kw) || (self.split && !pw.split) {
             candle_core::bail!("amx conv2d: packed weights do not match {:?}", wl.dims());
         }
         let out_shape = {
@@ -280,7 +302,22 @@ impl AmxConv2d<'_> {
             row: g.s * ws,
             ch: band_rows * g.s * ws,
         };
-        let koffs = k_offsets(&g, &band);
+        // Reduction steps: band offsets and weight offsets (within a channel block) per step.
+        let lo_band = g.cp * band.ch;
+        let (koffs, aoffs): (Vec<usize>, Vec<usize>) = k_offsets(&g, &band)
+            .into_iter()
+            .enumerate()
+            .flat_map(|(k, off)| {
+                let hi = (off, k * 512);
+                if self.split {
+                    let lo_w = pw.lo_offset() + k * 512;
+                    vec![hi, (off, lo_w), (off + lo_band, k * 512)]
+                } else {
+                    vec![hi]
+                }
+            })
+            .unzip();
+        let bands = if self.split { 2 } else { 1 };
         let tasks_per_img = g.oh.div_ceil(rpt);
         let y_plane = g.oh * g.ow;
         // Every output element is written by exactly one tile store below.
@@ -293,12 +330,12 @@ impl AmxConv2d<'_> {
             let r1 = (r0 + rpt).min(g.oh);
             BAND.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                let need = g.cp * band.ch + SLACK;
+                let need = bands * lo_band + SLACK;
                 if buf.len() < need {
                     buf.resize(need, 0);
                 }
                 let rows = (r1 - r0 - 1) * g.s + g.kh;
-                fill_band(&mut buf, x, &g, &band, img, r0 * g.s, rows);
+                fill_band(&mut buf, x, &g, &band, img, r0 * g.s, rows, self.split);
                 // Segments of the task: `sw` output pixels each, (band offset, output offset).
                 let segs: Vec<(usize, usize)> = (r0..r1)
                     .flat_map(|r| {
@@ -329,6 +366,7 @@ impl AmxConv2d<'_> {
                             let job = Job {
                                 a,
                                 a_step: ksteps * 512,
+                                aoffs: &aoffs,
                                 b: [buf.as_ptr().add(s0.0), buf.as_ptr().add(s1.0)],
                                 b_stride: band.ch * 4,
                                 koffs: &koffs,
@@ -409,6 +447,8 @@ struct Job<'a> {
     /// Packed weights of the first channel block; the second is `a_step` `u16`s further.
     a: *const u16,
     a_step: usize,
+    /// Weight tile of step `k`: `aoffs[k]` `u16`s from the block's start.
+    aoffs: &'a [usize],
     /// Band position of each segment; step `k` adds `koffs[k]` `u32`s.
     b: [*const u32; 2],
     b_stride: usize,
@@ -435,7 +475,10 @@ macro_rules! tile_store {
 }
 macro_rules! tile_dp {
     ($c:literal, $a:literal, $b:literal) => {
-        asm!(concat!("tdpbf16ps ", $c, ", ", $a, ", ", $b), options(nostack, nomem))
+        asm!(
+            concat!("tdpbf16ps ", $c, ", ", $a, ", ", $b),
+            options(nostack, nomem)
+        )
     };
 }
 
@@ -458,13 +501,18 @@ impl Job<'_> {
                 }
             }
             None => {
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                     options(nostack, nomem));
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
             }
         }
         let a1 = self.a.add(self.a_step);
-        for (k, &off) in self.koffs.iter().enumerate() {
-            tile_load!("tmm4", self.a.add(k * 512), 64usize);
+        for (&off, &aoff) in self.koffs.iter().zip(self.aoffs) {
+            tile_load!("tmm4", self.a.add(aoff), 64usize);
             tile_load!("tmm6", self.b[0].add(off), self.b_stride);
             tile_dp!("tmm0", "tmm4", "tmm6");
             if NP == 2 {
@@ -472,7 +520,7 @@ impl Job<'_> {
                 tile_dp!("tmm1", "tmm4", "tmm7");
             }
             if MC == 2 {
-                tile_load!("tmm5", a1.add(k * 512), 64usize);
+                tile_load!("tmm5", a1.add(aoff), 64usize);
                 tile_dp!("tmm2", "tmm5", "tmm6");
                 if NP == 2 {
                     tile_dp!("tmm3", "tmm5", "tmm7");
@@ -510,18 +558,26 @@ fn k_offsets(g: &Geom, band: &Band) -> Vec<usize> {
 /// A conv's weights as `A` tiles: per block of 16 output channels and reduction step
 /// (32-channel chunk, kh, kw), 16 rows (output channels) of 32 bf16 (the chunk's input
 /// channels, zero past `c`).
+/// With `split`, the residuals `w − bf16(w)` follow, packed the same way.
 #[derive(Debug)]
 pub struct PackedWeights {
     co: usize,
     c: usize,
     kh: usize,
     kw: usize,
+    split: bool,
     data: Vec<u16>,
 }
 
 impl PackedWeights {
-    /// From `[co, c, kh, kw]` f32 weights (any strides); `co` a multiple of 16.
-    pub fn new(w: &[f32], wl: &Layout) -> Result<PackedWeights> {
+    /// `u16`s from the rounded weights to their residuals.
+    fn lo_offset(&self) -> usize {
+        self.co * self.c.div_ceil(32) * self.kh * self.kw * 32
+    }
+
+    /// From `[co, c, kh, kw]` f32 weights (any strides); `co` a multiple of 16; `split`: also
+    /// the residuals (for [`AmxConv2d::split`]).
+    pub fn new(w: &[f32], wl: &Layout, split: bool) -> Result<PackedWeights> {
         let (co, c, kh, kw) = wl.shape().dims4()?;
         if !co.is_multiple_of(16) {
             candle_core::bail!("amx conv2d: {co} output channels, expected a multiple of 16");
@@ -531,10 +587,12 @@ impl PackedWeights {
         let (s0, s1, s2, s3) = (st[0], st[1], st[2], st[3]);
         let chunks = c.div_ceil(32);
         let ksteps = chunks * kh * kw;
-        let mut data = vec![0u16; co * ksteps * 32];
+        let half = co * ksteps * 32;
+        let mut data = vec![0u16; if split { 2 * half } else { half }];
         data.par_chunks_mut(ksteps * 512)
             .enumerate()
-            .for_each(|(blk, dst)| {
+            .for_each(|(i, dst)| {
+                let (blk, lo) = (i % (co / 16), i >= co / 16);
                 let mut k = 0;
                 for q in 0..chunks {
                     for i in 0..kh {
@@ -545,7 +603,8 @@ impl PackedWeights {
                                 for (e, v) in row.iter_mut().enumerate() {
                                     let ci = q * 32 + e;
                                     if ci < c {
-                                        *v = bf16_bits(w[o * s0 + ci * s1 + i * s2 + j * s3]);
+                                        let x = w[o * s0 + ci * s1 + i * s2 + j * s3];
+                                        *v = bf16_bits(if lo { residual(x) } else { x });
                                     }
                                 }
                             }
@@ -559,6 +618,7 @@ impl PackedWeights {
             c,
             kh,
             kw,
+            split,
             data,
         })
     }
@@ -578,8 +638,38 @@ fn bias_tiles(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
 }
 
 /// Copies padded input rows `pr0 .. pr0 + rows` of image `img` into the band as bf16 channel
-/// pairs, zero padding (rows, columns, channels past `c`) included.
-fn fill_band(dst: &mut [u32], x: &[f32], g: &Geom, band: &Band, img: usize, pr0: usize, rows: usize) {
+/// pairs, zero padding (rows, columns, channels past `c`) included; with `split`, the
+/// residuals into a second band right after the first.
+#[allow(clippy::too_many_arguments)]
+fn fill_band(
+    dst: &mut [u32],
+    x: &[f32],
+    g: &Geom,
+    band: &Band,
+    img: usize,
+    pr0: usize,
+    rows: usize,
+    split: bool,
+) {
+    fill_band_with(dst, x, g, band, img, pr0, rows, pair);
+    if split {
+        let end = g.cp * band.ch;
+        fill_band_with(&mut dst[end..], x, g, band, img, pr0, rows, pair_residual);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fill_band_with(
+    dst: &mut [u32],
+    x: &[f32],
+    g: &Geom,
+    band: &Band,
+    img: usize,
+    pr0: usize,
+    rows: usize,
+    pair: impl Fn(f32, f32) -> u32,
+) {
     let (p, s, ws) = (g.pad, g.s, band.phase);
     let plane = g.h * g.w;
     let x_img = &x[img * g.c * plane..(img + 1) * g.c * plane];

@@ -38,7 +38,8 @@ impl GemmConv {
     pub fn takes(wl: &Layout) -> bool {
         let d = wl.dims();
         let st = wl.stride();
-        d.len() == 4 && ((d[2] == 1 && d[3] == 1) || (st[3] == 1 && st[2] == d[3] && st[1] == d[2] * d[3]))
+        d.len() == 4
+            && ((d[2] == 1 && d[3] == 1) || (st[3] == 1 && st[2] == d[3] && st[1] == d[2] * d[3]))
     }
 
     fn run(
