@@ -563,8 +563,10 @@ fn half_precision_run_stays_close() {
         .count();
     eprintln!("f16: {flips} mask pixels differ");
     assert!(flips < 131072 / 200, "{flips} pixels differ");
-    let err = Sdseg::load(&w, &fx.config, &Device::Cpu, DType::BF16, true).unwrap_err();
-    assert!(err.to_string().contains("bf16"), "{err}");
+    // bf16 on the CPU loads as f32 tensors with bf16 convolutions
+    // (`bf16_decisions_agree_with_f32`).
+    let m = Sdseg::load(&w, &fx.config, &Device::Cpu, DType::BF16, true).unwrap();
+    assert_eq!(m.dtype(), DType::F32);
 }
 
 /// Records the shape of every parameter a model asks for and hands out broadcast zeros

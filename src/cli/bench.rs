@@ -15,7 +15,7 @@ use crate::model::bench::{
     flops_per_slice, random_model, time_stages, BenchInputs, BenchResult, StageFlops, StageTimes,
 };
 use crate::model::config::SdsegConfig;
-use crate::model::sdseg::{parse_device, parse_precision};
+use crate::model::sdseg::{parse_device, parse_precision, Agreement};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -51,6 +51,10 @@ pub struct Args {
     /// One JSON object per configuration (one per line) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// With `--dtype bf16` or `bf16-fast` on the CPU: also segment each batch's inputs with f32
+    /// convolutions and report how many labels the timed run shares with that reference.
+    #[arg(long)]
+    pub agree: bool,
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM` of /proc/self/status); None where
@@ -180,7 +184,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
             (model, name.to_owned(), "random".to_owned())
         }
     };
-    let model = if fast_bf16 {
+    let mut model = if fast_bf16 {
         model.with_fast_bf16()
     } else {
         model
@@ -254,6 +258,45 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         }
         header_done = true;
         stdout.flush()?;
+        if args.agree && model.cpu_precision().is_none() {
+            eprintln!(
+                "bench: --agree compares CPU bf16 convolutions with f32; --dtype {} on {} has none",
+                args.dtype, args.device
+            );
+        } else if args.agree {
+            let a = agreement_with_f32(&mut model, &inputs)?;
+            let line = format!(
+                "agreement with f32 convs, batch {batch}: {} of {} labels equal ({:.4} %), \
+                 max |score diff| {:.3e}, flips where f32 had a margin >= 1e-2: {}",
+                a.equal,
+                a.total,
+                100.0 * a.fraction(),
+                a.max_score_diff,
+                a.clear_flips
+            );
+            if args.json {
+                writeln!(
+                    stdout,
+                    "{}",
+                    serde_json::json!({ "batch_size": batch, "agreement": a })
+                )?;
+            } else {
+                writeln!(stdout, "{line}")?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Labels of the timed configuration against the same model with f32 convolutions.
+fn agreement_with_f32(
+    model: &mut crate::model::sdseg::Sdseg,
+    inputs: &BenchInputs,
+) -> anyhow::Result<Agreement> {
+    let run = model.segment(&inputs.image, &inputs.noise, None)?;
+    let precision = model.cpu_precision();
+    model.set_cpu_precision(None);
+    let reference = model.segment(&inputs.image, &inputs.noise, None);
+    model.set_cpu_precision(precision);
+    Ok(Agreement::of(&run, &reference?)?)
 }

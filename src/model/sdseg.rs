@@ -97,6 +97,86 @@ impl Output {
     }
 }
 
+/// How far a run's decisions are from a reference run's on the same inputs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Agreement {
+    /// Pixels (slice × H × W) with the same label.
+    pub equal: usize,
+    pub total: usize,
+    /// Largest |score difference| (mask probability or logit).
+    pub max_score_diff: f64,
+    /// Pixels whose label changed although the reference decided with a margin ≥ 1e-2
+    /// (|p − 0.5| for binary, top-1 − top-2 logit for multi-class).
+    pub clear_flips: usize,
+}
+
+impl Agreement {
+    /// Compares `run` with `reference` (outputs of the same kind and shape).
+    pub fn of(run: &Output, reference: &Output) -> Result<Agreement> {
+        let (ra, sa) = (reference.labels(), reference.soft()?);
+        let (rb, sb) = (run.labels(), run.soft()?);
+        if ra.dims() != rb.dims() || sa.dims() != sb.dims() {
+            return Err(ModelError::Input(format!(
+                "outputs of different shapes: {:?} vs {:?}",
+                ra.dims(),
+                rb.dims()
+            )));
+        }
+        let la: Vec<u8> = ra.flatten_all()?.to_vec1()?;
+        let lb: Vec<u8> = rb.flatten_all()?.to_vec1()?;
+        let max_score_diff = (&sa - &sb)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        // Reference margin per pixel, from its soft map [B, C, H, W].
+        let (b, c, h, w) = sa.dims4()?;
+        let soft: Vec<f32> = sa.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let plane = h * w;
+        let margin = |i: usize| -> f32 {
+            let (bi, p) = (i / plane, i % plane);
+            let at = |k: usize| soft[(bi * c + k) * plane + p];
+            if c == 1 {
+                (at(0) - 0.5).abs()
+            } else {
+                let (mut top, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+                for k in 0..c {
+                    let v = at(k);
+                    if v > top {
+                        second = top;
+                        top = v;
+                    } else if v > second {
+                        second = v;
+                    }
+                }
+                top - second
+            }
+        };
+        let mut equal = 0;
+        let mut clear_flips = 0;
+        for (i, (x, y)) in la.iter().zip(&lb).enumerate() {
+            if x == y {
+                equal += 1;
+            } else if margin(i) >= 1e-2 {
+                clear_flips += 1;
+            }
+        }
+        debug_assert_eq!(la.len(), b * plane);
+        Ok(Agreement {
+            equal,
+            total: la.len(),
+            max_score_diff,
+            clear_flips,
+        })
+    }
+
+    /// Share of equal labels.
+    pub fn fraction(&self) -> f64 {
+        self.equal as f64 / self.total.max(1) as f64
+    }
+}
+
 /// argmax over dim 1, mapped to class ids when given (else the index), as u8.
 fn argmax_labels(logits: &Tensor, class_ids: Option<&[u32]>) -> candle_core::Result<Tensor> {
     let idx = logits.argmax_keepdim(1)?.squeeze(1)?;
@@ -302,6 +382,11 @@ impl Sdseg {
             self.cpu_bf16 = Some(CpuPrecision::Bf16);
         }
         self
+    }
+    /// Sets the CPU conv precision directly (`None`: as the tensors, f32 on the CPU): `bench
+    /// --agree` runs the same model both ways.
+    pub fn set_cpu_precision(&mut self, p: Option<CpuPrecision>) {
+        self.cpu_bf16 = p;
     }
     /// Runs `f` with this model's CPU conv precision in force.
     fn scoped<R>(&self, f: impl FnOnce() -> R) -> R {
