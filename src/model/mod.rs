@@ -1,6 +1,7 @@
 //! The SDSeg network in candle, mirroring the LDM module tree so that `VarBuilder` paths
 //! spell the official checkpoint keys. `model` never opens files except in `checkpoint`.
 
+pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod cond;

@@ -12,7 +12,7 @@
 //! was built with `insert(0, ..)`, so `up.0` is the highest resolution; attention is the
 //! single-head `AttnBlock` whose q/k/v/proj_out are 1×1 convolutions.
 
-use candle_core::{DType, Module, ModuleT, Result, Tensor, D};
+use candle_core::{Module, ModuleT, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rand::Rng;
 use rand_distr::StandardNormal;
@@ -191,13 +191,9 @@ impl Module for AttnBlock {
         let q = self.q.forward(&hn)?.reshape((b, c, h * w))?;
         let k = self.k.forward(&hn)?.reshape((b, c, h * w))?;
         let v = self.v.forward(&hn)?.reshape((b, c, h * w))?;
-        // w[b,i,j] = Σ_c q[b,c,i]·k[b,c,j] · c^−½, softmax over j (in f32, as candle does).
-        let scores = (q.transpose(1, 2)?.contiguous()?.matmul(&k)? * (c as f64).powf(-0.5))?;
-        let in_dtype = scores.dtype();
-        let attn = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
-        let attn = attn.to_dtype(in_dtype)?;
-        // h[b,c,i] = Σ_j v[b,c,j]·w[b,i,j]
-        let out = v.matmul(&attn.transpose(1, 2)?)?.reshape((b, c, h, w))?;
+        // w[b,i,j] = softmax_j(Σ_c q[b,c,i]·k[b,c,j] · c^−½) (in f32), h[b,c,i] = Σ_j v[b,c,j]·w[b,i,j]
+        let out = crate::model::attention::attention(&q, &k, &v, (c as f64).powf(-0.5))?
+            .reshape((b, c, h, w))?;
         x + self.proj_out.forward(&out)?
     }
 }

@@ -95,18 +95,23 @@ impl Module for AttentionBlock {
             .reshape((b, 3 * c, t))?;
         let (q, k, v) = self.split_heads(&qkv)?;
         let d = c / self.num_heads;
-        // 1/√√d on both q and k ("more stable with f16 than dividing afterwards").
-        let scale = 1.0 / (d as f64).sqrt().sqrt();
-        let q = (q * scale)?;
-        let k = (k * scale)?;
-        // weight[b, t, s] = Σ_c q[b, c, t]·k[b, c, s]; softmax over s in f32.
-        // candle's CPU matmul takes transposed operands as they are (gemm strides): no copies.
-        let weight = q.transpose(1, 2)?.matmul(&k)?;
-        let in_dtype = weight.dtype();
-        let weight =
-            candle_nn::ops::softmax_last_dim(&weight.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
-        // a[b, c, t] = Σ_s weight[b, t, s]·v[b, c, s]
-        let a = v.matmul(&weight.transpose(1, 2)?)?;
+        let a = if crate::model::attention::fused_applies(&q, &k, &v) {
+            // f32 on the CPU: one scale on the scores, fused (model::attention).
+            crate::model::attention::attention(&q, &k, &v, 1.0 / (d as f64).sqrt())?
+        } else {
+            // 1/√√d on both q and k ("more stable with f16 than dividing afterwards").
+            let scale = 1.0 / (d as f64).sqrt().sqrt();
+            let q = (q * scale)?;
+            let k = (k * scale)?;
+            // weight[b, t, s] = Σ_c q[b, c, t]·k[b, c, s]; softmax over s in f32. candle's CPU
+            // matmul takes transposed operands as they are (gemm strides): no copies.
+            let weight = q.transpose(1, 2)?.matmul(&k)?;
+            let in_dtype = weight.dtype();
+            let weight = crate::model::attention::softmax_last_dim(&weight.to_dtype(DType::F32)?)?
+                .to_dtype(in_dtype)?;
+            // a[b, c, t] = Σ_s weight[b, t, s]·v[b, c, s]
+            v.matmul(&weight.transpose(1, 2)?)?
+        };
         let a = a.reshape((b, c, hh, ww))?;
         x + self.proj_out.forward(&a)?
     }
