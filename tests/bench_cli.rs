@@ -88,3 +88,58 @@ fn zero_batch_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-size"));
 }
+
+/// `bench --dtype bf16 --agree --json`: one timing object and one agreement object per batch
+/// size; the agreement counts every pixel of the batch and meets the bf16 goal (≥ 99.9 %).
+/// With AMX turned off (`SDSEG_AMX=0`, as on a CPU without it) the run warns and is the f32 run.
+#[test]
+fn bf16_agreement_is_reported_and_the_fallback_warns() {
+    let config = fixture("config.json");
+    for amx_off in [false, true] {
+        let mut cmd = Command::new(bin());
+        cmd.args(["bench", "--preset"]).arg(&config).args([
+            "--batch-size",
+            "2",
+            "--dtype",
+            "bf16",
+            "--agree",
+            "--json",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+        ]);
+        if amx_off {
+            cmd.env("SDSEG_AMX", "0");
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let amx = !amx_off && sdseg_volume::model::conv::bf16_available();
+        assert_eq!(
+            stderr.contains("no AMX-BF16"),
+            !amx,
+            "fallback warning iff no AMX (amx_off {amx_off}): {stderr}"
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{stdout}");
+        assert_eq!(lines[0]["dtype"], "bf16");
+        let a = &lines[1]["agreement"];
+        assert_eq!(lines[1]["batch_size"], 2);
+        assert_eq!(num(a, &["total"]), (2 * 256 * 256) as f64);
+        let frac = num(a, &["equal"]) / num(a, &["total"]);
+        assert!(frac >= 0.999, "{a}");
+        assert_eq!(num(a, &["clear_flips"]), 0.0, "{a}");
+        if !amx {
+            assert_eq!(
+                num(a, &["max_score_diff"]),
+                0.0,
+                "f32 fallback is the f32 run: {a}"
+            );
+        }
+    }
+}

@@ -189,13 +189,9 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     } else {
         model
     };
-    if model.cpu_bf16_convs() == Some(false) {
-        eprintln!(
-            "warning: --dtype {}: this CPU has no AMX-BF16 (or the OS does not grant it); \
-             convolutions run in f32",
-            args.dtype
-        );
-    };
+    if let Some(w) = model.bf16_fallback_warning(&args.dtype) {
+        eprintln!("warning: {w}");
+    }
     let side = model.config().image_size();
     let flops = flops_per_slice(model.config(), side);
 

@@ -11,6 +11,48 @@
 //! Asymmetric padding ([`Padding2d`], e.g. the LDM `Downsample`'s `F.pad(x, (0, 1, 0, 1))`) is
 //! part of the conv: no padded copy of the activation on the fast path.
 
+/// `CustomOp2` (`x`, `w`) and `CustomOp3` (`x`, `w`, `b`; name + "-bias") for a CPU f32 conv
+/// op with `fn run(&self, x, x_layout, w, w_layout, Option<(b, b_layout)>) -> Result<(Vec<f32>,
+/// Shape)>`: the one place the candle plumbing of our conv ops lives.
+macro_rules! cpu_conv_ops {
+    ($ty:ty, $name:literal) => {
+        impl candle_core::CustomOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                x: &candle_core::CpuStorage,
+                xl: &candle_core::Layout,
+                w: &candle_core::CpuStorage,
+                wl: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, None)?;
+                Ok((candle_core::CpuStorage::F32(y), shape))
+            }
+        }
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                concat!($name, "-bias")
+            }
+            fn cpu_fwd(
+                &self,
+                x: &candle_core::CpuStorage,
+                xl: &candle_core::Layout,
+                w: &candle_core::CpuStorage,
+                wl: &candle_core::Layout,
+                b: &candle_core::CpuStorage,
+                bl: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                let b = (b.as_slice()?, bl);
+                let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, Some(b))?;
+                Ok((candle_core::CpuStorage::F32(y), shape))
+            }
+        }
+    };
+}
+use cpu_conv_ops;
+
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]

@@ -369,6 +369,16 @@ impl Sdseg {
     pub fn cpu_bf16_convs(&self) -> Option<bool> {
         self.cpu_bf16.map(|_| crate::model::conv::bf16_available())
     }
+    /// The warning a CPU `bf16` run on a CPU without AMX-BF16 should print (`flag`: the
+    /// `--dtype` value as given); `None` when the run computes what was asked.
+    pub fn bf16_fallback_warning(&self, flag: &str) -> Option<String> {
+        (self.cpu_bf16_convs() == Some(false)).then(|| {
+            format!(
+                "--dtype {flag}: this CPU has no AMX-BF16 (or the OS does not grant it); \
+                 convolutions run in f32"
+            )
+        })
+    }
     /// The CPU conv precision of a CPU `bf16` run (`None` otherwise).
     pub fn cpu_precision(&self) -> Option<CpuPrecision> {
         self.cpu_bf16

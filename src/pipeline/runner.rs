@@ -285,12 +285,8 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
     if fast_bf16 {
         model = model.with_fast_bf16();
     }
-    if model.cpu_bf16_convs() == Some(false) {
-        eprintln!(
-            "warning: --dtype {}: this CPU has no AMX-BF16 (or the OS does not grant it); \
-             convolutions run in f32",
-            m.dtype
-        );
+    if let Some(w) = model.bf16_fallback_warning(&m.dtype.to_string()) {
+        eprintln!("warning: {w}");
     }
     let segmenter = SdsegSegmenter::new(model, size)?;
     let classes = segmenter.num_classes();

@@ -22,7 +22,7 @@
 //! viewed as rows of 16). Input channels are zero-padded to a multiple of 32.
 
 use super::Padding2d;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 use std::arch::asm;
 use std::cell::RefCell;
@@ -100,43 +100,6 @@ pub(super) struct AmxConv2d<'a> {
     pub split: bool,
 }
 
-impl CustomOp2 for AmxConv2d<'_> {
-    fn name(&self) -> &'static str {
-        "sdseg-conv2d-amx-bf16"
-    }
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let _ = w;
-        let (y, shape) = self.run(x.as_slice()?, xl, wl, None)?;
-        Ok((CpuStorage::F32(y), shape))
-    }
-}
-
-impl CustomOp3 for AmxConv2d<'_> {
-    fn name(&self) -> &'static str {
-        "sdseg-conv2d-amx-bf16-bias"
-    }
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let _ = w;
-        let b = (b.as_slice()?, bl);
-        let (y, shape) = self.run(x.as_slice()?, xl, wl, Some(b))?;
-        Ok((CpuStorage::F32(y), shape))
-    }
-}
-
 /// `x` rounded to bf16 (nearest even; NaN stays a quiet NaN), in the upper 16 bits; the lower
 /// 16 are garbage. Branch-free, so the band fill vectorises.
 #[inline(always)]
@@ -150,6 +113,8 @@ fn bf16_high(x: f32) -> u32 {
         rounded
     }
 }
+
+super::cpu_conv_ops!(AmxConv2d<'_>, "sdseg-conv2d-amx-bf16");
 
 /// bf16 bits of `x` (see [`bf16_high`]).
 #[inline(always)]
@@ -255,10 +220,12 @@ const SLACK: usize = 32;
 const BAND_BYTES: usize = 384 * 1024;
 
 impl AmxConv2d<'_> {
+    /// `_w`: the weights come packed in `self.weights`; `wl` still checks their shape.
     fn run(
         &self,
         x: &[f32],
         xl: &Layout,
+        _w: &[f32],
         wl: &Layout,
         b: Option<(&[f32], &Layout)>,
     ) -> Result<(Vec<f32>, Shape)> {

@@ -15,7 +15,7 @@
 //! block's packed weights stay in L1.
 
 use super::{avx2, avx512, CpuKernel, Padding2d};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -88,40 +88,7 @@ fn nv_main(k: CpuKernel) -> usize {
     }
 }
 
-impl CustomOp2 for FastConv2d {
-    fn name(&self) -> &'static str {
-        "sdseg-conv2d"
-    }
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, None)?;
-        Ok((CpuStorage::F32(y), shape))
-    }
-}
-
-impl CustomOp3 for FastConv2d {
-    fn name(&self) -> &'static str {
-        "sdseg-conv2d-bias"
-    }
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let b = (b.as_slice()?, bl);
-        let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, Some(b))?;
-        Ok((CpuStorage::F32(y), shape))
-    }
-}
+super::cpu_conv_ops!(FastConv2d, "sdseg-conv2d");
 
 /// Conv shape, after padding: `n×c×h×w` input, `co×c×kh×kw` weights, `n×co×oh×ow` output.
 #[derive(Clone, Copy, Debug)]

@@ -11,7 +11,7 @@
 //! im2col copy of a small plane is cheap.
 
 use super::Padding2d;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use candle_core::{Layout, Result, Shape};
 use std::cell::RefCell;
 
 /// Output planes up to this many pixels go through the product rather than the direct kernel
@@ -181,39 +181,4 @@ fn im2col(
     }
 }
 
-impl CustomOp2 for GemmConv {
-    fn name(&self) -> &'static str {
-        "sdseg-conv-gemm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, None)?;
-        Ok((CpuStorage::F32(y), shape))
-    }
-}
-
-impl CustomOp3 for GemmConv {
-    fn name(&self) -> &'static str {
-        "sdseg-conv-gemm-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let b = (b.as_slice()?, bl);
-        let (y, shape) = self.run(x.as_slice()?, xl, w.as_slice()?, wl, Some(b))?;
-        Ok((CpuStorage::F32(y), shape))
-    }
-}
+super::cpu_conv_ops!(GemmConv, "sdseg-conv-gemm");
