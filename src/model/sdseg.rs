@@ -384,7 +384,7 @@ impl Sdseg {
         self.cpu_bf16
     }
     /// For a CPU `bf16` run, plain bf16 products ([`CpuPrecision::Bf16`], `--dtype bf16-fast`)
-    /// instead of split bf16: about 1.8× faster on the full-size model, but decisions near the
+    /// instead of split bf16: about 2× faster on the full-size model, but decisions near the
     /// threshold flip (99.68 % of the tiny fixture's pixels agree with f32, against 99.998 %).
     /// No effect on other runs.
     pub fn with_fast_bf16(mut self) -> Self {
