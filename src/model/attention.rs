@@ -13,6 +13,7 @@
 //! vectorised `exp`, and the product with `v`, straight into the output; rayon over
 //! (row, query block). Anything else (CUDA, f16/bf16, autograd) takes the candle ops.
 
+use crate::model::SendPtr;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -203,17 +204,6 @@ impl CustomOp3 for FusedAttention {
 thread_local! {
     /// Per-thread score block (reused across calls).
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint output blocks while `cpu_fwd` keeps the buffer alive.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `r ← softmax(r)`: max, `exp(x − max)`, sum, scale.

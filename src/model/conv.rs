@@ -4,10 +4,13 @@
 //! [`Conv2d::forward`] runs [`cpu::FastConv2d`] (a direct convolution with an AVX-512 or an
 //! AVX2 + FMA micro-kernel, faster than candle 0.11's im2col conv2d) for f32 NCHW tensors on the
 //! CPU when the CPU has AVX-512F or AVX2 + FMA ([`CpuKernel`]), groups = 1 and dilation = 1, and
-//! nothing tracks gradients; anything else (CUDA, f16/bf16, groups, dilation, autograd, other
-//! CPUs) goes to candle's `conv2d`.
-//! 1×1 convs (stride 1, unpadded) on the same tensors go to [`ConvPath::Matmul`] instead: one
-//! `gemm` per image (`gemm.rs`), faster than the direct kernel for that shape.
+//! nothing tracks gradients; anything else (CUDA, f16/bf16 tensors, groups, dilation, other
+//! CPUs) goes to candle's `conv2d`, and autograd to [`ConvPath::Im2col`].
+//! 1×1 convs (stride 1, unpadded) and convs onto small planes on the same tensors go to
+//! [`ConvPath::Matmul`] instead: one `gemm` per image (`gemm.rs`), faster there.
+//! Under a [`CpuPrecision`] other than f32 (`--dtype bf16` on the CPU, see
+//! [`with_cpu_precision`]) the same tensors go to [`ConvPath::AmxBf16`] (`amx.rs`) where the
+//! CPU has AMX-BF16.
 //! Asymmetric padding ([`Padding2d`], e.g. the LDM `Downsample`'s `F.pad(x, (0, 1, 0, 1))`) is
 //! part of the conv: no padded copy of the activation on the fast path.
 
@@ -64,7 +67,7 @@ mod cpu;
 mod gemm;
 mod im2col;
 
-use candle_core::{DType, Device, Layout, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use std::cell::Cell;
 
@@ -406,7 +409,7 @@ impl Conv2d {
     #[cfg(target_arch = "x86_64")]
     fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
         let split = cpu_precision() == CpuPrecision::Bf16x3;
-        // Packed with residuals on the first call that needs them (they serve plain bf16 too).
+        // Each precision packs on its first call (a run uses one of them).
         let cache = if split {
             &self.amx_weights_split
         } else {
@@ -416,7 +419,7 @@ impl Conv2d {
             Some(p) => p,
             None => {
                 let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
-                let layout = Layout::contiguous(self.weight.shape());
+                let layout = candle_core::Layout::contiguous(self.weight.shape());
                 let packed = amx::PackedWeights::new(&w, &layout, split)?;
                 // A racing thread may have set it first; both packed the same weights.
                 let _ = cache.set(packed);

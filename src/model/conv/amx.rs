@@ -22,6 +22,7 @@
 //! viewed as rows of 16). Input channels are zero-padded to a multiple of 32.
 
 use super::Padding2d;
+use crate::model::SendPtr;
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 use std::arch::asm;
@@ -365,17 +366,6 @@ impl AmxConv2d<'_> {
 thread_local! {
     /// Per-thread input band (reused across calls).
     static BAND: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint output rows while `run` keeps the buffer alive.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// 64-byte tile configuration (palette 1).
