@@ -308,12 +308,56 @@ struct Plan {
     taps: Vec<isize>,
 }
 
-/// Bytes of a tile's input per channel block that should stay in L1 (32 KiB on Zen 4).
-const L1_INPUT: usize = 16 * 1024;
-/// Bytes of a task's output tile, kept in L2.
-const L2_OUTPUT: usize = 256 * 1024;
-/// Bytes of one channel block's packed weights for all output channels, kept in L2.
-const L2_WEIGHTS: usize = 512 * 1024;
+/// Cache budgets of the blocking, from this CPU's L1d and L2 sizes (Linux sysfs, read once):
+/// `l1_input` bytes of a tile's input per channel block stay in L1 (60 % of L1d);
+/// `l2_output` bytes of a task's output tile and `l2_weights` bytes of one channel block's
+/// packed weights for all output channels stay in L2 (3/8 and 1/2 of it). Measured on a 48 KiB
+/// L1d / 2 MiB L2 Xeon, full-size f32 model: 6–8 % faster per slice than the fixed 16 / 256 /
+/// 512 KiB tuned on Zen 4 (32 KiB / 1 MiB), which stay the fallback.
+#[derive(Clone, Copy, Debug)]
+struct CacheBudget {
+    l1_input: usize,
+    l2_output: usize,
+    l2_weights: usize,
+}
+
+fn cache_budget() -> CacheBudget {
+    static BUDGET: std::sync::OnceLock<CacheBudget> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let (l1, l2) = (cache_size(1, "Data"), cache_size(2, "Unified"));
+        CacheBudget {
+            l1_input: l1.map_or(16 * 1024, |b| b * 3 / 5),
+            l2_output: l2.map_or(256 * 1024, |b| b * 3 / 8),
+            l2_weights: l2.map_or(512 * 1024, |b| b / 2),
+        }
+    })
+}
+
+/// Bytes of CPU 0's cache of `level` and `kind` ("Data", "Unified"), from sysfs; `None` when
+/// unknown or implausible (outside 16 KiB ..= 64 MiB).
+fn cache_size(level: u32, kind: &str) -> Option<usize> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    (0..8).find_map(|i| {
+        let idx = dir.join(format!("index{i}"));
+        let read = |f: &str| std::fs::read_to_string(idx.join(f)).ok();
+        let lvl: u32 = read("level")?.trim().parse().ok()?;
+        if lvl != level || read("type")?.trim() != kind {
+            return None;
+        }
+        let size = read("size")?;
+        let size = size.trim();
+        let bytes = match size.strip_suffix('K') {
+            Some(k) => k.parse::<usize>().ok()? * 1024,
+            None => match size.strip_suffix('M') {
+                Some(m) => m.parse::<usize>().ok()? * 1024 * 1024,
+                None => size.parse().ok()?,
+            },
+        };
+        (16 * 1024..=64 * 1024 * 1024)
+            .contains(&bytes)
+            .then_some(bytes)
+    })
+}
 
 impl Plan {
     /// `nv`: segments per chunk of [`main_tile`].
@@ -333,18 +377,21 @@ impl Plan {
             Source::Flat => nv,
             _ => g.kh * g.s.min(g.kw) * (nv + 1 + (g.kw - 1) / g.s / 16),
         };
-        let cb = (L1_INPUT / (lines * 64))
-            .min(L2_WEIGHTS / (4 * g.co * kk))
+        let budget = cache_budget();
+        let cb = (budget.l1_input / (lines * 64))
+            .min(budget.l2_weights / (4 * g.co * kk))
             .clamp(1, g.c);
 
         // A task's output tile (all channels) stays in L2 while the channel blocks add into it.
         let min_tasks = 4 * threads;
-        let mut rows_per_task = (L2_OUTPUT / (4 * g.co * g.ow)).clamp(1, 8).min(g.oh);
+        let mut rows_per_task = (budget.l2_output / (4 * g.co * g.ow)).clamp(1, 8).min(g.oh);
         while rows_per_task > 1 && g.n * g.oh.div_ceil(rows_per_task) < min_tasks {
             rows_per_task /= 2;
         }
         let plane_segs = (g.oh * g.ow).div_ceil(16);
-        let mut segs_per_task = (L2_OUTPUT / (64 * g.co) / 24 * 24).max(24).min(plane_segs);
+        let mut segs_per_task = (budget.l2_output / (64 * g.co) / 24 * 24)
+            .max(24)
+            .min(plane_segs);
         while segs_per_task > nv && g.n * plane_segs.div_ceil(segs_per_task) < min_tasks {
             segs_per_task = segs_per_task.div_ceil(2);
         }
