@@ -56,6 +56,15 @@ macro_rules! cpu_conv_ops {
 }
 use cpu_conv_ops;
 
+/// The bias of a conv op as `co` contiguous floats (any stride), checked against `co`.
+fn gather_bias(b: &[f32], bl: &candle_core::Layout, co: usize) -> Result<Vec<f32>> {
+    if bl.shape().elem_count() != co || bl.dims().len() != 1 {
+        candle_core::bail!("conv2d: bias shape {:?}, expected [{co}]", bl.shape());
+    }
+    let (o, s) = (bl.start_offset(), bl.stride()[0]);
+    Ok((0..co).map(|i| b[o + i * s]).collect())
+}
+
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]

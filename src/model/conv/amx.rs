@@ -583,15 +583,10 @@ impl PackedWeights {
 
 /// Per block of 16 output channels, a 16×16 f32 tile whose row `r` is `bias[16·blk + r]`.
 fn bias_tiles(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
-    if bl.shape().elem_count() != co || bl.dims().len() != 1 {
-        candle_core::bail!("conv2d: bias shape {:?}, expected [{co}]", bl.shape());
-    }
-    let (o, s) = (bl.start_offset(), bl.stride()[0]);
-    let mut t = vec![0f32; co * 16];
-    for (i, row) in t.chunks_exact_mut(16).enumerate() {
-        row.fill(b[o + i * s]);
-    }
-    Ok(t)
+    Ok(super::gather_bias(b, bl, co)?
+        .into_iter()
+        .flat_map(|v| [v; 16])
+        .collect())
 }
 
 /// Copies padded input rows `pr0 .. pr0 + rows` of image `img` into the band as bf16 channel

@@ -14,7 +14,7 @@
 //! each task runs every block of output channels over its segments, taps blocked so the
 //! block's packed weights stay in L1.
 
-use super::{avx2, avx512, CpuKernel, Padding2d};
+use super::{avx2, avx512, gather_bias, CpuKernel, Padding2d};
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -517,14 +517,6 @@ fn fill_band(
 fn strides4(l: &Layout) -> [usize; 4] {
     let s = l.stride();
     [s[0], s[1], s[2], s[3]]
-}
-
-fn gather_bias(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
-    if bl.shape().elem_count() != co || bl.dims().len() != 1 {
-        candle_core::bail!("conv2d: bias shape {:?}, expected [{co}]", bl.shape());
-    }
-    let (o, s) = (bl.start_offset(), bl.stride()[0]);
-    Ok((0..co).map(|i| b[o + i * s]).collect())
 }
 
 /// Output-channel blocks `(first channel, width)`: full `main` blocks, then the remainder.

@@ -78,12 +78,9 @@ impl GemmConv {
         let read_dst = match b {
             None => false,
             Some((b, bl)) => {
-                if bl.dims() != [o] {
-                    candle_core::bail!("conv2d: bias shape {:?}, expected [{o}]", bl.shape());
-                }
-                let (b0, bs) = (bl.start_offset(), bl.stride()[0]);
+                let b = super::gather_bias(b, bl, o)?;
                 for (r, row) in y.chunks_exact_mut(p).enumerate() {
-                    row.fill(b[b0 + (r % o) * bs]);
+                    row.fill(b[r % o]);
                 }
                 true
             }
