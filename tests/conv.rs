@@ -3,13 +3,14 @@
 //! data for every variant the kernel distinguishes: 1×1 (one long row, in place), 3×3 stride 1
 //! (padded copy / in place when unpadded), stride 2 (phase-split copy) with symmetric and the
 //! LDM `Downsample`'s asymmetric padding, odd sizes, batches, channel counts that are not
-//! multiples of the register tile, more taps than one tap block, strided inputs, no bias.
+//! multiples of the register tile, more taps than one tap block, strided inputs, no bias;
+//! and Winograd F(4×4, 3×3) for the stride-1 3×3 convs with ≥ 16 channels each way.
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Conv2dConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sdseg_volume::model::conv::{Conv2d, ConvPath, CpuKernel, Padding2d};
+use sdseg_volume::model::conv::{winograd_available, Conv2d, ConvPath, CpuKernel, Padding2d};
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -100,6 +101,11 @@ fn check_with(case: &Case, x: &Tensor, seed: u64) {
         assert_eq!(conv.path_for(x), ConvPath::Matmul);
         assert_eq!(conv.cpu_kernel_for(x), None);
         check_kernel(case, &conv, x, &want, None);
+    } else if winograd_takes(case, c) {
+        // Unforced stride-1 3×3 convs with enough channels: Winograd F(4×4, 3×3).
+        assert_eq!(conv.path_for(x), ConvPath::Winograd);
+        assert_eq!(conv.cpu_kernel_for(x), None);
+        check_kernel(case, &conv, x, &want, None);
     } else {
         assert_eq!(conv.cpu_kernel_for(x), CpuKernel::best());
     }
@@ -128,6 +134,11 @@ fn check_with(case: &Case, x: &Tensor, seed: u64) {
     );
 }
 
+/// Whether an unforced conv of `case` (output plane over 256 pixels) takes the Winograd path.
+fn winograd_takes(case: &Case, c: usize) -> bool {
+    winograd_available() && case.k == 3 && case.stride == 1 && c >= 16 && case.co >= 16
+}
+
 fn check_kernel(case: &Case, conv: &Conv2d, x: &Tensor, want: &[f64], k: Option<CpuKernel>) {
     let got = conv.forward(x).unwrap();
     let e = rel_err(&got, want);
@@ -143,8 +154,14 @@ fn check_kernel(case: &Case, conv: &Conv2d, x: &Tensor, want: &[f64], k: Option<
         .to_scalar::<f32>()
         .unwrap();
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    // Winograd's transforms cost a few bits (~3e-6 at 16–64 channels, ~1e-5 at 200–512).
+    let tol = if conv.path_for(x) == ConvPath::Winograd {
+        3e-5
+    } else {
+        1e-5
+    };
     assert!(
-        e <= 1e-5,
+        e <= tol,
         "{k:?} x {:?} co {} k {} s {} {:?}: rel err vs f64 {e:e} (candle: {e_cand:e})",
         case.x,
         case.co,
@@ -153,7 +170,7 @@ fn check_kernel(case: &Case, conv: &Conv2d, x: &Tensor, want: &[f64], k: Option<
         case.pad
     );
     assert!(
-        diff as f64 / scale <= 1e-5,
+        diff as f64 / scale <= tol,
         "{k:?} x {:?}: rel diff vs candle {:e}",
         case.x,
         diff as f64 / scale
@@ -339,6 +356,41 @@ fn larger_layer_shapes() {
         },
         702,
     );
+}
+
+/// Winograd F(4×4, 3×3): output sizes not in 4s, tile rows shorter and longer than 16 tiles
+/// and not in 16s, every padding the LDM uses and uneven ones, output channels not in the
+/// micro-kernel's 8s, more input channels than one L1 block, batches, tasks that start mid
+/// tile row.
+#[test]
+fn winograd_three_by_three_shapes() {
+    let uneven = Padding2d {
+        top: 2,
+        bottom: 0,
+        left: 1,
+        right: 2,
+    };
+    let cases = [
+        (vec![1, 16, 17, 17], 16, sym(1), true),
+        (vec![2, 24, 23, 70], 21, sym(1), true),
+        (vec![1, 17, 30, 130], 40, sym(1), false),
+        (vec![3, 32, 19, 21], 19, sym(0), true),
+        (vec![1, 20, 18, 33], 17, uneven, true),
+        (vec![1, 200, 20, 19], 24, sym(1), true),
+        (vec![2, 16, 64, 64], 16, sym(1), true),
+        (vec![1, 512, 17, 18], 16, sym(1), true),
+    ];
+    for (i, (x, co, pad, bias)) in cases.into_iter().enumerate() {
+        let case = Case {
+            x,
+            co,
+            k: 3,
+            stride: 1,
+            pad,
+            bias,
+        };
+        check(&case, 800 + i as u64);
+    }
 }
 
 #[test]

@@ -75,6 +75,8 @@ mod avx512;
 mod cpu;
 mod gemm;
 mod im2col;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -175,6 +177,11 @@ pub enum ConvPath {
     AmxBf16,
     /// Our direct CPU convolution, with the micro-kernel [`Conv2d::cpu_kernel_for`] names.
     FastCpu,
+    /// Winograd F(4×4, 3×3) (`winograd.rs`): stride-1 3×3 convs with at least 16 input and
+    /// output channels onto planes larger than [`ConvPath::Matmul`] takes, on the tensors
+    /// [`ConvPath::FastCpu`] takes, where the CPU has AVX-512F; not when a micro-kernel is forced
+    /// or `SDSEG_WINOGRAD=0`.
+    Winograd,
     /// One matrix product per image (`gemm` crate, bias accumulated in place; an im2col copy
     /// first unless 1×1): 1×1 stride-1 unpadded convs, and any conv whose output plane has at
     /// most 256 pixels, on the tensors [`ConvPath::FastCpu`] takes (f32 CPU, no gradients), any
@@ -261,6 +268,9 @@ pub struct Conv2d {
     /// The same with their bf16 residuals, for [`CpuPrecision::Bf16x3`].
     #[cfg(target_arch = "x86_64")]
     amx_weights_split: std::sync::Arc<std::sync::OnceLock<amx::PackedWeights>>,
+    /// The Winograd-transformed weights, on the first [`ConvPath::Winograd`] call.
+    #[cfg(target_arch = "x86_64")]
+    winograd_weights: std::sync::Arc<std::sync::OnceLock<winograd::WinogradWeights>>,
 }
 
 impl Conv2d {
@@ -276,6 +286,8 @@ impl Conv2d {
             amx_weights: Default::default(),
             #[cfg(target_arch = "x86_64")]
             amx_weights_split: Default::default(),
+            #[cfg(target_arch = "x86_64")]
+            winograd_weights: Default::default(),
         }
     }
 
@@ -318,6 +330,9 @@ impl Conv2d {
         }
         if self.pointwise_for(x) {
             return ConvPath::Matmul;
+        }
+        if self.winograd_for(x) {
+            return ConvPath::Winograd;
         }
         match self.cpu_kernel_for(x) {
             Some(_) => ConvPath::FastCpu,
@@ -375,7 +390,7 @@ impl Conv2d {
             Some(k) => Some(k).filter(|k| k.available()),
             None => CpuKernel::best(),
         }?;
-        (self.fast_tensors(x) && !self.pointwise_for(x)).then_some(kernel)
+        (self.fast_tensors(x) && !self.pointwise_for(x) && !self.winograd_for(x)).then_some(kernel)
     }
 
     /// f32 NCHW CPU tensors, groups = dilation = 1, nothing tracking gradients: what both
@@ -450,6 +465,60 @@ impl Conv2d {
 
     #[cfg(not(target_arch = "x86_64"))]
     fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_candle(x)
+    }
+
+    /// Whether `forward(x)` takes [`ConvPath::Winograd`] (checked after the AMX and matmul
+    /// paths).
+    fn winograd_for(&self, x: &Tensor) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.kernel.is_none()
+                && self.fast_tensors(x)
+                && !self.pointwise_for(x)
+                && winograd::supports(
+                    x.dims(),
+                    self.weight.dims(),
+                    self.config.stride,
+                    self.padding,
+                )
+                && winograd::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = x;
+            false
+        }
+    }
+
+    /// The [`ConvPath::Winograd`] convolution (+ bias).
+    #[cfg(target_arch = "x86_64")]
+    fn forward_winograd(&self, x: &Tensor) -> Result<Tensor> {
+        let cache = &self.winograd_weights;
+        let weights = match cache.get() {
+            Some(w) => w,
+            None => {
+                let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+                let layout = candle_core::Layout::contiguous(self.weight.shape());
+                let transformed = winograd::WinogradWeights::new(&w, &layout)?;
+                // A racing thread may have set it first; both transformed the same weights.
+                let _ = cache.set(transformed);
+                cache.get().expect("just set")
+            }
+        };
+        let op = winograd::WinogradConv {
+            pad: self.padding,
+            weights,
+        };
+        let x = x.contiguous()?;
+        match &self.bias {
+            None => x.apply_op2_no_bwd(&self.weight, &op),
+            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn forward_winograd(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_candle(x)
     }
 
@@ -532,6 +601,19 @@ pub fn fast_available() -> bool {
     CpuKernel::best().is_some()
 }
 
+/// Whether this machine runs [`ConvPath::Winograd`] (x86-64 with AVX-512F, the direct kernel
+/// not forced to AVX2, `SDSEG_WINOGRAD` not `0`).
+pub fn winograd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        winograd::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Build a conv with a bias from `vb` (keys `weight` [out, in, k, k] and `bias` [out]).
 pub fn conv2d(
     in_c: usize,
@@ -552,6 +634,9 @@ impl Module for Conv2d {
         }
         if self.pointwise_for(x) {
             return self.forward_matmul(x);
+        }
+        if self.winograd_for(x) {
+            return self.forward_winograd(x);
         }
         match self.cpu_kernel_for(x) {
             Some(kernel) => self.forward_fast(x, kernel),

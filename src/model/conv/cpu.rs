@@ -73,7 +73,7 @@ pub(super) struct FastConv2d {
 }
 
 /// Output channels per packed weight block (the full blocks [`main_tile`] runs).
-fn co_main(k: CpuKernel) -> usize {
+pub(super) fn co_main(k: CpuKernel) -> usize {
     match k {
         CpuKernel::Avx512 => CO_512,
         CpuKernel::Avx2Fma => CO_2,
@@ -116,10 +116,10 @@ struct InView {
 
 /// 16 output pixels: input base offset within the image, output offset within the plane, mask.
 #[derive(Clone, Copy, Debug)]
-struct Seg {
-    x: usize,
-    y: usize,
-    mask: u16,
+pub(super) struct Seg {
+    pub x: usize,
+    pub y: usize,
+    pub mask: u16,
 }
 
 /// Raw pointers shared by the rayon tasks, which write disjoint output pixels.
@@ -315,13 +315,13 @@ struct Plan {
 /// L1d / 2 MiB L2 Xeon, full-size f32 model: 6–8 % faster per slice than the fixed 16 / 256 /
 /// 512 KiB tuned on Zen 4 (32 KiB / 1 MiB), which stay the fallback.
 #[derive(Clone, Copy, Debug)]
-struct CacheBudget {
-    l1_input: usize,
-    l2_output: usize,
-    l2_weights: usize,
+pub(super) struct CacheBudget {
+    pub l1_input: usize,
+    pub l2_output: usize,
+    pub l2_weights: usize,
 }
 
-fn cache_budget() -> CacheBudget {
+pub(super) fn cache_budget() -> CacheBudget {
     static BUDGET: std::sync::OnceLock<CacheBudget> = std::sync::OnceLock::new();
     *BUDGET.get_or_init(|| {
         let (l1, l2) = (cache_size(1, "Data"), cache_size(2, "Unified"));
@@ -592,7 +592,7 @@ fn taps(g: &Geom, v: &InView, cb: usize) -> Vec<isize> {
 /// # Safety
 /// As for the kernels, for every segment; the CPU runs `k`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn main_tile(
+pub(super) unsafe fn main_tile(
     k: CpuKernel,
     taps: &[isize],
     w: *const f32,
@@ -634,7 +634,7 @@ unsafe fn main_tile(
 /// # Safety
 /// As for the kernels, for every segment; the CPU runs `k`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_block(
+pub(super) unsafe fn run_block(
     k: CpuKernel,
     cob: usize,
     taps: &[isize],

@@ -1,0 +1,484 @@
+//! Winograd F(4×4, 3×3) for the stride-1 3×3 convolutions on the CPU (issue 7, item 1),
+//! AVX-512: each 4×4 output tile costs 36 multiply-adds per (input, output) channel pair
+//! instead of 144, so the large-plane convs of the VAE (95 % of the model's work) do a
+//! quarter of the direct kernel's arithmetic.
+//!
+//! ```text
+//! V[ξ][ci][t] = (Bᵀ d_t,ci B)[ξ]          input tile t (6×6, stride 4), ξ = 6·i + j
+//! M[ξ][co][t] = Σ_ci U[ξ][co][ci] · V[ξ][ci][t]   36 independent GEMMs
+//! y_t,co      = Aᵀ M[·][co][t] A + b[co]  4×4 output tile
+//! U[ξ][co][ci] = (G g_co,ci Gᵀ)[ξ]         weights, transformed once per conv (cached)
+//! ```
+//!
+//! Work split: an image's tiles (row-major over the tile grid) are cut into tasks of
+//! [`tiles_per_task`] consecutive tiles, run on rayon. A task transforms its input into a
+//! per-thread `V`, runs the 36 GEMMs into a per-thread `M` with the register-tile micro-kernel
+//! of the direct conv (`cpu.rs`: a GEMM over `ci` whose right-hand side is read in place, 16
+//! tiles a vector), and transforms `M` into its output tiles. Transforms are vectorised over
+//! 16 tiles of one tile row: the input is gathered (padding = masked-off lanes), the output
+//! interleaved back into rows with two permutes and a blend per 16 pixels.
+//!
+//! Accuracy: the transforms' constants (up to 8 and 1/6) cost a few bits: relative error
+//! against an f64 reference ~1e-6, where the direct kernel gets ~2e-7 (tests/conv.rs checks
+//! both against 1e-5); decisions of the model are checked in tests/parity.rs.
+
+// The AVX-512 intrinsics are stable since Rust 1.89 (see avx512.rs).
+#![allow(clippy::incompatible_msrv)]
+
+use super::cpu::{self, Init, Seg};
+use super::{gather_bias, CpuKernel, Padding2d};
+use crate::model::SendPtr;
+use candle_core::{Layout, Result, Shape};
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Below this many input or output channels the transforms cost more than the products save.
+pub(super) const MIN_CHANNELS: usize = 16;
+
+/// Segments (16 tiles) per chunk of the micro-kernel, as `cpu::main_tile` runs them.
+const NV: usize = 3;
+
+/// `G`, 6×3: the weight transform `U = G g Gᵀ`.
+const G: [[f64; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// Whether this machine runs the Winograd path: AVX-512F, the direct kernel not forced to
+/// AVX2, and `SDSEG_WINOGRAD` not `0` (A/B runs, and the direct kernel's accuracy).
+pub(super) fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("SDSEG_WINOGRAD").ok().as_deref() != Some("0")
+            && CpuKernel::best() == Some(CpuKernel::Avx512)
+    })
+}
+
+/// Whether the path takes a conv: 3×3 weights, stride 1, at least [`MIN_CHANNELS`] in and out,
+/// input planes small enough for 32-bit gather offsets.
+pub(super) fn supports(x: &[usize], w: &[usize], stride: usize, pad: Padding2d) -> bool {
+    let ([_, c, h, wd], [co, ci, 3, 3]) = (x, w) else {
+        return false;
+    };
+    stride == 1
+        && c == ci
+        && *c >= MIN_CHANNELS
+        && *co >= MIN_CHANNELS
+        && h + pad.top + pad.bottom >= 3
+        && wd + pad.left + pad.right >= 3
+        && (h + 8) * (wd + 8) < i32::MAX as usize / 2
+}
+
+/// The transformed weights `U`, per ξ packed as the micro-kernel reads them: blocks of
+/// `cpu::co_main` output channels (then the remainder), each `[ci][channel of block]`.
+#[derive(Debug)]
+pub(crate) struct WinogradWeights {
+    c: usize,
+    co: usize,
+    u: Vec<f32>,
+}
+
+impl WinogradWeights {
+    /// From `w` [co, c, 3, 3] (any strides); the transform in f64, rounded once.
+    pub(super) fn new(w: &[f32], wl: &Layout) -> Result<WinogradWeights> {
+        let (co, c, kh, kw) = wl.shape().dims4()?;
+        if (kh, kw) != (3, 3) {
+            candle_core::bail!("winograd: weights {:?}, expected 3×3", wl.dims());
+        }
+        let s = wl.stride();
+        let w = &w[wl.start_offset()..];
+        let main = cpu::co_main(CpuKernel::Avx512);
+        let mut u = vec![0f32; 36 * co * c];
+        for o in 0..co {
+            let (co0, cob) = if o < co - co % main {
+                (o - o % main, main)
+            } else {
+                (co - co % main, co % main)
+            };
+            for ci in 0..c {
+                let g: [[f64; 3]; 3] = std::array::from_fn(|r| {
+                    std::array::from_fn(|q| w[o * s[0] + ci * s[1] + r * s[2] + q * s[3]] as f64)
+                });
+                let t: [[f64; 3]; 6] = std::array::from_fn(|i| {
+                    std::array::from_fn(|q| (0..3).map(|k| G[i][k] * g[k][q]).sum())
+                });
+                let at = co0 * c + ci * cob + (o - co0);
+                for i in 0..6 {
+                    for j in 0..6 {
+                        let v: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
+                        u[(i * 6 + j) * co * c + at] = v as f32;
+                    }
+                }
+            }
+        }
+        Ok(WinogradWeights { c, co, u })
+    }
+}
+
+/// The op: `apply_op2_no_bwd(x, w)` or `apply_op3_no_bwd(x, w, b)` for contiguous f32 `x`
+/// [N, C, H, W] and the `w` the weights were built from.
+#[derive(Clone, Copy)]
+pub(super) struct WinogradConv<'a> {
+    pub pad: Padding2d,
+    pub weights: &'a WinogradWeights,
+}
+
+super::cpu_conv_ops!(WinogradConv<'_>, "sdseg-conv2d-winograd");
+
+thread_local! {
+    /// Per-thread `V` and `M` of a task (reused across calls).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Tiles per task: `V` and `M` of a task (36 · (c + co) floats a tile) stay around 4 MB, in
+/// whole micro-kernel chunks of 48 tiles, and there are tasks for every thread.
+fn tiles_per_task(c: usize, co: usize, n: usize, tiles: usize, threads: usize) -> usize {
+    let per_tile = 36 * (c + co) * 4;
+    let mut t = ((4 << 20) / per_tile / 48).max(1) * 48;
+    while t > 48 && n * tiles.div_ceil(t) < 2 * threads {
+        t -= 48;
+    }
+    t.min(tiles.div_ceil(16) * 16)
+}
+
+impl WinogradConv<'_> {
+    fn run(
+        &self,
+        x: &[f32],
+        xl: &Layout,
+        _w: &[f32],
+        wl: &Layout,
+        b: Option<(&[f32], &Layout)>,
+    ) -> Result<(Vec<f32>, Shape)> {
+        let Some((x0, x1)) = xl.contiguous_offsets() else {
+            candle_core::bail!("conv2d winograd: expects a contiguous input");
+        };
+        let x = &x[x0..x1];
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let (co, ci, _, _) = wl.shape().dims4()?;
+        let pw = self.weights;
+        if !supports(xl.dims(), wl.dims(), 1, self.pad) || pw.c != c || pw.co != co || ci != c {
+            candle_core::bail!(
+                "conv2d winograd: input {:?}, weight {:?} (transformed for {}→{})",
+                xl.dims(),
+                wl.dims(),
+                pw.c,
+                pw.co
+            );
+        }
+        if !available() {
+            candle_core::bail!("conv2d winograd: this CPU has no AVX-512F");
+        }
+        let p = self.pad;
+        let (oh, ow) = (h + p.top + p.bottom - 2, w + p.left + p.right - 2);
+        let (th, tw) = (oh.div_ceil(4), ow.div_ceil(4));
+        let tiles = th * tw;
+        let bias = match b {
+            None => vec![0f32; co],
+            Some((b, bl)) => gather_bias(b, bl, co)?,
+        };
+        let threads = rayon::current_num_threads().max(1);
+        let tpt = tiles_per_task(c, co, n, tiles, threads);
+        let ts = tpt.div_ceil(16) * 16;
+        let tasks_per_img = tiles.div_ceil(tpt);
+        let len = n * co * oh * ow;
+        // Every output element is written by exactly one output-tile store below.
+        let mut y: Vec<f32> = Vec::with_capacity(len);
+        let yptr = SendPtr(y.as_mut_ptr());
+        let geom = Geom {
+            c,
+            h,
+            w,
+            co,
+            pad: p,
+            oh,
+            ow,
+            ts,
+        };
+        let budget = cpu::cache_budget();
+        let cb = (budget.l1_input / (NV * 64)).clamp(1, c);
+        let taps: Vec<isize> = (0..cb).map(|i| (i * ts) as isize).collect();
+        (0..n * tasks_per_img).into_par_iter().for_each(|task| {
+            let (img, part) = (task / tasks_per_img, task % tasks_per_img);
+            let t0 = part * tpt;
+            let t1 = (t0 + tpt).min(tiles);
+            let runs = runs(t0, t1, tw);
+            let yp = yptr;
+            SCRATCH.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let (v_len, m_len) = (36 * c * ts, 36 * co * ts);
+                if buf.len() < v_len + m_len {
+                    buf.resize(v_len + m_len, 0.0);
+                }
+                let (v, m) = buf.split_at_mut(v_len);
+                let x_img = &x[img * c * h * w..(img + 1) * c * h * w];
+                // SAFETY: AVX-512F is available (checked above); every access stays inside
+                // `x_img`, `v`, `m`, the packed weights and this task's output tiles, which no
+                // other task writes.
+                unsafe {
+                    input_transform(&geom, x_img, &runs, v.as_mut_ptr());
+                    products(&geom, pw, t1 - t0, cb, &taps, v.as_ptr(), m.as_mut_ptr());
+                    let y_img = yp.get().add(img * co * oh * ow);
+                    output_transform(&geom, m.as_ptr(), &runs, &bias, y_img);
+                }
+            });
+        });
+        // SAFETY: the tasks above stored every one of the `len` elements.
+        unsafe { y.set_len(len) };
+        Ok((y, Shape::from((n, co, oh, ow))))
+    }
+}
+
+/// Shape of one call: input `c×h×w`, output `co×oh×ow`, `ts` floats
+/// per row of `V` and `M` (tiles of a task, rounded up to 16).
+#[derive(Clone, Copy)]
+struct Geom {
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    pad: Padding2d,
+    oh: usize,
+    ow: usize,
+    ts: usize,
+}
+
+/// Up to 16 consecutive tiles of one tile row: tile row `ty`, first tile column `tx0`, count,
+/// and the lane of the first in the task's `V`/`M` rows.
+#[derive(Clone, Copy)]
+struct Run {
+    ty: usize,
+    tx0: usize,
+    len: usize,
+    lane: usize,
+}
+
+fn runs(t0: usize, t1: usize, tw: usize) -> Vec<Run> {
+    let mut v = Vec::new();
+    let mut t = t0;
+    while t < t1 {
+        let (ty, tx0) = (t / tw, t % tw);
+        let len = (tw - tx0).min(16).min(t1 - t);
+        v.push(Run {
+            ty,
+            tx0,
+            len,
+            lane: t - t0,
+        });
+        t += len;
+    }
+    v
+}
+
+fn lanes(len: usize) -> __mmask16 {
+    if len >= 16 {
+        0xffff
+    } else {
+        ((1u32 << len) - 1) as __mmask16
+    }
+}
+
+/// `Bᵀ d` of six vectors (one column of six tiles' 6×6 patches).
+#[inline(always)]
+unsafe fn bt6(d: [__m512; 6]) -> [__m512; 6] {
+    let c4 = _mm512_set1_ps(4.0);
+    let c5 = _mm512_set1_ps(-5.0);
+    let c2 = _mm512_set1_ps(2.0);
+    let d12 = _mm512_add_ps(d[1], d[2]);
+    let d34 = _mm512_add_ps(d[3], d[4]);
+    let d1m2 = _mm512_sub_ps(d[1], d[2]);
+    let d4m3 = _mm512_sub_ps(d[4], d[3]);
+    let d31 = _mm512_sub_ps(d[3], d[1]);
+    let d42 = _mm512_sub_ps(d[4], d[2]);
+    [
+        _mm512_fmadd_ps(c4, d[0], _mm512_fmadd_ps(c5, d[2], d[4])),
+        _mm512_fnmadd_ps(c4, d12, d34),
+        _mm512_fmadd_ps(c4, d1m2, d4m3),
+        _mm512_fmadd_ps(c2, d31, d42),
+        _mm512_fnmadd_ps(c2, d31, d42),
+        _mm512_fmadd_ps(c4, d[1], _mm512_fmadd_ps(c5, d[3], d[5])),
+    ]
+}
+
+/// `Aᵀ m` of six vectors.
+#[inline(always)]
+unsafe fn at6(m: [__m512; 6]) -> [__m512; 4] {
+    let s12 = _mm512_add_ps(m[1], m[2]);
+    let d12 = _mm512_sub_ps(m[1], m[2]);
+    let s34 = _mm512_add_ps(m[3], m[4]);
+    let d34 = _mm512_sub_ps(m[3], m[4]);
+    [
+        _mm512_add_ps(m[0], _mm512_add_ps(s12, s34)),
+        _mm512_fmadd_ps(_mm512_set1_ps(2.0), d34, d12),
+        _mm512_fmadd_ps(_mm512_set1_ps(4.0), s34, s12),
+        _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), d34, d12), m[5]),
+    ]
+}
+
+/// Fills the task's `V` ([ξ][ci][lane], rows of `g.ts`) from the image's input.
+#[target_feature(enable = "avx512f")]
+unsafe fn input_transform(g: &Geom, x: &[f32], runs: &[Run], v: *mut f32) {
+    let four = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(4),
+    );
+    let plane = g.h * g.w;
+    let xi = g.c * g.ts;
+    for r in runs {
+        // Column j of the patches: offsets and the lanes inside the image.
+        let mut idx = [_mm512_setzero_si512(); 6];
+        let mut cmask = [0 as __mmask16; 6];
+        for j in 0..6 {
+            let col0 = (4 * r.tx0 + j) as i32 - g.pad.left as i32;
+            idx[j] = _mm512_add_epi32(four, _mm512_set1_epi32(col0));
+            let mut m = 0u32;
+            for l in 0..r.len {
+                let col = col0 + 4 * l as i32;
+                if col >= 0 && (col as usize) < g.w {
+                    m |= 1 << l;
+                }
+            }
+            cmask[j] = m as __mmask16;
+        }
+        let rows: [Option<usize>; 6] = std::array::from_fn(|i| {
+            let pr = 4 * r.ty + i;
+            (pr >= g.pad.top && pr - g.pad.top < g.h).then(|| pr - g.pad.top)
+        });
+        let store = lanes(r.len);
+        for ci in 0..g.c {
+            let xc = x.as_ptr().add(ci * plane);
+            // d[i][j]: row i, column j of the 16 patches.
+            let mut d = [[_mm512_setzero_ps(); 6]; 6];
+            for (i, row) in rows.iter().enumerate() {
+                if let Some(row) = row {
+                    let base = xc.add(row * g.w) as *const u8;
+                    for j in 0..6 {
+                        d[i][j] = _mm512_mask_i32gather_ps::<4>(
+                            _mm512_setzero_ps(),
+                            cmask[j],
+                            idx[j],
+                            base as *const f32,
+                        );
+                    }
+                }
+            }
+            // Bᵀ d along the rows, then (·) B along the columns.
+            let mut t = [[_mm512_setzero_ps(); 6]; 6];
+            for j in 0..6 {
+                let col = bt6(std::array::from_fn(|i| d[i][j]));
+                for i in 0..6 {
+                    t[i][j] = col[i];
+                }
+            }
+            let out = v.add(ci * g.ts + r.lane);
+            for (i, ti) in t.iter().enumerate() {
+                let row = bt6(*ti);
+                for (j, vj) in row.iter().enumerate() {
+                    _mm512_mask_storeu_ps(out.add((6 * i + j) * xi), store, *vj);
+                }
+            }
+        }
+    }
+}
+
+/// The 36 GEMMs `M[ξ] = U[ξ] · V[ξ]` of a task with `nt` tiles.
+#[allow(clippy::too_many_arguments)]
+unsafe fn products(
+    g: &Geom,
+    pw: &WinogradWeights,
+    nt: usize,
+    cb: usize,
+    taps: &[isize],
+    v: *const f32,
+    m: *mut f32,
+) {
+    let k = CpuKernel::Avx512;
+    let main = cpu::co_main(k);
+    let (c, co, ts) = (g.c, g.co, g.ts);
+    let segs: Vec<Seg> = (0..nt.div_ceil(16))
+        .map(|s| Seg {
+            x: 16 * s,
+            y: 16 * s,
+            mask: lanes(nt - 16 * s) as u16,
+        })
+        .collect();
+    let rest = co % main;
+    for xi in 0..36 {
+        let (vx, mx) = (v.add(xi * c * ts), m.add(xi * co * ts));
+        let ux = pw.u.as_ptr().add(xi * co * c);
+        for c0 in (0..c).step_by(cb) {
+            let cn = cb.min(c - c0);
+            let (x_k, taps) = (vx.add(c0 * ts), &taps[..cn]);
+            let init = if c0 == 0 {
+                Init::Zero
+            } else {
+                Init::Accumulate
+            };
+            for chunk in segs.chunks(NV) {
+                for co0 in (0..co / main).map(|blk| blk * main) {
+                    let w = ux.add(co0 * c + c0 * main);
+                    cpu::main_tile(k, taps, w, chunk, x_k, mx.add(co0 * ts), ts, init);
+                }
+            }
+            if rest > 0 {
+                let co0 = co - rest;
+                let w = ux.add(co0 * c + c0 * rest);
+                cpu::run_block(k, rest, taps, w, &segs, x_k, mx.add(co0 * ts), ts, init);
+            }
+        }
+    }
+}
+
+/// Writes the output tiles of the task's runs from its `M` ([ξ][co][lane]), plus the bias.
+#[target_feature(enable = "avx512f")]
+unsafe fn output_transform(g: &Geom, m: *const f32, runs: &[Run], bias: &[f32], y: *mut f32) {
+    // out_k[4i + b] = o_b[4k + i]: o0/o1 from one permute, o2/o3 from another, then a blend.
+    let idx: [__m512i; 4] = std::array::from_fn(|k| {
+        let v: [i32; 16] = std::array::from_fn(|p| {
+            let (i, b) = ((p / 4) as i32, p % 4);
+            4 * k as i32 + i + if b % 2 == 1 { 16 } else { 0 }
+        });
+        _mm512_loadu_si512(v.as_ptr() as *const _)
+    });
+    let xi = g.co * g.ts;
+    let plane = g.oh * g.ow;
+    for r in runs {
+        let load = lanes(r.len);
+        let x0 = 4 * r.tx0;
+        let valid = (4 * r.len).min(g.ow - x0);
+        let store: [__mmask16; 4] = std::array::from_fn(|k| lanes(valid.saturating_sub(16 * k)));
+        for (o, &bo) in bias.iter().enumerate() {
+            let src = m.add(o * g.ts + r.lane);
+            // Aᵀ along the first index for each column j, then the rows a of that.
+            let cols: [[__m512; 4]; 6] = std::array::from_fn(|j| {
+                at6(std::array::from_fn(|i| {
+                    _mm512_maskz_loadu_ps(load, src.add((6 * i + j) * xi))
+                }))
+            });
+            let s: [[__m512; 6]; 4] = std::array::from_fn(|a| std::array::from_fn(|j| cols[j][a]));
+            let b = _mm512_set1_ps(bo);
+            for (a, sa) in s.iter().enumerate() {
+                let oy = 4 * r.ty + a;
+                if oy >= g.oh {
+                    break;
+                }
+                let ob = at6(*sa).map(|v| _mm512_add_ps(v, b));
+                let dst = y.add(o * plane + oy * g.ow + x0);
+                for (k, ik) in idx.iter().enumerate() {
+                    if store[k] == 0 {
+                        break;
+                    }
+                    let p01 = _mm512_permutex2var_ps(ob[0], *ik, ob[1]);
+                    let p23 = _mm512_permutex2var_ps(ob[2], *ik, ob[3]);
+                    let out = _mm512_mask_blend_ps(0xcccc, p01, p23);
+                    _mm512_mask_storeu_ps(dst.add(16 * k), store[k], out);
+                }
+            }
+        }
+    }
+}
