@@ -316,6 +316,8 @@ struct Plan {
 /// 512 KiB tuned on Zen 4 (32 KiB / 1 MiB), which stay the fallback.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct CacheBudget {
+    /// L2 bytes (per core).
+    pub l2: usize,
     pub l1_input: usize,
     pub l2_output: usize,
     pub l2_weights: usize,
@@ -326,6 +328,7 @@ pub(super) fn cache_budget() -> CacheBudget {
     *BUDGET.get_or_init(|| {
         let (l1, l2) = (cache_size(1, "Data"), cache_size(2, "Unified"));
         CacheBudget {
+            l2: l2.unwrap_or(1024 * 1024),
             l1_input: l1.map_or(16 * 1024, |b| b * 3 / 5),
             l2_output: l2.map_or(256 * 1024, |b| b * 3 / 8),
             l2_weights: l2.map_or(512 * 1024, |b| b / 2),
