@@ -39,16 +39,6 @@ pub(super) const MIN_CHANNELS: usize = 16;
 /// Segments (16 tiles) per chunk of the micro-kernel, as `cpu::main_tile` runs them.
 const NV: usize = 3;
 
-/// `G`, 6×3: the weight transform `U = G g Gᵀ`.
-const G: [[f64; 3]; 6] = [
-    [1.0 / 4.0, 0.0, 0.0],
-    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-    [0.0, 0.0, 1.0],
-];
-
 /// Whether this machine runs the Winograd path: AVX-512F, the direct kernel not forced to
 /// AVX2, and `SDSEG_WINOGRAD` not `0` (A/B runs, and the direct kernel's accuracy).
 pub(super) fn available() -> bool {
@@ -84,7 +74,8 @@ pub(crate) struct WinogradWeights {
 }
 
 impl WinogradWeights {
-    /// From `w` [co, c, 3, 3] (any strides); the transform in f64, rounded once.
+    /// From `w` [co, c, 3, 3] (any strides); the transform in f64, rounded once, one block of
+    /// output channels per rayon task.
     pub(super) fn new(w: &[f32], wl: &Layout) -> Result<WinogradWeights> {
         let (co, c, kh, kw) = wl.shape().dims4()?;
         if (kh, kw) != (3, 3) {
@@ -94,30 +85,45 @@ impl WinogradWeights {
         let w = &w[wl.start_offset()..];
         let main = cpu::co_main(CpuKernel::Avx512);
         let mut u = vec![0f32; 36 * co * c];
-        for o in 0..co {
-            let (co0, cob) = if o < co - co % main {
-                (o - o % main, main)
-            } else {
-                (co - co % main, co % main)
-            };
-            for ci in 0..c {
-                let g: [[f64; 3]; 3] = std::array::from_fn(|r| {
-                    std::array::from_fn(|q| w[o * s[0] + ci * s[1] + r * s[2] + q * s[3]] as f64)
-                });
-                let t: [[f64; 3]; 6] = std::array::from_fn(|i| {
-                    std::array::from_fn(|q| (0..3).map(|k| G[i][k] * g[k][q]).sum())
-                });
-                let at = co0 * c + ci * cob + (o - co0);
-                for i in 0..6 {
-                    for j in 0..6 {
-                        let v: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
-                        u[(i * 6 + j) * co * c + at] = v as f32;
+        let up = SendPtr(u.as_mut_ptr());
+        let blocks: Vec<(usize, usize)> = (0..co.div_ceil(main))
+            .map(|b| (b * main, main.min(co - b * main)))
+            .collect();
+        blocks.par_iter().for_each(|&(co0, cob)| {
+            let up = up;
+            for o in co0..co0 + cob {
+                for ci in 0..c {
+                    let g: [f64; 9] = std::array::from_fn(|k| {
+                        w[o * s[0] + ci * s[1] + (k / 3) * s[2] + (k % 3) * s[3]] as f64
+                    });
+                    let t = [0, 1, 2].map(|q| g_times([g[q], g[3 + q], g[6 + q]]));
+                    let at = co0 * c + ci * cob + (o - co0);
+                    for i in 0..6 {
+                        let row = g_times([t[0][i], t[1][i], t[2][i]]);
+                        for (j, v) in row.iter().enumerate() {
+                            // SAFETY: `at` lies in this block's `[co0·c, (co0 + cob)·c)` of
+                            // every ξ, which no other task writes.
+                            unsafe { *up.get().add((i * 6 + j) * co * c + at) = *v as f32 };
+                        }
                     }
                 }
             }
-        }
+        });
         Ok(WinogradWeights { c, co, u })
     }
+}
+
+/// `G · (a, b, c)ᵀ`: one column (or row) of the weight transform.
+fn g_times([a, b, c]: [f64; 3]) -> [f64; 6] {
+    let (ac, b6) = (a + c, b / 6.0);
+    [
+        a / 4.0,
+        -(ac / 6.0) - b6,
+        -(ac / 6.0) + b6,
+        a / 24.0 + b / 12.0 + c / 6.0,
+        a / 24.0 - b / 12.0 + c / 6.0,
+        c,
+    ]
 }
 
 /// The op: `apply_op2_no_bwd(x, w)` or `apply_op3_no_bwd(x, w, b)` for contiguous f32 `x`
