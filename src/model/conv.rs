@@ -179,8 +179,8 @@ pub enum ConvPath {
     FastCpu,
     /// Winograd F(4×4, 3×3) (`winograd.rs`): stride-1 3×3 convs with at least 16 input and
     /// output channels onto planes larger than [`ConvPath::Matmul`] takes, on the tensors
-    /// [`ConvPath::FastCpu`] takes, where the CPU has AVX-512F; not when a micro-kernel is forced
-    /// or `SDSEG_WINOGRAD=0`.
+    /// [`ConvPath::FastCpu`] takes, products on [`CpuKernel::best`]; not when a micro-kernel is
+    /// forced or `SDSEG_WINOGRAD=0`.
     Winograd,
     /// One matrix product per image (`gemm` crate, bias accumulated in place; an im2col copy
     /// first unless 1×1): 1×1 stride-1 unpadded convs, and any conv whose output plane has at
@@ -500,7 +500,8 @@ impl Conv2d {
             None => {
                 let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
                 let layout = candle_core::Layout::contiguous(self.weight.shape());
-                let transformed = winograd::WinogradWeights::new(&w, &layout)?;
+                let kernel = winograd::kernel().expect("winograd_for checked it");
+                let transformed = winograd::WinogradWeights::new(&w, &layout, kernel)?;
                 // A racing thread may have set it first; both transformed the same weights.
                 let _ = cache.set(transformed);
                 cache.get().expect("just set")
@@ -601,8 +602,8 @@ pub fn fast_available() -> bool {
     CpuKernel::best().is_some()
 }
 
-/// Whether this machine runs [`ConvPath::Winograd`] (x86-64 with AVX-512F, the direct kernel
-/// not forced to AVX2, `SDSEG_WINOGRAD` not `0`).
+/// Whether this machine runs [`ConvPath::Winograd`] (x86-64 with AVX-512F or AVX2 + FMA,
+/// `SDSEG_WINOGRAD` not `0`).
 pub fn winograd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

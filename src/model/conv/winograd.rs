@@ -24,6 +24,8 @@
 
 // The AVX-512 intrinsics are stable since Rust 1.89 (see avx512.rs).
 #![allow(clippy::incompatible_msrv)]
+// The 6×6 transforms index rows and columns of the same arrays: index loops read clearer.
+#![allow(clippy::needless_range_loop)]
 
 use super::cpu::{self, Init, Seg};
 use super::{gather_bias, CpuKernel, Padding2d};
@@ -39,14 +41,23 @@ pub(super) const MIN_CHANNELS: usize = 16;
 /// Segments (16 tiles) per chunk of the micro-kernel, as `cpu::main_tile` runs them.
 const NV: usize = 3;
 
-/// Whether this machine runs the Winograd path: AVX-512F, the direct kernel not forced to
-/// AVX2, and `SDSEG_WINOGRAD` not `0` (A/B runs, and the direct kernel's accuracy).
-pub(super) fn available() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("SDSEG_WINOGRAD").ok().as_deref() != Some("0")
-            && CpuKernel::best() == Some(CpuKernel::Avx512)
+/// The micro-kernel the Winograd path runs its products on ([`CpuKernel::best`]: AVX-512
+/// transforms with it, or lane-array transforms compiled for AVX2 + FMA), `None` when the CPU
+/// has neither or `SDSEG_WINOGRAD=0` (A/B runs, and the direct kernel's accuracy).
+pub(super) fn kernel() -> Option<CpuKernel> {
+    static K: std::sync::OnceLock<Option<CpuKernel>> = std::sync::OnceLock::new();
+    *K.get_or_init(|| {
+        if std::env::var("SDSEG_WINOGRAD").ok().as_deref() == Some("0") {
+            None
+        } else {
+            CpuKernel::best()
+        }
     })
+}
+
+/// Whether this machine runs the Winograd path (see [`kernel`]).
+pub(super) fn available() -> bool {
+    kernel().is_some()
 }
 
 /// Whether the path takes a conv: 3×3 weights, stride 1, at least [`MIN_CHANNELS`] in and out,
@@ -70,27 +81,27 @@ pub(super) fn supports(x: &[usize], w: &[usize], stride: usize, pad: Padding2d) 
 pub(crate) struct WinogradWeights {
     c: usize,
     co: usize,
+    kernel: CpuKernel,
     u: Vec<f32>,
 }
 
 impl WinogradWeights {
     /// From `w` [co, c, 3, 3] (any strides); the transform in f64, rounded once, one block of
     /// output channels per rayon task.
-    pub(super) fn new(w: &[f32], wl: &Layout) -> Result<WinogradWeights> {
+    pub(super) fn new(w: &[f32], wl: &Layout, kernel: CpuKernel) -> Result<WinogradWeights> {
         let (co, c, kh, kw) = wl.shape().dims4()?;
         if (kh, kw) != (3, 3) {
             candle_core::bail!("winograd: weights {:?}, expected 3×3", wl.dims());
         }
         let s = wl.stride();
         let w = &w[wl.start_offset()..];
-        let main = cpu::co_main(CpuKernel::Avx512);
+        let main = cpu::co_main(kernel);
         let mut u = vec![0f32; 36 * co * c];
         let up = SendPtr(u.as_mut_ptr());
         let blocks: Vec<(usize, usize)> = (0..co.div_ceil(main))
             .map(|b| (b * main, main.min(co - b * main)))
             .collect();
         blocks.par_iter().for_each(|&(co0, cob)| {
-            let up = up;
             for o in co0..co0 + cob {
                 for ci in 0..c {
                     let g: [f64; 9] = std::array::from_fn(|k| {
@@ -109,7 +120,7 @@ impl WinogradWeights {
                 }
             }
         });
-        Ok(WinogradWeights { c, co, u })
+        Ok(WinogradWeights { c, co, kernel, u })
     }
 }
 
@@ -178,8 +189,8 @@ impl WinogradConv<'_> {
                 pw.co
             );
         }
-        if !available() {
-            candle_core::bail!("conv2d winograd: this CPU has no AVX-512F");
+        if !pw.kernel.available() {
+            candle_core::bail!("conv2d winograd: this CPU cannot run {:?}", pw.kernel);
         }
         let p = self.pad;
         let (oh, ow) = (h + p.top + p.bottom - 2, w + p.left + p.right - 2);
@@ -224,14 +235,23 @@ impl WinogradConv<'_> {
                 }
                 let (v, m) = buf.split_at_mut(v_len);
                 let x_img = &x[img * c * h * w..(img + 1) * c * h * w];
-                // SAFETY: AVX-512F is available (checked above); every access stays inside
+                // SAFETY: the CPU runs `pw.kernel` (checked above); every access stays inside
                 // `x_img`, `v`, `m`, the packed weights and this task's output tiles, which no
                 // other task writes.
                 unsafe {
-                    input_transform(&geom, x_img, &runs, v.as_mut_ptr());
-                    products(&geom, pw, t1 - t0, cb, &taps, v.as_ptr(), m.as_mut_ptr());
+                    let (vp, mp) = (v.as_mut_ptr(), m.as_mut_ptr());
                     let y_img = yp.get().add(img * co * oh * ow);
-                    output_transform(&geom, m.as_ptr(), &runs, &bias, y_img);
+                    match pw.kernel {
+                        CpuKernel::Avx512 => input_transform(&geom, x_img, &runs, vp),
+                        CpuKernel::Avx2Fma => lanes::input_transform(&geom, x_img, &runs, vp),
+                    }
+                    products(&geom, pw, t1 - t0, cb, &taps, vp, mp);
+                    match pw.kernel {
+                        CpuKernel::Avx512 => output_transform(&geom, mp, &runs, &bias, y_img),
+                        CpuKernel::Avx2Fma => {
+                            lanes::output_transform(&geom, mp, &runs, &bias, y_img)
+                        }
+                    }
                 }
             });
         });
@@ -419,7 +439,7 @@ unsafe fn products(
     v: *const f32,
     m: *mut f32,
 ) {
-    let k = CpuKernel::Avx512;
+    let k = pw.kernel;
     let main = cpu::co_main(k);
     let (c, co, ts) = (g.c, g.co, g.ts);
     let segs: Vec<Seg> = (0..nt.div_ceil(16))
@@ -499,6 +519,178 @@ unsafe fn output_transform(g: &Geom, m: *const f32, runs: &[Run], bias: &[f32], 
                     let p23 = _mm512_permutex2var_ps(ob[2], *ik, ob[3]);
                     let out = _mm512_mask_blend_ps(0xcccc, p01, p23);
                     _mm512_mask_storeu_ps(dst.add(16 * k), store[k], out);
+                }
+            }
+        }
+    }
+}
+
+/// The transforms on `[f32; 16]` lane arrays (16 tiles, as the AVX-512 ones), compiled for
+/// AVX2 + FMA: LLVM keeps each array in two ymm registers. Patches are read with scalar loads
+/// (AVX2 has no masked 2-source permute to deinterleave with); on the full-size model these
+/// transforms take ~15 % of the Winograd time.
+mod lanes {
+    use super::{Geom, Run};
+
+    type L = [f32; 16];
+
+    /// The first `len` lanes of `a` to `dst` (a fixed-size copy for full runs: a dynamic-length
+    /// `copy_from_slice` is a `memmove` call, which took 15 % of the time).
+    #[inline(always)]
+    unsafe fn store(dst: *mut f32, a: &L, len: usize) {
+        if len == 16 {
+            (dst as *mut L).write_unaligned(*a);
+        } else {
+            for (l, v) in a.iter().enumerate().take(len) {
+                *dst.add(l) = *v;
+            }
+        }
+    }
+
+    /// `len` floats from `src`, zero beyond.
+    #[inline(always)]
+    unsafe fn load(src: *const f32, len: usize) -> L {
+        if len == 16 {
+            (src as *const L).read_unaligned()
+        } else {
+            let mut a = [0f32; 16];
+            for (l, v) in a.iter_mut().enumerate().take(len) {
+                *v = *src.add(l);
+            }
+            a
+        }
+    }
+
+    #[inline(always)]
+    fn map2(a: &L, b: &L, f: impl Fn(f32, f32) -> f32) -> L {
+        std::array::from_fn(|l| f(a[l], b[l]))
+    }
+
+    /// `Bᵀ d`, as `super::bt6`.
+    #[inline(always)]
+    fn bt6(d: &[L; 6]) -> [L; 6] {
+        let d12 = map2(&d[1], &d[2], |a, b| a + b);
+        let d34 = map2(&d[3], &d[4], |a, b| a + b);
+        let d1m2 = map2(&d[1], &d[2], |a, b| a - b);
+        let d4m3 = map2(&d[4], &d[3], |a, b| a - b);
+        let d31 = map2(&d[3], &d[1], |a, b| a - b);
+        let d42 = map2(&d[4], &d[2], |a, b| a - b);
+        [
+            std::array::from_fn(|l| 4.0f32.mul_add(d[0][l], (-5.0f32).mul_add(d[2][l], d[4][l]))),
+            map2(&d12, &d34, |a, b| (-4.0f32).mul_add(a, b)),
+            map2(&d1m2, &d4m3, |a, b| 4.0f32.mul_add(a, b)),
+            map2(&d31, &d42, |a, b| 2.0f32.mul_add(a, b)),
+            map2(&d31, &d42, |a, b| (-2.0f32).mul_add(a, b)),
+            std::array::from_fn(|l| 4.0f32.mul_add(d[1][l], (-5.0f32).mul_add(d[3][l], d[5][l]))),
+        ]
+    }
+
+    /// `Aᵀ m`, as `super::at6`.
+    #[inline(always)]
+    fn at6(m: &[L; 6]) -> [L; 4] {
+        let s12 = map2(&m[1], &m[2], |a, b| a + b);
+        let d12 = map2(&m[1], &m[2], |a, b| a - b);
+        let s34 = map2(&m[3], &m[4], |a, b| a + b);
+        let d34 = map2(&m[3], &m[4], |a, b| a - b);
+        [
+            std::array::from_fn(|l| m[0][l] + (s12[l] + s34[l])),
+            map2(&d34, &d12, |a, b| 2.0f32.mul_add(a, b)),
+            map2(&s34, &s12, |a, b| 4.0f32.mul_add(a, b)),
+            std::array::from_fn(|l| 8.0f32.mul_add(d34[l], d12[l]) + m[5][l]),
+        ]
+    }
+
+    /// As `super::input_transform`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `v` holds the task's `V` (36 · c · ts floats).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn input_transform(g: &Geom, x: &[f32], runs: &[Run], v: *mut f32) {
+        let plane = g.h * g.w;
+        let xi = g.c * g.ts;
+        for ci in 0..g.c {
+            let xc = &x[ci * plane..(ci + 1) * plane];
+            for r in runs {
+                let col0 = (4 * r.tx0) as isize - g.pad.left as isize;
+                let inside = col0 >= 0 && col0 as usize + 4 * r.len + 2 <= g.w;
+                let mut t = [[[0f32; 16]; 6]; 6];
+                for (i, ti) in t.iter_mut().enumerate() {
+                    let pr = 4 * r.ty + i;
+                    if pr < g.pad.top || pr - g.pad.top >= g.h {
+                        continue;
+                    }
+                    let row = &xc[(pr - g.pad.top) * g.w..][..g.w];
+                    let mut d = [[0f32; 16]; 6];
+                    if inside {
+                        let src = &row[col0 as usize..col0 as usize + 4 * r.len + 2];
+                        for l in 0..r.len {
+                            for (j, dj) in d.iter_mut().enumerate() {
+                                dj[l] = src[4 * l + j];
+                            }
+                        }
+                    } else {
+                        for l in 0..r.len {
+                            for (j, dj) in d.iter_mut().enumerate() {
+                                let col = col0 + (4 * l + j) as isize;
+                                if col >= 0 && (col as usize) < g.w {
+                                    dj[l] = row[col as usize];
+                                }
+                            }
+                        }
+                    }
+                    *ti = bt6(&d);
+                }
+                let out = v.add(ci * g.ts + r.lane);
+                for j in 0..6 {
+                    let col = bt6(&std::array::from_fn(|i| t[i][j]));
+                    for (i, vi) in col.iter().enumerate() {
+                        store(out.add((6 * i + j) * xi), vi, r.len);
+                    }
+                }
+            }
+        }
+    }
+
+    /// As `super::output_transform`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `m` holds the task's `M`; `y` is the image's output, whose
+    /// pixels of these runs' tiles no other task writes.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn output_transform(
+        g: &Geom,
+        m: *const f32,
+        runs: &[Run],
+        bias: &[f32],
+        y: *mut f32,
+    ) {
+        let xi = g.co * g.ts;
+        let plane = g.oh * g.ow;
+        for r in runs {
+            let x0 = 4 * r.tx0;
+            let valid = (4 * r.len).min(g.ow - x0);
+            for (o, &bo) in bias.iter().enumerate() {
+                let src = m.add(o * g.ts + r.lane);
+                let cols: [[L; 4]; 6] = std::array::from_fn(|j| {
+                    at6(&std::array::from_fn(|i| {
+                        load(src.add((6 * i + j) * xi), r.len)
+                    }))
+                });
+                for a in 0..4 {
+                    let oy = 4 * r.ty + a;
+                    if oy >= g.oh {
+                        break;
+                    }
+                    let ob = at6(&std::array::from_fn(|j| cols[j][a]));
+                    let dst = y.add(o * plane + oy * g.ow + x0);
+                    if valid == 64 {
+                        let row: [f32; 64] = std::array::from_fn(|q| ob[q % 4][q / 4] + bo);
+                        (dst as *mut [f32; 64]).write_unaligned(row);
+                    } else {
+                        for q in 0..valid {
+                            *dst.add(q) = ob[q % 4][q / 4] + bo;
+                        }
+                    }
                 }
             }
         }
