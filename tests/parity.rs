@@ -22,7 +22,8 @@ use candle_nn::VarBuilder;
 use sdseg_volume::error::{exit_code_for, ExitCode};
 use sdseg_volume::model::checkpoint::{convert_checkpoint, Checkpoint, ModelError};
 use sdseg_volume::model::config::{SdsegConfig, Task, PRESETS};
-use sdseg_volume::model::sdseg::{NoiseMode, NoiseSource, Output, Sdseg, Trace};
+use sdseg_volume::model::sdseg::{Output, Sdseg, Trace};
+use sdseg_volume::pipeline::segmenter::{NoiseMode, NoiseSource};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -694,8 +695,8 @@ fn generic_unet_sizes_run() {
         .iter()
         .any(|k| k == "model.diffusion_model.output_blocks.2.2.conv.weight"));
     let image = Tensor::zeros((3, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
-    let noise = NoiseSource::new(3, NoiseMode::PerSlice, model.latent_shape())
-        .for_slices(&[0, 1, 2])
+    let noise = NoiseSource::new(NoiseMode::PerSlice, 3, model.latent_shape())
+        .batch("generic", &[0, 1, 2])
         .unwrap();
     let out = model.segment(&image, &noise, None).unwrap();
     assert_eq!(out.labels().dims(), &[3, 64, 64]);

@@ -474,7 +474,7 @@ impl Sdseg {
     }
 
     /// Single-step segmentation of `image` [B, 3, H, W] (values in [−1, 1]) with `noise`
-    /// [B or 1, C, h, w] (see [`NoiseSource`]). `classes`: the class ids to run for a
+    /// [B or 1, C, h, w] (see [`crate::pipeline::segmenter::NoiseSource`]). `classes`: the class ids to run for a
     /// multi-class model (None = all, 0..K, as the official loop); must be None for binary.
     pub fn segment(
         &self,
@@ -737,18 +737,6 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     }
 }
 
-/// How noise is drawn for a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum NoiseMode {
-    /// One draw shared by every slice and class (the official evaluation: `get_dice_loop`
-    /// draws `noise` once and reuses it).
-    #[default]
-    Shared,
-    /// An independent draw per slice, determined by (seed, slice index) only, so batching and
-    /// sharding do not change it.
-    PerSlice,
-}
-
 /// `count` standard-normal f32 values from ChaCha8 seeded with `seed`, stream `stream`.
 /// Generated on the CPU in f32, so a seed gives the same noise on every device.
 pub fn standard_normal(seed: u64, stream: u64, count: usize) -> Vec<f32> {
@@ -759,82 +747,18 @@ pub fn standard_normal(seed: u64, stream: u64, count: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Seeded noise latents for batches of slices.
-#[derive(Clone, Debug)]
-pub struct NoiseSource {
-    seed: u64,
-    mode: NoiseMode,
-    shape: [usize; 3],
-    shared: Vec<f32>,
-}
-
-impl NoiseSource {
-    /// `latent_shape` = [C, h, w] of one slice ([`Sdseg::latent_shape`]).
-    pub fn new(seed: u64, mode: NoiseMode, latent_shape: [usize; 3]) -> Self {
-        let n = latent_shape.iter().product();
-        let shared = match mode {
-            NoiseMode::Shared => standard_normal(seed, 0, n),
-            NoiseMode::PerSlice => vec![],
-        };
-        Self {
-            seed,
-            mode,
-            shape: latent_shape,
-            shared,
-        }
-    }
-
-    pub fn mode(&self) -> NoiseMode {
-        self.mode
-    }
-
-    /// Noise [B, C, h, w] f32 on the CPU for the slices with these indices (stream = index in
-    /// per-slice mode; ignored in shared mode, where every row is the same draw).
-    pub fn for_slices(&self, slice_ids: &[u64]) -> candle_core::Result<Tensor> {
-        let [c, h, w] = self.shape;
-        let n = c * h * w;
-        let mut data = Vec::with_capacity(n * slice_ids.len());
-        for &id in slice_ids {
-            match self.mode {
-                NoiseMode::Shared => data.extend_from_slice(&self.shared),
-                NoiseMode::PerSlice => data.extend(standard_normal(self.seed, id, n)),
-            }
-        }
-        Tensor::from_vec(data, (slice_ids.len(), c, h, w), &Device::Cpu)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn noise_is_seeded_and_mode_dependent() {
-        let shared = NoiseSource::new(7, NoiseMode::Shared, [4, 2, 2]);
-        let t = shared.for_slices(&[0, 5]).unwrap();
-        assert_eq!(t.dims(), &[2, 4, 2, 2]);
-        let rows = t.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(rows[0], rows[1], "shared mode: one draw for every slice");
-        let per = NoiseSource::new(7, NoiseMode::PerSlice, [4, 2, 2]);
-        let rows2 = per
-            .for_slices(&[0, 5])
-            .unwrap()
-            .flatten_from(1)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_ne!(rows2[0], rows2[1]);
-        // Independent of batching: slice 5 alone equals slice 5 in a batch.
-        let alone = per
-            .for_slices(&[5])
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(alone, rows2[1]);
-        assert_eq!(standard_normal(7, 0, 16), rows[0]);
-        assert_ne!(standard_normal(8, 0, 16), rows[0]);
+    fn standard_normal_is_seeded_per_stream() {
+        let a = standard_normal(7, 0, 16);
+        assert_eq!(a, standard_normal(7, 0, 16));
+        assert_ne!(a, standard_normal(8, 0, 16));
+        assert_ne!(a, standard_normal(7, 1, 16));
+        // A prefix of a longer draw: the count does not change the values.
+        assert_eq!(a[..8], standard_normal(7, 0, 8)[..]);
         // Roughly standard normal.
         let v = standard_normal(1, 0, 20000);
         let mean = v.iter().sum::<f32>() / v.len() as f32;

@@ -318,11 +318,12 @@ impl SliceSegmenter for SdsegSegmenter {
 }
 
 /// How noise latents are drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NoiseMode {
     /// One draw from the seed, shared by every slice, class and volume: what the official
     /// evaluation does (`get_dice_loop` reuses its first `randn_like`).
+    #[default]
     Shared,
     /// A draw per slice, derived from (seed, case id, slice index): independent of batching,
     /// sharding and resume, but different for every slice.
@@ -340,12 +341,14 @@ impl std::str::FromStr for NoiseMode {
     }
 }
 
-/// Seeded standard-normal noise latents. Every value depends only on the seed (shared mode) or
+/// Seeded standard-normal noise latents: the one noise of `run`, `reproduce`, `stability`,
+/// `trace` and training validation. Every value depends only on the seed (shared mode) or
 /// on (seed, case id, slice index) (per-slice mode), never on call order.
 #[derive(Clone, Debug)]
 pub struct NoiseSource {
     mode: NoiseMode,
     seed: u64,
+    shape: [usize; 3],
     latent_len: usize,
     shared: Vec<f32>,
 }
@@ -361,6 +364,7 @@ impl NoiseSource {
         NoiseSource {
             mode,
             seed,
+            shape: latent_shape,
             latent_len,
             shared,
         }
@@ -372,6 +376,21 @@ impl NoiseSource {
 
     pub fn latent_len(&self) -> usize {
         self.latent_len
+    }
+
+    /// The noise of slices `slices` of case `case_id` as one [B, C, h, w] f32 CPU tensor.
+    pub fn batch(
+        &self,
+        case_id: &str,
+        slices: &[usize],
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let n = self.latent_len;
+        let mut data = vec![0f32; n * slices.len()];
+        for (out, &slice) in data.chunks_exact_mut(n.max(1)).zip(slices) {
+            self.fill(case_id, slice, out);
+        }
+        let [c, h, w] = self.shape;
+        candle_core::Tensor::from_vec(data, (slices.len(), c, h, w), &candle_core::Device::Cpu)
     }
 
     /// Fill `out` (length `latent_len`) with the noise of slice `slice` of case `case_id`.
@@ -426,6 +445,14 @@ mod tests {
         assert_ne!(a, b);
         per.fill("y", 0, &mut b);
         assert_ne!(a, b);
+
+        // A batch is the slices' fills, in order, shaped [B, C, h, w]: batching changes nothing.
+        let t = per.batch("x", &[1, 0]).unwrap();
+        assert_eq!(t.dims(), &[2, 4, 32, 32]);
+        let rows = t.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(rows[1], a);
+        per.fill("x", 1, &mut b);
+        assert_eq!(rows[0], b);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use ndarray::{Array3, Axis};
 
-use crate::model::sdseg::{NoiseMode, NoiseSource, Output, Sdseg};
+use crate::model::sdseg::{Output, Sdseg};
+use crate::pipeline::segmenter::{NoiseMode, NoiseSource};
 use crate::pipeline::{
     binary_slice_to_native, logits_slice_to_native, Pipeline, Reassembler, ResizeBack, SliceSource,
 };
@@ -79,6 +80,7 @@ pub fn inference_model(model: &TrainModel, ema: Option<&Ema>) -> Result<Sdseg, T
 /// back bilinearly and thresholded / argmaxed, stacked on the input grid (model class ids).
 pub fn predict_volume(
     sdseg: &Sdseg,
+    case_id: &str,
     volume: &Volume,
     pipeline: &Pipeline,
     noise: &NoiseSource,
@@ -94,8 +96,8 @@ pub fn predict_volume(
         let end = (start + batch).min(n);
         let b = end - start;
         let images = Tensor::from_vec(src.model_input(start..end), (b, 3, s, s), sdseg.device())?;
-        let ids: Vec<u64> = (start as u64..end as u64).collect();
-        let nz = noise.for_slices(&ids)?;
+        let ids: Vec<usize> = (start..end).collect();
+        let nz = noise.batch(case_id, &ids)?;
         match sdseg.segment(&images, &nz, None)? {
             Output::Binary { mask_prob, .. } => {
                 let p = mask_prob
@@ -162,13 +164,13 @@ pub fn validate(
     batch: usize,
     out_dir: Option<&Path>,
 ) -> Result<ValReport, TrainError> {
-    let noise = NoiseSource::new(seed, NoiseMode::Shared, sdseg.latent_shape());
+    let noise = NoiseSource::new(NoiseMode::Shared, seed, sdseg.latent_shape());
     let fg: Vec<u16> = pipeline.labels.foreground.clone();
     let mut report = ValReport::default();
     let mut sum = 0.0;
     let mut n = 0usize;
     for case in cases {
-        let pred = predict_volume(sdseg, &case.volume, pipeline, &noise, batch)?;
+        let pred = predict_volume(sdseg, &case.id, &case.volume, pipeline, &noise, batch)?;
         let scores: Vec<(u16, f64)> = fg
             .iter()
             .filter_map(|&c| dice(&pred, &case.gt, c).map(|d| (c, d)))
