@@ -268,7 +268,8 @@ pub struct Conv2d {
     /// The same with their bf16 residuals, for [`CpuPrecision::Bf16x3`].
     #[cfg(target_arch = "x86_64")]
     amx_weights_split: std::sync::Arc<std::sync::OnceLock<amx::PackedWeights>>,
-    /// The Winograd-transformed weights, on the first [`ConvPath::Winograd`] call.
+    /// The Winograd-transformed weights, on the first [`ConvPath::Winograd`] call (as for the
+    /// AMX packs: weights that can change are `Var`s, which track gradients and never take it).
     #[cfg(target_arch = "x86_64")]
     winograd_weights: std::sync::Arc<std::sync::OnceLock<winograd::WinogradWeights>>,
 }
