@@ -579,7 +579,14 @@ fn check_bf16(case: &Case, x: &Tensor, seed: u64, amx_shape: bool) {
     let (path3, got3) = with_cpu_precision(CpuPrecision::Bf16x3, || {
         (conv.path_for(x), conv.forward(x).unwrap())
     });
-    assert_eq!(path3, path);
+    // Split bf16 runs the Winograd convs' products on AMX instead (same accuracy class).
+    let winograd = f32_path == ConvPath::Winograd && case.co.is_multiple_of(16);
+    if path3 == ConvPath::WinogradAmxBf16 {
+        assert!(bf16_available() && winograd, "x {:?}", case.x);
+    } else {
+        assert!(!(bf16_available() && winograd), "x {:?}: {path3:?}", case.x);
+        assert_eq!(path3, path);
+    }
     let what = format!(
         "x {:?} co {} k {} s {} {:?}",
         case.x, case.co, case.k, case.stride, case.pad
@@ -605,11 +612,20 @@ fn check_bf16(case: &Case, x: &Tensor, seed: u64, amx_shape: bool) {
             (1e-6..2e-2).contains(&e32),
             "{what}: rel err vs the f32 conv {e32:e} (bf16 rounding expected)"
         );
-        // Split bf16: all but the residual × residual products, ~16 mantissa bits.
+        // Split bf16: all but the residual × residual products, ~16 mantissa bits (on
+        // Winograd's transformed tiles: its few bits on top, as in f32).
         let e3 = rel_err(&got3, &exact);
-        eprintln!("{what}: bf16 {e32:.2e}, bf16x3 {e3:.2e}");
+        eprintln!("{what}: bf16 {e32:.2e}, bf16x3 {e3:.2e} ({path3:?})");
+        // Winograd's output transform amplifies the dropped residual × residual products
+        // ~10–30× as it does f32 rounding: ~1.3e-4 at 32–64 channels, still 15× better than
+        // plain bf16.
+        let (tol3, gain) = if path3 == ConvPath::WinogradAmxBf16 {
+            (4e-4, 8.0)
+        } else {
+            (2e-5, 50.0)
+        };
         assert!(
-            e3 <= 2e-5 && e3 < e32 / 50.0,
+            e3 <= tol3 && e3 < e32 / gain,
             "{what}: bf16x3 rel err {e3:e} (bf16: {e32:e})"
         );
     } else {

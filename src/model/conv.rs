@@ -182,6 +182,10 @@ pub enum ConvPath {
     /// [`ConvPath::FastCpu`] takes, products on [`CpuKernel::best`]; not when a micro-kernel is
     /// forced or `SDSEG_WINOGRAD=0`.
     Winograd,
+    /// The same Winograd transforms (f32, AVX-512) with the 36 products in split bf16 on AMX
+    /// tiles: what [`ConvPath::AmxBf16`] takes under [`CpuPrecision::Bf16x3`] when the conv
+    /// is also one [`ConvPath::Winograd`] takes and has output channels in 16s.
+    WinogradAmxBf16,
     /// One matrix product per image (`gemm` crate, bias accumulated in place; an im2col copy
     /// first unless 1×1): 1×1 stride-1 unpadded convs, and any conv whose output plane has at
     /// most 256 pixels, on the tensors [`ConvPath::FastCpu`] takes (f32 CPU, no gradients), any
@@ -272,6 +276,9 @@ pub struct Conv2d {
     /// AMX packs: weights that can change are `Var`s, which track gradients and never take it).
     #[cfg(target_arch = "x86_64")]
     winograd_weights: std::sync::Arc<std::sync::OnceLock<winograd::WinogradWeights>>,
+    /// The same packed for AMX in split bf16, on the first [`ConvPath::WinogradAmxBf16`] call.
+    #[cfg(target_arch = "x86_64")]
+    winograd_amx: std::sync::Arc<std::sync::OnceLock<winograd::AmxWinogradWeights>>,
 }
 
 impl Conv2d {
@@ -289,6 +296,8 @@ impl Conv2d {
             amx_weights_split: Default::default(),
             #[cfg(target_arch = "x86_64")]
             winograd_weights: Default::default(),
+            #[cfg(target_arch = "x86_64")]
+            winograd_amx: Default::default(),
         }
     }
 
@@ -326,6 +335,9 @@ impl Conv2d {
 
     /// The implementation `forward(x)` will run.
     pub fn path_for(&self, x: &Tensor) -> ConvPath {
+        if self.winograd_amx_for(x) {
+            return ConvPath::WinogradAmxBf16;
+        }
         if self.amx_for(x) {
             return ConvPath::AmxBf16;
         }
@@ -510,7 +522,7 @@ impl Conv2d {
         };
         let op = winograd::WinogradConv {
             pad: self.padding,
-            weights,
+            products: winograd::Products::Kernel(weights),
         };
         let x = x.contiguous()?;
         match &self.bias {
@@ -521,6 +533,62 @@ impl Conv2d {
 
     #[cfg(not(target_arch = "x86_64"))]
     fn forward_winograd(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_candle(x)
+    }
+
+    /// Whether `forward(x)` takes [`ConvPath::WinogradAmxBf16`] (checked first).
+    fn winograd_amx_for(&self, x: &Tensor) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            cpu_precision() == CpuPrecision::Bf16x3
+                && self.kernel.is_none()
+                && self.fast_tensors(x)
+                && !self.pointwise_for(x)
+                && self.weight.dim(0).is_ok_and(|co| co.is_multiple_of(16))
+                && winograd::supports(
+                    x.dims(),
+                    self.weight.dims(),
+                    self.config.stride,
+                    self.padding,
+                )
+                && CpuKernel::Avx512.available()
+                && amx::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = x;
+            false
+        }
+    }
+
+    /// The [`ConvPath::WinogradAmxBf16`] convolution (+ bias).
+    #[cfg(target_arch = "x86_64")]
+    fn forward_winograd_amx(&self, x: &Tensor) -> Result<Tensor> {
+        let cache = &self.winograd_amx;
+        let weights = match cache.get() {
+            Some(w) => w,
+            None => {
+                let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+                let layout = candle_core::Layout::contiguous(self.weight.shape());
+                let packed = winograd::AmxWinogradWeights::new(&w, &layout, true)?;
+                // A racing thread may have set it first; both packed the same weights.
+                let _ = cache.set(packed);
+                cache.get().expect("just set")
+            }
+        };
+        let op = winograd::WinogradConv {
+            pad: self.padding,
+            products: winograd::Products::Amx(weights),
+        };
+        let x = x.contiguous()?;
+        match &self.bias {
+            None => x.apply_op2_no_bwd(&self.weight, &op),
+            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn forward_winograd_amx(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_candle(x)
     }
 
@@ -631,6 +699,9 @@ pub fn conv2d(
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.winograd_amx_for(x) {
+            return self.forward_winograd_amx(x);
+        }
         if self.amx_for(x) {
             return self.forward_amx(x);
         }

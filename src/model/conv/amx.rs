@@ -581,6 +581,141 @@ impl PackedWeights {
     }
 }
 
+/// Winograd's products on AMX (`winograd.rs` under [`super::CpuPrecision::Bf16x3`]): for one
+/// ξ, `M [co, ts] = U [co, c] · V [c, ts]` with `U` packed as a 1×1 conv's weights and `V`
+/// (f32 rows `ts` apart) converted into a band of bf16 channel pairs, one row of `ts` tiles
+/// per pair (and the residuals' band after it when split).
+pub(super) struct BandGemm {
+    koffs: Vec<usize>,
+    aoffs: Vec<usize>,
+    /// Channel pairs, padded to 16 (32 channels per tile).
+    cp: usize,
+    ts: usize,
+    split: bool,
+}
+
+impl BandGemm {
+    /// For weights packed from `[co, c, 1, 1]` and `V`/`M` rows of `ts` (a multiple of 16).
+    pub(super) fn new(pw: &PackedWeights, ts: usize) -> BandGemm {
+        let cp = pw.c.div_ceil(32) * 16;
+        let lo_band = cp * ts;
+        let (koffs, aoffs) = (0..cp / 16)
+            .flat_map(|q| {
+                let (off, a) = (q * 16 * ts, q * 512);
+                if pw.split {
+                    vec![(off, a), (off, pw.lo_offset() + a), (off + lo_band, a)]
+                } else {
+                    vec![(off, a)]
+                }
+            })
+            .unzip();
+        BandGemm {
+            koffs,
+            aoffs,
+            cp,
+            ts,
+            split: pw.split,
+        }
+    }
+
+    /// The first `cols` columns of the band from `v` (`c` rows of `ts`).
+    ///
+    /// # Safety
+    /// AVX-512F is available; `v` holds `c · ts` floats, `band` [`BandGemm::band_len`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fill(&self, c: usize, v: *const f32, cols: usize, band: &mut [u32]) {
+        let ts = self.ts;
+        let lo_band = self.cp * ts;
+        let zeros = vec![0f32; cols];
+        for k in 0..self.cp {
+            let (c0, c1) = (2 * k, 2 * k + 1);
+            let row = &mut band[k * ts..k * ts + cols];
+            if c0 >= c {
+                row.fill(0);
+                if self.split {
+                    band[lo_band + k * ts..lo_band + k * ts + cols].fill(0);
+                }
+                continue;
+            }
+            let lo = std::slice::from_raw_parts(v.add(c0 * ts), cols);
+            let hi = if c1 < c {
+                std::slice::from_raw_parts(v.add(c1 * ts), cols)
+            } else {
+                &zeros[..]
+            };
+            for ((o, &a), &b) in row.iter_mut().zip(lo).zip(hi) {
+                *o = pair(a, b);
+            }
+            if self.split {
+                let row = &mut band[lo_band + k * ts..lo_band + k * ts + cols];
+                for ((o, &a), &b) in row.iter_mut().zip(lo).zip(hi) {
+                    *o = pair_residual(a, b);
+                }
+            }
+        }
+    }
+
+    /// `u32`s of band one product fills.
+    pub(super) fn band_len(&self) -> usize {
+        let bands = if self.split { 2 } else { 1 };
+        bands * self.cp * self.ts + SLACK
+    }
+
+    /// Converts `v` (`c` rows) into `band` and writes `m` (`co` rows) for the first `nt`
+    /// columns (whole tiles of 16 are computed; columns past `nt` hold garbage).
+    ///
+    /// # Safety
+    /// AMX is [`available`]; `v` holds `c · ts` floats, `m` `co · ts`; `pw` is the pack
+    /// `self` was built for; `band` holds [`BandGemm::band_len`] `u32`s.
+    pub(super) unsafe fn run(
+        &self,
+        pw: &PackedWeights,
+        v: *const f32,
+        nt: usize,
+        band: &mut [u32],
+        m: *mut f32,
+    ) {
+        let cols = nt.div_ceil(16) * 16;
+        self.fill(pw.c, v, cols, band);
+        let ts = self.ts;
+        let ksteps = self.cp / 16;
+        let (blocks, segs) = (pw.co / 16, cols / 16);
+        let b = band.as_ptr();
+        configure_tiles(16);
+        let mut cb = 0;
+        while cb < blocks {
+            let mc = (blocks - cb).min(2);
+            let mut s = 0;
+            while s < segs {
+                let np = (segs - s).min(2);
+                let (s0, s1) = (16 * s, 16 * (s + np - 1));
+                let y0 = m.add(cb * 16 * ts);
+                let job = Job {
+                    a: pw.data.as_ptr().add(cb * ksteps * 512),
+                    a_step: ksteps * 512,
+                    aoffs: &self.aoffs,
+                    b: [b.add(s0), b.add(s1)],
+                    b_stride: ts * 4,
+                    koffs: &self.koffs,
+                    bias: None,
+                    y: [y0.add(s0), y0.add(s1)],
+                    y_stride: ts * 4,
+                    y_block: 16 * ts,
+                };
+                match (mc, np) {
+                    (2, 2) => job.run::<2, 2>(),
+                    (2, _) => job.run::<2, 1>(),
+                    (_, 2) => job.run::<1, 2>(),
+                    _ => job.run::<1, 1>(),
+                }
+                s += np;
+            }
+            cb += mc;
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
 /// Per block of 16 output channels, a 16×16 f32 tile whose row `r` is `bias[16·blk + r]`.
 fn bias_tiles(b: &[f32], bl: &Layout, co: usize) -> Result<Vec<f32>> {
     Ok(super::gather_bias(b, bl, co)?

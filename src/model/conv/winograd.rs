@@ -89,13 +89,23 @@ impl WinogradWeights {
     /// From `w` [co, c, 3, 3] (any strides); the transform in f64, rounded once, one block of
     /// output channels per rayon task.
     pub(super) fn new(w: &[f32], wl: &Layout, kernel: CpuKernel) -> Result<WinogradWeights> {
+        let (co, c, u) = transform(w, wl, Some(cpu::co_main(kernel)))?;
+        Ok(WinogradWeights { c, co, kernel, u })
+    }
+}
+
+/// `U` of `w` [co, c, 3, 3] (any strides) as 36 matrices `[co][c]` one after the other, or
+/// with `packed = Some(main)` each packed for the micro-kernel (see [`WinogradWeights`]). The
+/// transform in f64, rounded once, one block of output channels per rayon task.
+fn transform(w: &[f32], wl: &Layout, packed: Option<usize>) -> Result<(usize, usize, Vec<f32>)> {
+    {
         let (co, c, kh, kw) = wl.shape().dims4()?;
         if (kh, kw) != (3, 3) {
             candle_core::bail!("winograd: weights {:?}, expected 3×3", wl.dims());
         }
         let s = wl.stride();
         let w = &w[wl.start_offset()..];
-        let main = cpu::co_main(kernel);
+        let main = packed.unwrap_or(8);
         let mut u = vec![0f32; 36 * co * c];
         let up = SendPtr(u.as_mut_ptr());
         let blocks: Vec<(usize, usize)> = (0..co.div_ceil(main))
@@ -108,20 +118,53 @@ impl WinogradWeights {
                         w[o * s[0] + ci * s[1] + (k / 3) * s[2] + (k % 3) * s[3]] as f64
                     });
                     let t = [0, 1, 2].map(|q| g_times([g[q], g[3 + q], g[6 + q]]));
-                    let at = co0 * c + ci * cob + (o - co0);
+                    let at = match packed {
+                        Some(_) => co0 * c + ci * cob + (o - co0),
+                        None => o * c + ci,
+                    };
                     for i in 0..6 {
                         let row = g_times([t[0][i], t[1][i], t[2][i]]);
                         for (j, v) in row.iter().enumerate() {
                             // SAFETY: `at` lies in this block's `[co0·c, (co0 + cob)·c)` of
-                            // every ξ, which no other task writes.
+                            // every ξ (either layout), which no other task writes.
                             unsafe { *up.get().add((i * 6 + j) * co * c + at) = *v as f32 };
                         }
                     }
                 }
             }
         });
-        Ok(WinogradWeights { c, co, kernel, u })
+        Ok((co, c, u))
     }
+}
+
+/// `U` packed for AMX per ξ (split bf16 when `split`), for [`Products::Amx`].
+#[derive(Debug)]
+pub(crate) struct AmxWinogradWeights {
+    c: usize,
+    co: usize,
+    xi: Vec<super::amx::PackedWeights>,
+}
+
+impl AmxWinogradWeights {
+    /// From `w` [co, c, 3, 3] (any strides), `co` a multiple of 16.
+    pub(super) fn new(w: &[f32], wl: &Layout, split: bool) -> Result<AmxWinogradWeights> {
+        let (co, c, u) = transform(w, wl, None)?;
+        let layout = Layout::contiguous((co, c, 1, 1));
+        let xi = u
+            .chunks_exact(co * c)
+            .map(|ux| super::amx::PackedWeights::new(ux, &layout, split))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AmxWinogradWeights { c, co, xi })
+    }
+}
+
+/// What runs the 36 products.
+#[derive(Clone, Copy)]
+pub(super) enum Products<'a> {
+    /// The direct conv's micro-kernel on f32 `U`.
+    Kernel(&'a WinogradWeights),
+    /// AMX tiles on bf16 (split) `U` and `V`.
+    Amx(&'a AmxWinogradWeights),
 }
 
 /// `G · (a, b, c)ᵀ`: one column (or row) of the weight transform.
@@ -142,7 +185,7 @@ fn g_times([a, b, c]: [f64; 3]) -> [f64; 6] {
 #[derive(Clone, Copy)]
 pub(super) struct WinogradConv<'a> {
     pub pad: Padding2d,
-    pub weights: &'a WinogradWeights,
+    pub products: Products<'a>,
 }
 
 super::cpu_conv_ops!(WinogradConv<'_>, "sdseg-conv2d-winograd");
@@ -150,6 +193,8 @@ super::cpu_conv_ops!(WinogradConv<'_>, "sdseg-conv2d-winograd");
 thread_local! {
     /// Per-thread `V` and `M` of a task (reused across calls).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread bf16 band of one ξ's `V` ([`Products::Amx`]).
+    static BAND: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Tiles per task: `V` and `M` of a task (36 · (c + co) floats a tile) fit in L2 (2 MiB here:
@@ -179,18 +224,22 @@ impl WinogradConv<'_> {
         let x = &x[x0..x1];
         let (n, c, h, w) = xl.shape().dims4()?;
         let (co, ci, _, _) = wl.shape().dims4()?;
-        let pw = self.weights;
-        if !supports(xl.dims(), wl.dims(), 1, self.pad) || pw.c != c || pw.co != co || ci != c {
+        let (pc, pco, kernel) = match self.products {
+            Products::Kernel(pw) => (pw.c, pw.co, pw.kernel),
+            Products::Amx(pa) => (pa.c, pa.co, CpuKernel::Avx512),
+        };
+        if !supports(xl.dims(), wl.dims(), 1, self.pad) || pc != c || pco != co || ci != c {
             candle_core::bail!(
-                "conv2d winograd: input {:?}, weight {:?} (transformed for {}→{})",
+                "conv2d winograd: input {:?}, weight {:?} (transformed for {pc}→{pco})",
                 xl.dims(),
                 wl.dims(),
-                pw.c,
-                pw.co
             );
         }
-        if !pw.kernel.available() {
-            candle_core::bail!("conv2d winograd: this CPU cannot run {:?}", pw.kernel);
+        if !kernel.available() {
+            candle_core::bail!("conv2d winograd: this CPU cannot run {kernel:?}");
+        }
+        if matches!(self.products, Products::Amx(_)) && !super::amx::available() {
+            candle_core::bail!("conv2d winograd: this CPU has no AMX-BF16");
         }
         let p = self.pad;
         let (oh, ow) = (h + p.top + p.bottom - 2, w + p.left + p.right - 2);
@@ -221,6 +270,10 @@ impl WinogradConv<'_> {
         let budget = cpu::cache_budget();
         let cb = (budget.l1_input / (NV * 64)).clamp(1, c);
         let taps: Vec<isize> = (0..cb).map(|i| (i * ts) as isize).collect();
+        let band_gemm = match self.products {
+            Products::Amx(pa) => Some(super::amx::BandGemm::new(&pa.xi[0], ts)),
+            Products::Kernel(_) => None,
+        };
         (0..n * tasks_per_img).into_par_iter().for_each(|task| {
             let (img, part) = (task / tasks_per_img, task % tasks_per_img);
             let t0 = part * tpt;
@@ -235,18 +288,33 @@ impl WinogradConv<'_> {
                 }
                 let (v, m) = buf.split_at_mut(v_len);
                 let x_img = &x[img * c * h * w..(img + 1) * c * h * w];
-                // SAFETY: the CPU runs `pw.kernel` (checked above); every access stays inside
-                // `x_img`, `v`, `m`, the packed weights and this task's output tiles, which no
-                // other task writes.
+                // SAFETY: the CPU runs `kernel` (and AMX for `Products::Amx`; checked above);
+                // every access stays inside `x_img`, `v`, `m`, the band, the packed weights and
+                // this task's output tiles, which no other task writes.
                 unsafe {
                     let (vp, mp) = (v.as_mut_ptr(), m.as_mut_ptr());
                     let y_img = yp.get().add(img * co * oh * ow);
-                    match pw.kernel {
+                    match kernel {
                         CpuKernel::Avx512 => input_transform(&geom, x_img, &runs, vp),
                         CpuKernel::Avx2Fma => lanes::input_transform(&geom, x_img, &runs, vp),
                     }
-                    products(&geom, pw, t1 - t0, cb, &taps, vp, mp);
-                    match pw.kernel {
+                    match (self.products, &band_gemm) {
+                        (Products::Amx(pa), Some(bg)) => BAND.with(|band| {
+                            let mut band = band.borrow_mut();
+                            if band.len() < bg.band_len() {
+                                band.resize(bg.band_len(), 0);
+                            }
+                            for (xi, pwx) in pa.xi.iter().enumerate() {
+                                let (vx, mx) = (vp.add(xi * c * ts), mp.add(xi * co * ts));
+                                bg.run(pwx, vx, t1 - t0, &mut band, mx);
+                            }
+                        }),
+                        (Products::Kernel(pw), _) => {
+                            products(&geom, pw, t1 - t0, cb, &taps, vp, mp)
+                        }
+                        (Products::Amx(_), None) => unreachable!("band_gemm set for Amx"),
+                    }
+                    match kernel {
                         CpuKernel::Avx512 => output_transform(&geom, mp, &runs, &bias, y_img),
                         CpuKernel::Avx2Fma => {
                             lanes::output_transform(&geom, mp, &runs, &bias, y_img)
