@@ -10,7 +10,8 @@
 //! [`ConvPath::Matmul`] instead: one `gemm` per image (`gemm.rs`), faster there.
 //! Under a [`CpuPrecision`] other than f32 (`--dtype bf16` on the CPU, see
 //! [`with_cpu_precision`]) the same tensors go to [`ConvPath::AmxBf16`] (`amx.rs`) where the
-//! CPU has AMX-BF16.
+//! CPU has AMX-BF16. Stride-1 3×3 convs with ≥ 16 channels onto planes over 256 px take
+//! [`ConvPath::Winograd`] (`winograd.rs`) in f32, [`ConvPath::WinogradAmxBf16`] in split bf16.
 //! Asymmetric padding ([`Padding2d`], e.g. the LDM `Downsample`'s `F.pad(x, (0, 1, 0, 1))`) is
 //! part of the conv: no padded copy of the activation on the fast path.
 
