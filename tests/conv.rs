@@ -696,6 +696,22 @@ fn bf16_convs_every_layout_amx_takes() {
         ),
         case(&[1, 32, 3, 5], 16, 1, 1, sym(0), true),
         case(&[1, 32, 3, 5], 16, 3, 1, sym(1), true),
+        // Winograd tiles under split bf16: an odd channel count (a half-empty pair), channels
+        // past one 32-channel tile, uneven padding, a batch.
+        case(&[1, 17, 18, 20], 16, 3, 1, sym(1), true),
+        case(
+            &[2, 40, 17, 33],
+            32,
+            3,
+            1,
+            Padding2d {
+                top: 0,
+                bottom: 2,
+                left: 1,
+                right: 0,
+            },
+            false,
+        ),
     ];
     for (i, c) in cases.iter().enumerate() {
         let x = random(&c.x, 100 + i as u64);
@@ -710,6 +726,8 @@ fn bf16_shapes_amx_does_not_take_run_in_f32() {
         (vec![1, 32, 16, 16], 3, 3, sym(1)),
         (vec![1, 32, 8, 8], 8, 1, sym(0)),
         (vec![2, 16, 4, 16], 40, 3, sym(1)),
+        // A Winograd shape with output channels not in 16s: f32 Winograd under either bf16.
+        (vec![1, 16, 20, 20], 40, 3, sym(1)),
     ];
     for (i, (x, co, k, pad)) in cases.into_iter().enumerate() {
         let c = Case {
