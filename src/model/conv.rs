@@ -443,6 +443,36 @@ impl Conv2d {
         }
     }
 
+    /// What `cache` holds, made from the weights (contiguous f32 and their layout) on the first
+    /// call: the AMX packs and Winograd transforms of this conv.
+    #[cfg(target_arch = "x86_64")]
+    fn cached_weights<'a, T>(
+        &self,
+        cache: &'a std::sync::OnceLock<T>,
+        make: impl FnOnce(&[f32], &candle_core::Layout) -> Result<T>,
+    ) -> Result<&'a T> {
+        if let Some(t) = cache.get() {
+            return Ok(t);
+        }
+        let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+        let made = make(&w, &candle_core::Layout::contiguous(self.weight.shape()))?;
+        // A racing thread may have set it first; both made it from the same weights.
+        let _ = cache.set(made);
+        Ok(cache.get().expect("just set"))
+    }
+
+    /// One of our conv ops on `x` and the weights, with the bias when there is one.
+    fn apply_op<O: candle_core::CustomOp2 + candle_core::CustomOp3>(
+        &self,
+        x: &Tensor,
+        op: &O,
+    ) -> Result<Tensor> {
+        match &self.bias {
+            None => x.apply_op2_no_bwd(&self.weight, op),
+            Some(b) => x.apply_op3_no_bwd(&self.weight, b, op),
+        }
+    }
+
     /// The [`ConvPath::AmxBf16`] convolution (+ bias).
     #[cfg(target_arch = "x86_64")]
     fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
@@ -453,28 +483,14 @@ impl Conv2d {
         } else {
             &self.amx_weights
         };
-        let weights = match cache.get() {
-            Some(p) => p,
-            None => {
-                let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
-                let layout = candle_core::Layout::contiguous(self.weight.shape());
-                let packed = amx::PackedWeights::new(&w, &layout, split)?;
-                // A racing thread may have set it first; both packed the same weights.
-                let _ = cache.set(packed);
-                cache.get().expect("just set")
-            }
-        };
+        let weights = self.cached_weights(cache, |w, l| amx::PackedWeights::new(w, l, split))?;
         let op = amx::AmxConv2d {
             stride: self.config.stride,
             pad: self.padding,
             weights,
             split,
         };
-        let x = x.contiguous()?;
-        match &self.bias {
-            None => x.apply_op2_no_bwd(&self.weight, &op),
-            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
-        }
+        self.apply_op(&x.contiguous()?, &op)
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -508,28 +524,15 @@ impl Conv2d {
     /// The [`ConvPath::Winograd`] convolution (+ bias).
     #[cfg(target_arch = "x86_64")]
     fn forward_winograd(&self, x: &Tensor) -> Result<Tensor> {
-        let cache = &self.winograd_weights;
-        let weights = match cache.get() {
-            Some(w) => w,
-            None => {
-                let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
-                let layout = candle_core::Layout::contiguous(self.weight.shape());
-                let kernel = winograd::kernel().expect("winograd_for checked it");
-                let transformed = winograd::WinogradWeights::new(&w, &layout, kernel)?;
-                // A racing thread may have set it first; both transformed the same weights.
-                let _ = cache.set(transformed);
-                cache.get().expect("just set")
-            }
-        };
+        let kernel = winograd::kernel().expect("winograd_for checked it");
+        let weights = self.cached_weights(&self.winograd_weights, |w, l| {
+            winograd::WinogradWeights::new(w, l, kernel)
+        })?;
         let op = winograd::WinogradConv {
             pad: self.padding,
             products: winograd::Products::Kernel(weights),
         };
-        let x = x.contiguous()?;
-        match &self.bias {
-            None => x.apply_op2_no_bwd(&self.weight, &op),
-            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
-        }
+        self.apply_op(&x.contiguous()?, &op)
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -565,27 +568,14 @@ impl Conv2d {
     /// The [`ConvPath::WinogradAmxBf16`] convolution (+ bias).
     #[cfg(target_arch = "x86_64")]
     fn forward_winograd_amx(&self, x: &Tensor) -> Result<Tensor> {
-        let cache = &self.winograd_amx;
-        let weights = match cache.get() {
-            Some(w) => w,
-            None => {
-                let w: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
-                let layout = candle_core::Layout::contiguous(self.weight.shape());
-                let packed = winograd::AmxWinogradWeights::new(&w, &layout, true)?;
-                // A racing thread may have set it first; both packed the same weights.
-                let _ = cache.set(packed);
-                cache.get().expect("just set")
-            }
-        };
+        let weights = self.cached_weights(&self.winograd_amx, |w, l| {
+            winograd::AmxWinogradWeights::new(w, l, true)
+        })?;
         let op = winograd::WinogradConv {
             pad: self.padding,
             products: winograd::Products::Amx(weights),
         };
-        let x = x.contiguous()?;
-        match &self.bias {
-            None => x.apply_op2_no_bwd(&self.weight, &op),
-            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
-        }
+        self.apply_op(&x.contiguous()?, &op)
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -619,15 +609,11 @@ impl Conv2d {
 
     /// The [`ConvPath::Matmul`] convolution (+ bias).
     fn forward_matmul(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.contiguous()?;
         let op = gemm::GemmConv {
             stride: self.config.stride,
             pad: self.padding,
         };
-        match &self.bias {
-            None => x.apply_op2_no_bwd(&self.weight, &op),
-            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
-        }
+        self.apply_op(&x.contiguous()?, &op)
     }
 
     /// candle's conv2d (+ bias), whatever the path choice: the reference for tests and benches.
@@ -655,10 +641,7 @@ impl Conv2d {
             pad: self.padding,
             kernel,
         };
-        match &self.bias {
-            None => x.apply_op2_no_bwd(&self.weight, &op),
-            Some(b) => x.apply_op3_no_bwd(&self.weight, b, &op),
-        }
+        self.apply_op(x, &op)
     }
 
     #[cfg(not(target_arch = "x86_64"))]

@@ -343,12 +343,7 @@ impl AmxConv2d<'_> {
                                 y_stride: y_plane * 4,
                                 y_block: 16 * y_plane,
                             };
-                            match (mc, np) {
-                                (2, 2) => job.run::<2, 2>(),
-                                (2, _) => job.run::<2, 1>(),
-                                (_, 2) => job.run::<1, 2>(),
-                                _ => job.run::<1, 1>(),
-                            }
+                            job.run_any(mc, np);
                             si += np;
                         }
                         cb += mc;
@@ -440,6 +435,20 @@ macro_rules! tile_dp {
 }
 
 impl Job<'_> {
+    /// [`Job::run`] for `mc` (1 or 2) channel blocks and `np` (1 or 2) segments.
+    ///
+    /// # Safety
+    /// As for [`Job::run`].
+    #[inline(always)]
+    unsafe fn run_any(&self, mc: usize, np: usize) {
+        match (mc, np) {
+            (2, 2) => self.run::<2, 2>(),
+            (2, _) => self.run::<2, 1>(),
+            (_, 2) => self.run::<1, 2>(),
+            _ => self.run::<1, 1>(),
+        }
+    }
+
     /// # Safety
     /// Tiles configured by [`configure_tiles`]; pointers as documented on the fields.
     #[inline(always)]
@@ -702,12 +711,7 @@ impl BandGemm {
                     y_stride: ts * 4,
                     y_block: 16 * ts,
                 };
-                match (mc, np) {
-                    (2, 2) => job.run::<2, 2>(),
-                    (2, _) => job.run::<2, 1>(),
-                    (_, 2) => job.run::<1, 2>(),
-                    _ => job.run::<1, 1>(),
-                }
+                job.run_any(mc, np);
                 s += np;
             }
             cb += mc;
