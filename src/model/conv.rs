@@ -185,7 +185,8 @@ pub enum ConvPath {
     Winograd,
     /// The same Winograd transforms (f32, AVX-512) with the 36 products in split bf16 on AMX
     /// tiles: what [`ConvPath::AmxBf16`] takes under [`CpuPrecision::Bf16x3`] when the conv
-    /// is also one [`ConvPath::Winograd`] takes and has output channels in 16s.
+    /// is also one [`ConvPath::Winograd`] takes (so `SDSEG_WINOGRAD=0` turns this off too) and
+    /// has output channels in 16s.
     WinogradAmxBf16,
     /// One matrix product per image (`gemm` crate, bias accumulated in place; an im2col copy
     /// first unless 1×1): 1×1 stride-1 unpadded convs, and any conv whose output plane has at
@@ -545,16 +546,8 @@ impl Conv2d {
         #[cfg(target_arch = "x86_64")]
         {
             cpu_precision() == CpuPrecision::Bf16x3
-                && self.kernel.is_none()
-                && self.fast_tensors(x)
-                && !self.pointwise_for(x)
+                && self.winograd_for(x)
                 && self.weight.dim(0).is_ok_and(|co| co.is_multiple_of(16))
-                && winograd::supports(
-                    x.dims(),
-                    self.weight.dims(),
-                    self.config.stride,
-                    self.padding,
-                )
                 && CpuKernel::Avx512.available()
                 && amx::available()
         }
