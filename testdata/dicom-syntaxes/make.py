@@ -14,15 +14,20 @@ transcodes a small phantom series written by our own writer. Usage, from the cra
 Folders (each a 32x24x6 series, 6 files; jpeg-extended-12bit has 2 files):
   explicit-le/            reference: uint16, BitsStored 12, intercept -1024 (our writer)
   jpeg-lossless-sv1/      1.2.840.10008.1.2.4.70   from explicit-le
-  jpegls-lossless/        1.2.840.10008.1.2.4.80   from explicit-le (decoded with --features jpegls)
+  jpegls-lossless/        1.2.840.10008.1.2.4.80   from explicit-le (GDCM/CharLS; our own decoder reads it)
   j2k-lossless/           1.2.840.10008.1.2.4.90   from explicit-le
   j2k-lossy/              1.2.840.10008.1.2.4.91   from explicit-le (lossy, ~ few HU error)
-  jpeg-extended-12bit/    1.2.840.10008.1.2.4.51   from explicit-le (no Rust decoder: error test)
+  jpeg-extended-12bit/    1.2.840.10008.1.2.4.51   from explicit-le by DCMTK `dcmcjpeg +ee` (12-bit,
+                          IJG libjpeg; stored values shifted by 1023, intercept -2047: same HU)
+  jpeg-extended-12bit-dcmdjpeg/  the same decoded by DCMTK `dcmdjpeg`: the exact reference
+  (GDCM writes 12-bit JPEG Extended with sample precision 16 in SOF1, which T.81 forbids and
+  only GDCM reads; hence DCMTK: `apt-get install dcmtk`, then the loop in main())
   signed/                 int16, BitsStored 16, intercept 0, slope 1 (pydicom from explicit-le)
   signed-j2k-lossless/    1.2.840.10008.1.2.4.90   from signed
   signed-jpeg-lossless-sv1/ 1.2.840.10008.1.2.4.70 from signed
 """
 import os
+import subprocess
 import sys
 
 import gdcm
@@ -89,7 +94,16 @@ def main():
     transcode(ref, os.path.join(HERE, "jpegls-lossless"), T.JPEGLSLossless)
     transcode(ref, os.path.join(HERE, "j2k-lossless"), T.JPEG2000Lossless)
     transcode(ref, os.path.join(HERE, "j2k-lossy"), T.JPEG2000, lossy=True)
-    transcode(ref, os.path.join(HERE, "jpeg-extended-12bit"), T.JPEGExtendedProcess2_4, limit=2)
+    ext = os.path.join(HERE, "jpeg-extended-12bit")
+    ref_ijg = ext + "-dcmdjpeg"
+    os.makedirs(ext, exist_ok=True)
+    os.makedirs(ref_ijg, exist_ok=True)
+    for f in files(ref):
+        name = os.path.basename(f)
+        subprocess.run(["dcmcjpeg", "+ee", f, os.path.join(ext, name)], check=True)
+        subprocess.run(
+            ["dcmdjpeg", os.path.join(ext, name), os.path.join(ref_ijg, name)], check=True
+        )
     signed = os.path.join(HERE, "signed")
     make_signed(ref, signed)
     transcode(signed, os.path.join(HERE, "signed-j2k-lossless"), T.JPEG2000Lossless)

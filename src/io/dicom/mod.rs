@@ -30,9 +30,11 @@
 //!   tools that ignore shear (most viewers use the qform) may show it untilted.
 //! ```
 
+mod codec;
 mod pixel;
 mod scan;
 mod series;
+mod walk;
 
 use super::ReadOptions;
 use crate::volume::{DicomSource, Provenance, Source, Volume};
@@ -97,6 +99,12 @@ pub enum DicomError {
     Gaps { series: String, detail: String },
     #[error("series {series}: {detail}. Pass --allow-tilt to read it anyway (no resampling; the affine follows the tilted slice positions)")]
     Tilt { series: String, detail: String },
+    #[error("{path}: {detail}. The file belongs to series {series}, which cannot be read without it (no slice is dropped silently); repair or remove the file, or pick another series with --series")]
+    BrokenMember {
+        path: PathBuf,
+        series: String,
+        detail: String,
+    },
     #[error("{path}: cannot decode pixel data: {detail}")]
     UnsupportedSyntax {
         path: PathBuf,
@@ -298,7 +306,21 @@ impl DicomInput {
         });
 
         let mut infos: Vec<SeriesInfo> = groups.iter().map(|g| series_info(&headers, g)).collect();
-        let chosen = choose(path, opts, &headers, &groups, &mut infos);
+        let mut chosen = choose(path, opts, &headers, &groups, &mut infos);
+        // A file of the chosen series that cannot be read would leave a hole in the volume:
+        // never drop it with a warning.
+        if let Ok(i) = chosen {
+            let uid = &groups[i].uid;
+            if let Some(b) = skipped.iter().find(|s| {
+                !matches!(s.kind, SkipKind::NoImage) && s.series_uid.as_ref() == Some(uid)
+            }) {
+                chosen = Err(DicomError::BrokenMember {
+                    path: b.path.clone(),
+                    series: uid.clone(),
+                    detail: b.reason.clone(),
+                });
+            }
+        }
         let choice = match &chosen {
             Ok(i) => infos[*i].reason.clone(),
             Err(e) => e.to_string(),
@@ -306,6 +328,20 @@ impl DicomInput {
         if let Ok(i) = chosen {
             if let Ok(g) = &groups[i].geometry {
                 warnings.extend(override_warnings(g, opts));
+            }
+            let zero: Vec<&Path> = groups[i]
+                .members
+                .iter()
+                .map(|&m| &headers[m])
+                .filter(|h| h.frames.iter().any(|f| f.zero_slope()))
+                .map(|h| h.source.display_path())
+                .collect();
+            if let Some(first) = zero.first() {
+                warnings.push(format!(
+                    "RescaleSlope (0028,1053) is 0 in {} file(s) (first: {}): read as not rescaled (stored values as they are, intercept ignored), as dcm2niix does; these are not Hounsfield units",
+                    zero.len(),
+                    first.display()
+                ));
             }
         }
         let report = ScanReport {
@@ -422,6 +458,12 @@ fn skip_warnings(skipped: &[Skipped]) -> Vec<String> {
     if n > 0 {
         out.push(format!(
             "skipped {n} file(s) that are not DICOM or not readable: {names}"
+        ));
+    }
+    let (n, names) = list(|k| matches!(k, SkipKind::Broken));
+    if n > 0 {
+        out.push(format!(
+            "skipped {n} damaged DICOM file(s) of other series: {names}"
         ));
     }
     let (n, names) = list(|k| matches!(k, SkipKind::NoImage));

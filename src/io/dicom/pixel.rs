@@ -1,5 +1,6 @@
 //! Pixel data: transfer-syntax support, parallel decoding, and stored values → f32 HU.
 
+use super::codec::{self, CodecError, Frame, Limits};
 use super::scan::{open_object, FileHeader};
 use super::series::Geometry;
 use super::DicomError;
@@ -22,21 +23,28 @@ pub(crate) fn syntax_name(uid: &str) -> String {
 }
 
 /// What to do about a syntax this build cannot decode.
-fn hint(uid: &str) -> &'static str {
+fn hint(_uid: &str) -> &'static str {
+    ""
+}
+
+type Decoder = fn(&[u8], &Limits) -> Result<Frame, CodecError>;
+
+/// Syntaxes decoded by this crate's own codecs ([`super::codec`]) rather than dicom-rs:
+/// JPEG-LS (dicom-rs needs CharLS, built with cmake) and JPEG baseline/extended, 8 and 12 bit
+/// (jpeg-decoder has no 12-bit support; ours also matches libjpeg's IDCT sample for sample).
+fn own_decoder(uid: &str) -> Option<Decoder> {
     match uid {
-        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => {
-            " (JPEG-LS: rebuild sdseg-volume with `--features jpegls`, which needs cmake)"
-        }
-        "1.2.840.10008.1.2.4.51" => {
-            " (12-bit JPEG Extended has no Rust decoder; convert the series to an uncompressed \
-             syntax first, e.g. `gdcmconv --raw` or `dcmdjpeg`)"
-        }
-        _ => "",
+        "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" => Some(codec::jpeg_dct::decode),
+        // JPEGLS-PENDING "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Some(codec::jpegls::decode),
+        _ => None,
     }
 }
 
 /// Whether this build can decode the pixel data of `uid`; `Err` says why not.
 pub(crate) fn check_syntax(uid: &str) -> Result<(), String> {
+    if own_decoder(uid).is_some() {
+        return Ok(());
+    }
     match TransferSyntaxRegistry.get(uid) {
         None => Err(format!("unknown transfer syntax {uid}")),
         Some(ts) if !ts.can_decode_all() => Err(format!(
@@ -224,30 +232,43 @@ pub(crate) fn decode_stack(
                 ),
                 detail: format!("{e}{}", hint(&h.transfer_syntax)),
             };
-            let decoded = if h.n_frames > 1 {
-                obj.decode_pixel_data_frame(s.frame)
-            } else {
-                obj.decode_pixel_data()
-            }
-            .map_err(|e| decode_err(e.to_string()))?;
-            let bytes = decoded
-                .frame_data(0)
-                .map_err(|e| decode_err(e.to_string()))?;
             let native = TransferSyntaxRegistry
                 .get(&h.transfer_syntax)
                 .is_some_and(|ts| !ts.is_encapsulated_pixel_data());
             let fmt = PixelFormat::of(h, native);
-            if bytes.len() < plane * fmt.bytes {
+            let frame_bytes = plane * fmt.bytes;
+            let decoded;
+            let bytes: std::borrow::Cow<[u8]> = if native {
+                native_frame(obj, h, s.frame, frame_bytes).map_err(decode_err)?
+            } else if let Some(decode) = own_decoder(&h.transfer_syntax) {
+                let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
+                let frame = decode(&data, &Limits { max_samples: plane })
+                    .map_err(|e| decode_err(e.to_string()))?;
+                std::borrow::Cow::Owned(frame_to_le(&frame, h, fmt.bytes).map_err(decode_err)?)
+            } else {
+                decoded = if h.n_frames > 1 {
+                    obj.decode_pixel_data_frame(s.frame)
+                } else {
+                    obj.decode_pixel_data()
+                }
+                .map_err(|e| decode_err(e.to_string()))?;
+                std::borrow::Cow::Borrowed(
+                    decoded
+                        .frame_data(0)
+                        .map_err(|e| decode_err(e.to_string()))?,
+                )
+            };
+            if bytes.len() < frame_bytes {
                 return Err(decode_err(format!(
                     "frame has {} bytes, expected {} ({}×{} × {} bytes)",
                     bytes.len(),
-                    plane * fmt.bytes,
+                    frame_bytes,
                     nx,
                     ny,
                     fmt.bytes
                 )));
             }
-            Ok(convert_frame(bytes, fmt, s.slope, s.intercept, out))
+            Ok(convert_frame(&bytes, fmt, s.slope, s.intercept, out))
         })
         .collect();
     let integral = integral?.into_iter().all(|b| b);
@@ -256,11 +277,185 @@ pub(crate) fn decode_stack(
 
 fn open_full(h: &FileHeader) -> Result<DefaultDicomObject, DicomError> {
     open_object(&h.source, false)
-        .map(|(o, _)| o)
+        .map(|o| o.obj)
         .map_err(|e| DicomError::Unreadable {
             path: h.source.display_path().to_path_buf(),
-            detail: e,
+            detail: e.message,
         })
+}
+
+/// Frame `frame` of native (uncompressed) Pixel Data as little-endian samples of
+/// `frame_bytes / plane` bytes each.
+///
+/// dicom-rs hands native Pixel Data over as the values of its VR (OW: 16-bit words already
+/// in machine order). For 32-bit samples in a big-endian file that order is wrong, since each
+/// sample spans two words: the words are put back into file order first, and every sample
+/// is then read in the file's byte order.
+fn native_frame<'a>(
+    obj: &'a DefaultDicomObject,
+    h: &FileHeader,
+    frame: u32,
+    frame_bytes: usize,
+) -> Result<std::borrow::Cow<'a, [u8]>, String> {
+    use dicom_core::value::{PrimitiveValue, Value};
+    use std::borrow::Cow;
+    let big_endian = h.transfer_syntax == "1.2.840.10008.1.2.2";
+    let sample = usize::from(h.bits_allocated / 8).max(1);
+    let elem = obj
+        .element(dicom_dictionary_std::tags::PIXEL_DATA)
+        .map_err(|e| format!("no Pixel Data: {e}"))?;
+    let Value::Primitive(p) = elem.value() else {
+        return Err("Pixel Data is encapsulated although the transfer syntax is native".into());
+    };
+    // Bytes in file order.
+    let file_order: Cow<[u8]> = match p {
+        PrimitiveValue::U8(b) => Cow::Borrowed(&b[..]),
+        PrimitiveValue::U16(w) if sample == 2 => {
+            // Words are samples: machine order is what we want.
+            let mut v = Vec::with_capacity(w.len() * 2);
+            w.iter().for_each(|x| v.extend(x.to_le_bytes()));
+            return slice_frame(Cow::Owned(v), frame, frame_bytes);
+        }
+        PrimitiveValue::U16(w) => {
+            let mut v = Vec::with_capacity(w.len() * 2);
+            if big_endian {
+                w.iter().for_each(|x| v.extend(x.to_be_bytes()));
+            } else {
+                w.iter().for_each(|x| v.extend(x.to_le_bytes()));
+            }
+            Cow::Owned(v)
+        }
+        PrimitiveValue::U32(w) if sample == 4 => {
+            let mut v = Vec::with_capacity(w.len() * 4);
+            w.iter().for_each(|x| v.extend(x.to_le_bytes()));
+            return slice_frame(Cow::Owned(v), frame, frame_bytes);
+        }
+        other => {
+            return Err(format!(
+                "Pixel Data with VR {:?} holding {} values is not supported for BitsAllocated {}",
+                elem.vr(),
+                other.multiplicity(),
+                h.bits_allocated
+            ))
+        }
+    };
+    if !big_endian || sample == 1 {
+        return slice_frame(file_order, frame, frame_bytes);
+    }
+    let mut le = file_order.into_owned();
+    le.chunks_exact_mut(sample).for_each(|c| c.reverse());
+    slice_frame(Cow::Owned(le), frame, frame_bytes)
+}
+
+/// The compressed bytes of frame `frame`: all fragments of a single-frame file, one fragment
+/// per frame when the counts match, else the fragments the Basic Offset Table assigns to it.
+fn frame_fragments<'a>(
+    obj: &'a DefaultDicomObject,
+    h: &FileHeader,
+    frame: u32,
+) -> Result<std::borrow::Cow<'a, [u8]>, String> {
+    use dicom_core::value::Value;
+    use std::borrow::Cow;
+    let elem = obj
+        .element(dicom_dictionary_std::tags::PIXEL_DATA)
+        .map_err(|e| format!("no Pixel Data: {e}"))?;
+    let Value::PixelSequence(seq) = elem.value() else {
+        return Err("Pixel Data is not encapsulated although the transfer syntax is".into());
+    };
+    let fragments = seq.fragments();
+    let concat = |range: &[Vec<u8>]| -> Cow<'a, [u8]> {
+        Cow::Owned(range.iter().flat_map(|f| f.iter().copied()).collect())
+    };
+    let n = h.n_frames as usize;
+    let i = frame as usize;
+    if n == 1 {
+        return Ok(match fragments {
+            [one] => Cow::Borrowed(&one[..]),
+            many => concat(many),
+        });
+    }
+    if fragments.len() == n {
+        return Ok(Cow::Borrowed(&fragments[i][..]));
+    }
+    // Offsets count from the first fragment's item tag; each item has an 8-byte header.
+    let bot = seq.offset_table();
+    if bot.len() == n {
+        let mut starts = Vec::with_capacity(fragments.len());
+        let mut at = 0u64;
+        for f in fragments {
+            starts.push(at);
+            at += 8 + f.len() as u64;
+        }
+        let lo = u64::from(bot[i]);
+        let hi = bot.get(i + 1).map_or(u64::MAX, |&b| u64::from(b));
+        let first = starts.iter().position(|&s| s >= lo);
+        let last = starts.iter().rposition(|&s| s < hi);
+        if let (Some(a), Some(b)) = (first, last) {
+            if a <= b && starts[a] == lo {
+                return Ok(concat(&fragments[a..=b]));
+            }
+        }
+        return Err(format!(
+            "the Basic Offset Table entry {lo} of frame {} does not start a fragment",
+            i + 1
+        ));
+    }
+    Err(format!(
+        "{} fragments for {n} frames and no Basic Offset Table to tell which belong to frame {}",
+        fragments.len(),
+        i + 1
+    ))
+}
+
+/// A decoded single-component frame as little-endian samples of `bytes` bytes each.
+fn frame_to_le(frame: &Frame, h: &FileHeader, bytes: usize) -> Result<Vec<u8>, String> {
+    if (frame.width, frame.height, frame.components) != (h.cols, h.rows, 1) {
+        return Err(format!(
+            "the codestream holds {}×{} pixels of {} component(s), the header says {}×{} of 1",
+            frame.width, frame.height, frame.components, h.cols, h.rows
+        ));
+    }
+    if u16::from(frame.precision) > h.bits_allocated {
+        return Err(format!(
+            "the codestream has {}-bit samples, more than BitsAllocated {}",
+            frame.precision, h.bits_allocated
+        ));
+    }
+    let mut out = Vec::with_capacity(frame.samples.len() * bytes);
+    match bytes {
+        1 => out.extend(frame.samples.iter().map(|&v| v as u8)),
+        2 => frame.samples.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        _ => frame
+            .samples
+            .iter()
+            .for_each(|&v| out.extend(u32::from(v).to_le_bytes())),
+    }
+    Ok(out)
+}
+
+fn slice_frame(
+    all: std::borrow::Cow<'_, [u8]>,
+    frame: u32,
+    frame_bytes: usize,
+) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    use std::borrow::Cow;
+    let start = frame as usize * frame_bytes;
+    let end = start + frame_bytes;
+    if all.len() < end {
+        return Err(format!(
+            "Pixel Data holds {} bytes; frame {} needs bytes {start}..{end}",
+            all.len(),
+            frame + 1
+        ));
+    }
+    Ok(match all {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[start..end]),
+        Cow::Owned(mut v) => {
+            v.truncate(end);
+            v.drain(..start);
+            Cow::Owned(v)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use super::DicomError;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
+use super::walk::{self, PixelExtent, WalkError, WalkErrorKind, Walked};
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use rayon::prelude::*;
 use std::io::Read;
@@ -30,12 +31,77 @@ impl FileSource {
 /// Geometry and rescale of one frame (one slice).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FrameInfo {
-    pub ipp: Option<[f64; 3]>,
-    pub iop: Option<[f64; 6]>,
+    pub ipp: Field<[f64; 3]>,
+    pub iop: Field<[f64; 6]>,
     /// PixelSpacing: [between rows, between columns] in mm.
-    pub spacing: Option<[f64; 2]>,
-    pub slope: f64,
-    pub intercept: f64,
+    pub spacing: Field<[f64; 2]>,
+    /// RescaleSlope / RescaleIntercept as read; [`FileHeader::rescale`] validates them.
+    pub slope: Field<f64>,
+    pub intercept: Field<f64>,
+}
+
+impl FrameInfo {
+    /// RescaleSlope and RescaleIntercept to apply: (1, 0) when absent. A slope of 0 means
+    /// "not rescaled", as dcm2niix and the NIfTI standard read it: the stored values are
+    /// used as they are (and [`DicomInput`](super::DicomInput) warns). Non-numeric or
+    /// non-finite values are errors naming the tag.
+    pub(crate) fn rescale(&self, path: &Path, frame: Option<u32>) -> Result<(f64, f64), DicomError> {
+        let slope = match self.slope {
+            Field::Absent => 1.0,
+            ref f => f.require(path, "RescaleSlope (0028,1053)", frame)?,
+        };
+        let intercept = match self.intercept {
+            Field::Absent => 0.0,
+            ref f => f.require(path, "RescaleIntercept (0028,1052)", frame)?,
+        };
+        Ok(if slope == 0.0 {
+            (1.0, 0.0)
+        } else {
+            (slope, intercept)
+        })
+    }
+
+    /// Whether this frame's RescaleSlope is 0 (read unscaled).
+    pub(crate) fn zero_slope(&self) -> bool {
+        matches!(self.slope, Field::Value(s) if s == 0.0)
+    }
+}
+
+/// A header value: absent (or empty), present but not what the tag needs, or read.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Field<T> {
+    #[default]
+    Absent,
+    /// The raw text of a value that is not valid (not numeric, wrong count, not finite).
+    Invalid(String),
+    Value(T),
+}
+
+impl<T: Copy> Field<T> {
+    /// The value, or the error to report for this file (and frame).
+    pub(crate) fn require(
+        &self,
+        path: &Path,
+        tag: &'static str,
+        frame: Option<u32>,
+    ) -> Result<T, DicomError> {
+        match self {
+            Field::Value(v) => Ok(*v),
+            Field::Absent => Err(DicomError::MissingTag {
+                path: path.to_path_buf(),
+                tag,
+                frame,
+            }),
+            Field::Invalid(raw) => Err(DicomError::BadValue {
+                path: path.to_path_buf(),
+                tag,
+                detail: format!(
+                    "{}invalid value '{raw}'",
+                    frame.map(|f| format!("frame {}: ", f + 1)).unwrap_or_default()
+                ),
+            }),
+        }
+    }
 }
 
 /// Everything the series logic needs from one file's header.
@@ -64,8 +130,11 @@ pub(crate) struct FileHeader {
 /// Why a file was not used.
 #[derive(Clone, Debug)]
 pub(crate) enum SkipKind {
-    /// Not DICOM, or unreadable (named in a warning).
+    /// Not DICOM (named in a warning).
     NotDicom,
+    /// DICOM, but damaged (truncated, malformed, inconsistent sizes): an error when it
+    /// belongs to the series being read.
+    Broken,
     /// A DICOM object without an image (DICOMDIR, SR, RT structure set, …).
     NoImage,
 }
@@ -74,6 +143,8 @@ pub(crate) enum SkipKind {
 pub(crate) struct Skipped {
     pub path: PathBuf,
     pub kind: SkipKind,
+    /// The SeriesInstanceUID, when the header was read far enough to say.
+    pub series_uid: Option<String>,
     pub reason: String,
 }
 
@@ -166,87 +237,104 @@ pub(crate) fn read_headers(sources: Vec<FileSource>) -> (Vec<FileHeader>, Vec<Sk
 
 fn read_header(src: FileSource) -> Result<FileHeader, Skipped> {
     let path = src.display_path().to_path_buf();
-    let not_dicom = |reason: String| Skipped {
+    let opened = open_object(&src, true).map_err(|e| Skipped {
         path: path.clone(),
-        kind: SkipKind::NotDicom,
-        reason,
-    };
-    let (obj, has_meta) = open_object(&src, true).map_err(not_dicom)?;
-    header_from_object(src, &obj, has_meta)
+        kind: if matches!(e.walk.as_ref().map(|w| &w.kind), Some(WalkErrorKind::NotDicom)) {
+            SkipKind::NotDicom
+        } else {
+            SkipKind::Broken
+        },
+        series_uid: e.series_uid(),
+        reason: e.message,
+    })?;
+    header_from_object(src, opened)
+}
+
+/// A file opened for reading: the dicom-rs object and what the bounds-checked walk found.
+pub(crate) struct Opened {
+    pub obj: DefaultDicomObject,
+    pub walked: Walked,
+}
+
+/// Why a file could not be opened.
+#[derive(Debug)]
+pub(crate) struct OpenError {
+    pub message: String,
+    /// The walk's error, when the walk failed (it may carry the SeriesInstanceUID).
+    pub walk: Option<WalkError>,
+    /// The SeriesInstanceUID the walk read, when dicom-rs failed after a clean walk.
+    pub walked_series: Option<String>,
+}
+
+impl OpenError {
+    pub(crate) fn series_uid(&self) -> Option<String> {
+        self.walk
+            .as_ref()
+            .and_then(|w| w.series_uid.clone())
+            .or_else(|| self.walked_series.clone())
+    }
+}
+
+/// The bytes of a source (the whole file).
+fn load(src: &FileSource) -> Result<Arc<Vec<u8>>, String> {
+    match src {
+        FileSource::Disk(p) => std::fs::read(p)
+            .map(Arc::new)
+            .map_err(|e| format!("cannot read: {e}")),
+        FileSource::Memory { bytes, .. } => Ok(bytes.clone()),
+    }
 }
 
 /// Open a file as a DICOM object: with its meta group (preamble optional), or, failing
 /// that, as a bare data set in implicit or explicit VR little endian (older exports).
-/// `header_only` stops before the pixel data.
-pub(crate) fn open_object(
-    src: &FileSource,
-    header_only: bool,
-) -> Result<(DefaultDicomObject, bool), String> {
-    let opts = || {
-        let o = OpenFileOptions::new();
-        if header_only {
+/// `header_only` stops before the pixel data. Every declared length is checked against the
+/// file ([`walk`]) before dicom-rs parses it, so no value is reserved beyond the file's size.
+pub(crate) fn open_object(src: &FileSource, header_only: bool) -> Result<Opened, OpenError> {
+    let bytes = load(src).map_err(|message| OpenError {
+        message,
+        walk: None,
+        walked_series: None,
+    })?;
+    let walked = walk::walk(&bytes).map_err(|e| OpenError {
+        message: e.to_string(),
+        walk: Some(e),
+        walked_series: None,
+    })?;
+    let parsed = if walked.has_meta {
+        let o = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
+        let o = if header_only {
             o.read_until(tags::PIXEL_DATA)
         } else {
             o
-        }
+        };
+        // From "DICM" on: dicom-rs expects the magic when the preamble is skipped.
+        o.from_reader(&bytes[walked.start - 4..])
+            .map_err(|e| e.to_string())
+    } else {
+        open_bare(&bytes)
     };
-    let with_meta = match src {
-        FileSource::Disk(p) => opts().open_file(p),
-        FileSource::Memory { bytes, .. } => {
-            let b: &[u8] = bytes;
-            let body = if b.len() >= 132 && &b[128..132] == b"DICM" {
-                &b[128..]
-            } else {
-                b
-            };
-            opts().read_preamble(ReadPreamble::Never).from_reader(body)
-        }
-    };
-    match with_meta {
-        Ok(obj) => Ok((obj, true)),
-        Err(e) => {
-            let first = e.to_string();
-            match open_without_meta(src) {
-                Some(Ok(obj)) => Ok((obj, false)),
-                Some(Err(e2)) => Err(format!("not readable as DICOM ({first}; {e2})")),
-                None => Err(format!("not DICOM ({first})")),
-            }
-        }
+    match parsed {
+        Ok(obj) => Ok(Opened { obj, walked }),
+        Err(e) => Err(OpenError {
+            message: format!("not readable as DICOM ({e})"),
+            walk: None,
+            walked_series: walked.series_uid,
+        }),
     }
 }
 
-/// Files with no preamble and no meta group start directly with a group 0x0008 element.
-fn open_without_meta(src: &FileSource) -> Option<Result<DefaultDicomObject, String>> {
+/// A data set with no preamble and no meta group, in implicit or explicit VR little endian.
+fn open_bare(bytes: &[u8]) -> Result<DefaultDicomObject, String> {
     use dicom_transfer_syntax_registry::entries::{
         EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
     };
-    let bytes: Vec<u8> = match src {
-        FileSource::Disk(p) => {
-            let mut head = [0u8; 8];
-            let mut f = std::fs::File::open(p).ok()?;
-            f.read_exact(&mut head).ok()?;
-            if !looks_like_bare_dataset(&head) {
-                return None;
-            }
-            std::fs::read(p).ok()?
-        }
-        FileSource::Memory { bytes, .. } => {
-            if bytes.len() < 8 || !looks_like_bare_dataset(&bytes[..8]) {
-                return None;
-            }
-            bytes.to_vec()
-        }
-    };
-    let explicit = bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase();
+    let explicit = bytes.len() >= 6 && bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase();
     let ts = if explicit {
         EXPLICIT_VR_LITTLE_ENDIAN.erased()
     } else {
         IMPLICIT_VR_LITTLE_ENDIAN.erased()
     };
-    let ds = match InMemDicomObject::read_dataset_with_ts(&bytes[..], &ts) {
-        Ok(ds) => ds,
-        Err(e) => return Some(Err(e.to_string())),
-    };
+    let ds = InMemDicomObject::read_dataset_with_ts(bytes, &ts).map_err(|e| e.to_string())?;
     let sop_class = ds
         .element_opt(tags::SOP_CLASS_UID)
         .ok()
@@ -263,12 +351,7 @@ fn open_without_meta(src: &FileSource) -> Option<Result<DefaultDicomObject, Stri
         .transfer_syntax(ts.uid())
         .media_storage_sop_class_uid(sop_class)
         .media_storage_sop_instance_uid(sop_inst);
-    Some(ds.with_meta(meta).map_err(|e| e.to_string()))
-}
-
-fn looks_like_bare_dataset(head: &[u8]) -> bool {
-    // Group 0x0008 (or 0x0002 written without preamble) little endian, small element number.
-    (head[0] == 0x08 || head[0] == 0x02) && head[1] == 0x00 && head[3] == 0x00
+    ds.with_meta(meta).map_err(|e| e.to_string())
 }
 
 pub(crate) fn clean(s: &str) -> String {
@@ -286,18 +369,29 @@ fn get_int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
     obj.element_opt(tag).ok().flatten()?.to_int::<i64>().ok()
 }
 
-fn get_f64(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
-    obj.element_opt(tag).ok().flatten()?.to_float64().ok()
+fn get_floats<const N: usize>(obj: &InMemDicomObject, tag: Tag) -> Field<[f64; N]> {
+    let Some(e) = obj.element_opt(tag).ok().flatten() else {
+        return Field::Absent;
+    };
+    let raw = e.to_str().map(|s| clean(&s)).unwrap_or_default();
+    if raw.is_empty() {
+        return Field::Absent;
+    }
+    match e.to_multi_float64() {
+        Ok(v) if v.len() == N && v.iter().all(|x| x.is_finite()) => {
+            Field::Value(std::array::from_fn(|i| v[i]))
+        }
+        _ => Field::Invalid(raw),
+    }
 }
 
-fn get_floats<const N: usize>(obj: &InMemDicomObject, tag: Tag) -> Option<[f64; N]> {
-    let v = obj
-        .element_opt(tag)
-        .ok()
-        .flatten()?
-        .to_multi_float64()
-        .ok()?;
-    (v.len() == N && v.iter().all(|x| x.is_finite())).then(|| std::array::from_fn(|i| v[i]))
+/// A single number: absent/empty, invalid (not numeric or not finite), or the value.
+fn get_number(obj: &InMemDicomObject, tag: Tag) -> Field<f64> {
+    match get_floats::<1>(obj, tag) {
+        Field::Value([v]) => Field::Value(v),
+        Field::Absent => Field::Absent,
+        Field::Invalid(r) => Field::Invalid(r),
+    }
 }
 
 /// The first item of a sequence, if any.
@@ -308,42 +402,62 @@ fn first_item(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
 /// Frame geometry/rescale from one functional-group item (shared or per-frame).
 fn frame_from_group(group: &InMemDicomObject, f: &mut FrameInfo) {
     if let Some(pos) = first_item(group, tags::PLANE_POSITION_SEQUENCE) {
-        if let Some(v) = get_floats::<3>(pos, tags::IMAGE_POSITION_PATIENT) {
-            f.ipp = Some(v);
+        match get_floats::<3>(pos, tags::IMAGE_POSITION_PATIENT) {
+            Field::Absent => {}
+            v => f.ipp = v,
         }
     }
     if let Some(ori) = first_item(group, tags::PLANE_ORIENTATION_SEQUENCE) {
-        if let Some(v) = get_floats::<6>(ori, tags::IMAGE_ORIENTATION_PATIENT) {
-            f.iop = Some(v);
+        match get_floats::<6>(ori, tags::IMAGE_ORIENTATION_PATIENT) {
+            Field::Absent => {}
+            v => f.iop = v,
         }
     }
     if let Some(m) = first_item(group, tags::PIXEL_MEASURES_SEQUENCE) {
-        if let Some(v) = get_floats::<2>(m, tags::PIXEL_SPACING) {
-            f.spacing = Some(v);
+        match get_floats::<2>(m, tags::PIXEL_SPACING) {
+            Field::Absent => {}
+            v => f.spacing = v,
         }
     }
     if let Some(t) = first_item(group, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE) {
-        if let Some(s) = get_f64(t, tags::RESCALE_SLOPE) {
-            f.slope = s;
+        match get_number(t, tags::RESCALE_SLOPE) {
+            Field::Absent => {}
+            v => f.slope = v,
         }
-        if let Some(i) = get_f64(t, tags::RESCALE_INTERCEPT) {
-            f.intercept = i;
+        match get_number(t, tags::RESCALE_INTERCEPT) {
+            Field::Absent => {}
+            v => f.intercept = v,
         }
     }
 }
 
-pub(crate) fn header_from_object(
-    src: FileSource,
-    obj: &DefaultDicomObject,
-    has_meta: bool,
-) -> Result<FileHeader, Skipped> {
+/// A compressed frame may decode to at most this many times its compressed size, beyond a
+/// floor that every real frame fits (a 4096² 16-bit frame is 32 MiB).
+const MAX_EXPANSION: u64 = 1024;
+const EXPANSION_FLOOR: u64 = 64 << 20;
+
+pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<FileHeader, Skipped> {
     let path = src.display_path().to_path_buf();
-    let ds: &InMemDicomObject = obj;
+    let Opened { obj, walked } = opened;
+    let has_meta = walked.has_meta;
+    let ds: &InMemDicomObject = &obj;
     let sop_class_uid = get_str(ds, tags::SOP_CLASS_UID);
+    let series_uid = get_str(ds, tags::SERIES_INSTANCE_UID).unwrap_or_default();
+    let broken = |reason: String| Skipped {
+        path: path.clone(),
+        kind: SkipKind::Broken,
+        series_uid: Some(series_uid.clone()),
+        reason,
+    };
     let rows = get_int(ds, tags::ROWS);
     let cols = get_int(ds, tags::COLUMNS);
     let (rows, cols) = match (rows, cols) {
-        (Some(r), Some(c)) if r > 0 && c > 0 => (r as u32, c as u32),
+        (Some(r), Some(c)) if r > 0 && c > 0 && r <= 0xFFFF && c <= 0xFFFF => (r as u32, c as u32),
+        (Some(r), Some(c)) if walked.pixel_data.is_some() => {
+            return Err(broken(format!(
+                "bad Rows (0028,0010) / Columns (0028,0011): {r} × {c} (expected 1..=65535 each)"
+            )))
+        }
         _ => {
             let what = sop_class_uid
                 .as_deref()
@@ -352,19 +466,95 @@ pub(crate) fn header_from_object(
             return Err(Skipped {
                 path,
                 kind: SkipKind::NoImage,
+                series_uid: Some(series_uid),
                 reason: format!("DICOM without an image ({what})"),
             });
         }
     };
-    let series_uid = get_str(ds, tags::SERIES_INSTANCE_UID).unwrap_or_default();
-    let n_frames = get_int(ds, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as u32;
+    let n_frames = match get_number(ds, tags::NUMBER_OF_FRAMES) {
+        Field::Absent => 1,
+        Field::Value(n) if n >= 1.0 && n.fract() == 0.0 && n <= f64::from(u32::MAX) => n as u32,
+        // Some writers put 0 in single-frame files.
+        Field::Value(n) if n == 0.0 => 1,
+        Field::Value(n) => {
+            return Err(broken(format!(
+                "bad NumberOfFrames (0028,0008): {n} (expected a positive integer)"
+            )))
+        }
+        Field::Invalid(raw) => {
+            return Err(broken(format!(
+                "bad NumberOfFrames (0028,0008): invalid value '{raw}'"
+            )))
+        }
+    };
+    let samples_per_pixel = get_int(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let bits_allocated = get_int(ds, tags::BITS_ALLOCATED).unwrap_or(16);
+    let bits_stored = get_int(ds, tags::BITS_STORED).unwrap_or(bits_allocated);
+    let high_bit = get_int(ds, tags::HIGH_BIT).unwrap_or(bits_stored - 1);
+    if !(1..=4).contains(&samples_per_pixel) {
+        return Err(broken(format!(
+            "bad SamplesPerPixel (0028,0002): {samples_per_pixel} (expected 1, 3 or 4)"
+        )));
+    }
+    if !matches!(bits_allocated, 1 | 8 | 16 | 32 | 64) {
+        return Err(broken(format!(
+            "bad BitsAllocated (0028,0100): {bits_allocated} (expected 1, 8, 16, 32 or 64)"
+        )));
+    }
+    if !(1..=bits_allocated).contains(&bits_stored) {
+        return Err(broken(format!(
+            "bad BitsStored (0028,0101): {bits_stored} (expected 1..={bits_allocated}, the BitsAllocated)"
+        )));
+    }
+    if !(bits_stored - 1..bits_allocated).contains(&high_bit) {
+        return Err(broken(format!(
+            "bad HighBit (0028,0102): {high_bit} (expected {}..={} for BitsStored {bits_stored}, BitsAllocated {bits_allocated})",
+            bits_stored - 1,
+            bits_allocated - 1
+        )));
+    }
+
+    // Sizes from the header must fit the Pixel Data that is really there, before anything
+    // sized by them is allocated.
+    let frame_bits = u64::from(rows) * u64::from(cols) * samples_per_pixel as u64 * bits_allocated as u64;
+    let frame_bytes = frame_bits.div_ceil(8);
+    let total = frame_bytes.checked_mul(u64::from(n_frames)).unwrap_or(u64::MAX);
+    match walked.pixel_data {
+        None => {
+            return Err(broken(
+                "no Pixel Data (7FE0,0010) although Rows and Columns are set".into(),
+            ))
+        }
+        Some(PixelExtent::Native { len }) => {
+            if total > len {
+                return Err(broken(format!(
+                    "Pixel Data (7FE0,0010) holds {len} bytes, but NumberOfFrames {n_frames} × Rows {rows} × Columns {cols} × SamplesPerPixel {samples_per_pixel} × BitsAllocated {bits_allocated} / 8 needs {total}"
+                )));
+            }
+        }
+        Some(PixelExtent::Encapsulated { items, bytes }) => {
+            // Item 1 is the Basic Offset Table; every frame has at least one fragment.
+            let fragments = items.saturating_sub(1) as u64;
+            if u64::from(n_frames) > fragments {
+                return Err(broken(format!(
+                    "NumberOfFrames (0028,0008) is {n_frames} but the encapsulated Pixel Data has {fragments} fragment(s)"
+                )));
+            }
+            if total > EXPANSION_FLOOR.max(bytes.saturating_mul(MAX_EXPANSION)) {
+                return Err(broken(format!(
+                    "NumberOfFrames {n_frames} × Rows {rows} × Columns {cols} × SamplesPerPixel {samples_per_pixel} would decode to {} MiB from {bytes} bytes of compressed data (more than {MAX_EXPANSION}× expansion)",
+                    total >> 20
+                )));
+            }
+        }
+    }
 
     let mut base = FrameInfo {
         ipp: get_floats::<3>(ds, tags::IMAGE_POSITION_PATIENT),
         iop: get_floats::<6>(ds, tags::IMAGE_ORIENTATION_PATIENT),
         spacing: get_floats::<2>(ds, tags::PIXEL_SPACING),
-        slope: get_f64(ds, tags::RESCALE_SLOPE).unwrap_or(1.0),
-        intercept: get_f64(ds, tags::RESCALE_INTERCEPT).unwrap_or(0.0),
+        slope: get_number(ds, tags::RESCALE_SLOPE),
+        intercept: get_number(ds, tags::RESCALE_INTERCEPT),
     };
     if let Some(shared) = first_item(ds, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE) {
         frame_from_group(shared, &mut base);
@@ -387,7 +577,6 @@ pub(crate) fn header_from_object(
         None => vec![base; n_frames as usize],
     };
 
-    let bits_allocated = get_int(ds, tags::BITS_ALLOCATED).unwrap_or(16) as u16;
     Ok(FileHeader {
         transfer_syntax: clean(obj.meta().transfer_syntax()),
         has_meta,
@@ -407,10 +596,10 @@ pub(crate) fn header_from_object(
             .unwrap_or_default(),
         rows,
         cols,
-        samples_per_pixel: get_int(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1) as u16,
-        bits_allocated,
-        bits_stored: get_int(ds, tags::BITS_STORED).unwrap_or(bits_allocated as i64) as u16,
-        high_bit: get_int(ds, tags::HIGH_BIT).unwrap_or(bits_allocated as i64 - 1) as u16,
+        samples_per_pixel: samples_per_pixel as u16,
+        bits_allocated: bits_allocated as u16,
+        bits_stored: bits_stored as u16,
+        high_bit: high_bit as u16,
         signed: get_int(ds, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1,
         n_frames,
         frames,

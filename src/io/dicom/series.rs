@@ -163,20 +163,16 @@ pub(crate) fn geometry(
     for &m in members {
         let h = &headers[m];
         for (fi, f) in h.frames.iter().enumerate() {
-            let missing = |tag: &'static str| DicomError::MissingTag {
-                path: h.source.display_path().to_path_buf(),
-                tag,
-                frame: (h.n_frames > 1).then_some(fi as u32),
-            };
+            let path = h.source.display_path();
+            let frame = (h.n_frames > 1).then_some(fi as u32);
             let ipp = f
                 .ipp
-                .ok_or_else(|| missing("ImagePositionPatient (0020,0032)"))?;
+                .require(path, "ImagePositionPatient (0020,0032)", frame)?;
             let iop = f
                 .iop
-                .ok_or_else(|| missing("ImageOrientationPatient (0020,0037)"))?;
-            let ps = f
-                .spacing
-                .ok_or_else(|| missing("PixelSpacing (0028,0030)"))?;
+                .require(path, "ImageOrientationPatient (0020,0037)", frame)?;
+            let ps = f.spacing.require(path, "PixelSpacing (0028,0030)", frame)?;
+            let (slope, intercept) = f.rescale(path, frame)?;
             if ps[0] <= 0.0 || ps[1] <= 0.0 {
                 return Err(DicomError::BadValue {
                     path: h.source.display_path().to_path_buf(),
@@ -224,8 +220,8 @@ pub(crate) fn geometry(
                 frame: fi as u32,
                 ipp,
                 pos: 0.0,
-                slope: f.slope,
-                intercept: f.intercept,
+                slope,
+                intercept,
             });
         }
     }
