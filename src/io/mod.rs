@@ -9,7 +9,7 @@ pub mod dicom;
 pub mod nifti;
 
 use crate::volume::Volume;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Options that reach the readers from the command line.
 #[derive(Clone, Debug, Default)]
@@ -39,12 +39,14 @@ pub enum ReadError {
     Dicom(#[from] dicom::DicomError),
     #[error(transparent)]
     Nifti(#[from] nifti::NiftiError),
+    #[error("{path}: {detail}")]
+    Unsupported { path: PathBuf, detail: String },
 }
 
 impl crate::error::Classify for ReadError {
     fn is_input_error(&self) -> bool {
         match self {
-            ReadError::NotFound { .. } => true,
+            ReadError::NotFound { .. } | ReadError::Unsupported { .. } => true,
             ReadError::Dicom(e) => e.is_input_error(),
             ReadError::Nifti(e) => e.is_input_error(),
         }
@@ -62,6 +64,16 @@ pub fn input_kind(path: &Path) -> Result<InputKind, ReadError> {
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
+    let pair = [".hdr", ".img", ".hdr.gz", ".img.gz"];
+    if pair.iter().any(|s| name.ends_with(s)) || is_nifti_pair_header(path) {
+        return Err(ReadError::Unsupported {
+            path: path.to_path_buf(),
+            detail: "NIfTI-1 / Analyze header + image pairs (.hdr/.img) are not supported; \
+                     convert to a single .nii or .nii.gz file first, e.g. with nibabel: \
+                     nib.save(nib.load('x.hdr'), 'x.nii.gz')"
+                .into(),
+        });
+    }
     if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         Ok(InputKind::Nifti)
     } else if name.ends_with(".zip") {
@@ -69,6 +81,21 @@ pub fn input_kind(path: &Path) -> Result<InputKind, ReadError> {
     } else {
         Ok(InputKind::DicomFile)
     }
+}
+
+/// Whether a file is the header of a NIfTI-1 pair (magic "ni1", sizeof_hdr 348), whatever
+/// its name.
+fn is_nifti_pair_header(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 348];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let size_ok = head[..4] == 348i32.to_le_bytes() || head[..4] == 348i32.to_be_bytes();
+    size_ok && &head[344..348] == b"ni1\0"
 }
 
 /// Read any supported input into a `Volume` (f32 HU, RAS affine, provenance).

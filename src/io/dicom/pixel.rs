@@ -35,7 +35,7 @@ type Decoder = fn(&[u8], &Limits) -> Result<Frame, CodecError>;
 fn own_decoder(uid: &str) -> Option<Decoder> {
     match uid {
         "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" => Some(codec::jpeg_dct::decode),
-        // JPEGLS-PENDING "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Some(codec::jpegls::decode),
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Some(codec::jpegls::decode),
         _ => None,
     }
 }
@@ -424,7 +424,10 @@ fn frame_to_le(frame: &Frame, h: &FileHeader, bytes: usize) -> Result<Vec<u8>, S
     let mut out = Vec::with_capacity(frame.samples.len() * bytes);
     match bytes {
         1 => out.extend(frame.samples.iter().map(|&v| v as u8)),
-        2 => frame.samples.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        2 => frame
+            .samples
+            .iter()
+            .for_each(|v| out.extend(v.to_le_bytes())),
         _ => frame
             .samples
             .iter()

@@ -1,10 +1,10 @@
 //! Finding files (folder, zip, single file) and reading their headers only.
 
+use super::walk::{self, PixelExtent, WalkError, WalkErrorKind, Walked};
 use super::DicomError;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
-use super::walk::{self, PixelExtent, WalkError, WalkErrorKind, Walked};
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use rayon::prelude::*;
 use std::io::Read;
@@ -45,7 +45,11 @@ impl FrameInfo {
     /// "not rescaled", as dcm2niix and the NIfTI standard read it: the stored values are
     /// used as they are (and [`DicomInput`](super::DicomInput) warns). Non-numeric or
     /// non-finite values are errors naming the tag.
-    pub(crate) fn rescale(&self, path: &Path, frame: Option<u32>) -> Result<(f64, f64), DicomError> {
+    pub(crate) fn rescale(
+        &self,
+        path: &Path,
+        frame: Option<u32>,
+    ) -> Result<(f64, f64), DicomError> {
         let slope = match self.slope {
             Field::Absent => 1.0,
             ref f => f.require(path, "RescaleSlope (0028,1053)", frame)?,
@@ -97,7 +101,9 @@ impl<T: Copy> Field<T> {
                 tag,
                 detail: format!(
                     "{}invalid value '{raw}'",
-                    frame.map(|f| format!("frame {}: ", f + 1)).unwrap_or_default()
+                    frame
+                        .map(|f| format!("frame {}: ", f + 1))
+                        .unwrap_or_default()
                 ),
             }),
         }
@@ -239,7 +245,10 @@ fn read_header(src: FileSource) -> Result<FileHeader, Skipped> {
     let path = src.display_path().to_path_buf();
     let opened = open_object(&src, true).map_err(|e| Skipped {
         path: path.clone(),
-        kind: if matches!(e.walk.as_ref().map(|w| &w.kind), Some(WalkErrorKind::NotDicom)) {
+        kind: if matches!(
+            e.walk.as_ref().map(|w| &w.kind),
+            Some(WalkErrorKind::NotDicom)
+        ) {
             SkipKind::NotDicom
         } else {
             SkipKind::Broken
@@ -328,7 +337,8 @@ fn open_bare(bytes: &[u8]) -> Result<DefaultDicomObject, String> {
     use dicom_transfer_syntax_registry::entries::{
         EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
     };
-    let explicit = bytes.len() >= 6 && bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase();
+    let explicit =
+        bytes.len() >= 6 && bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase();
     let ts = if explicit {
         EXPLICIT_VR_LITTLE_ENDIAN.erased()
     } else {
@@ -516,9 +526,12 @@ pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<File
 
     // Sizes from the header must fit the Pixel Data that is really there, before anything
     // sized by them is allocated.
-    let frame_bits = u64::from(rows) * u64::from(cols) * samples_per_pixel as u64 * bits_allocated as u64;
+    let frame_bits =
+        u64::from(rows) * u64::from(cols) * samples_per_pixel as u64 * bits_allocated as u64;
     let frame_bytes = frame_bits.div_ceil(8);
-    let total = frame_bytes.checked_mul(u64::from(n_frames)).unwrap_or(u64::MAX);
+    let total = frame_bytes
+        .checked_mul(u64::from(n_frames))
+        .unwrap_or(u64::MAX);
     match walked.pixel_data {
         None => {
             return Err(broken(

@@ -125,9 +125,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walked, WalkError> {
         };
         while cur.remaining() >= 4 && u16::from_le_bytes([bytes[cur.pos], bytes[cur.pos + 1]]) == 2
         {
-            let h = cur
-                .header(EXPLICIT_LE)
-                .map_err(|k| fail(&w, k))?;
+            let h = cur.header(EXPLICIT_LE).map_err(|k| fail(&w, k))?;
             if h.len == UNDEFINED {
                 return Err(fail(
                     &w,
@@ -417,7 +415,11 @@ impl Walker {
                 None => h.len == UNDEFINED || dictionary_says_sequence(h.tag),
             };
             if is_sequence {
-                let inner = if h.vr == Some(VR::UN) { IMPLICIT_LE } else { enc };
+                let inner = if h.vr == Some(VR::UN) {
+                    IMPLICIT_LE
+                } else {
+                    enc
+                };
                 if h.len == UNDEFINED {
                     self.items(cur, inner, depth, None)?;
                 } else {
@@ -513,7 +515,11 @@ impl Walker {
                         "encapsulated Pixel Data: expected a fragment item at byte {}, found {}{}",
                         cur.pos - 8,
                         tag_str(other),
-                        if other == ITEM { " of undefined length" } else { "" }
+                        if other == ITEM {
+                            " of undefined length"
+                        } else {
+                            ""
+                        }
                     )))
                 }
             }

@@ -36,6 +36,7 @@ pub use xform::AffineSource;
 use crate::geometry::Affine;
 use crate::volume::{NiftiSource, Provenance, Source, Volume};
 use ndarray::Array3;
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong reading or writing NIfTI. Every variant names the file.
@@ -103,6 +104,14 @@ pub enum NiftiError {
     },
     #[error("{path}: bad spatial transform: {reason}")]
     BadTransform { path: PathBuf, reason: String },
+    #[error("{path}: voxel [{}, {}, {}] is {value}{scaling}; every value of a CT volume must be a finite number", index[0], index[1], index[2])]
+    NonFinite {
+        path: PathBuf,
+        index: [usize; 3],
+        value: f32,
+        /// How the value came about when scaling was applied (names scl_slope/scl_inter).
+        scaling: String,
+    },
     #[error("{path}: the header asks for {bytes} bytes of voxel data, which cannot be allocated")]
     TooLarge { path: PathBuf, bytes: usize },
     #[error(
@@ -181,6 +190,28 @@ pub enum VolumeDtype {
 pub fn read_nifti(path: &Path) -> Result<Volume, NiftiError> {
     let raw = read::read_raw(path)?;
     let (data, integral_i16) = read::to_f32(&raw);
+    let any_bad = data
+        .as_slice_memory_order()
+        .is_none_or(|v| v.par_iter().any(|x| !x.is_finite()));
+    let first_bad = if any_bad {
+        data.indexed_iter().find(|(_, v)| !v.is_finite())
+    } else {
+        None
+    };
+    if let Some((index, &value)) = first_bad {
+        let scaling = match raw.info.scaling {
+            Some((slope, inter)) => format!(
+                " after scaling (stored value × scl_slope {slope} + scl_inter {inter} overflows float32)"
+            ),
+            None => String::new(),
+        };
+        return Err(NiftiError::NonFinite {
+            path: path.to_path_buf(),
+            index: [index.0, index.1, index.2],
+            value,
+            scaling,
+        });
+    }
     let provenance = Provenance {
         stored_type: raw.info.datatype.stored_type(),
         integral_i16,

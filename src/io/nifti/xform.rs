@@ -46,10 +46,40 @@ pub(crate) fn best_affine(
         }
     }
     if codes[0].1 != 0 {
+        for (name, row) in [
+            ("srow_x", h.srow_x),
+            ("srow_y", h.srow_y),
+            ("srow_z", h.srow_z),
+        ] {
+            if let Some(i) = row.iter().position(|v| !v.is_finite()) {
+                return Err(format!(
+                    "the sform has a non-finite entry: {name}[{i}] = {}",
+                    row[i]
+                ));
+            }
+        }
         return Ok((sform_affine(h), AffineSource::Sform));
+    }
+    let pixdims = (1..4).map(|i| (format!("pixdim[{i}]"), h.pixdim[i]));
+    for (name, v) in pixdims {
+        if !v.is_finite() {
+            return Err(format!("{name} is not finite ({v})"));
+        }
     }
     let zooms = fixed_zooms(h, warnings);
     if codes[1].1 != 0 {
+        for (name, v) in [
+            ("quatern_b", h.quatern_b),
+            ("quatern_c", h.quatern_c),
+            ("quatern_d", h.quatern_d),
+            ("qoffset_x", h.quatern_x),
+            ("qoffset_y", h.quatern_y),
+            ("qoffset_z", h.quatern_z),
+        ] {
+            if !v.is_finite() {
+                return Err(format!("the qform has a non-finite {name} ({v})"));
+            }
+        }
         return Ok((qform_affine(h, zooms, warnings)?, AffineSource::Qform));
     }
     Ok((base_affine(h, zooms), AffineSource::Pixdim))

@@ -7,7 +7,7 @@
 //! process allocate more than the caller expects the frame to hold.
 
 pub(crate) mod jpeg_dct;
-// pub(crate) mod jpegls;
+pub(crate) mod jpegls;
 
 /// One decoded frame: `width × height` pixels of `components` samples each, pixel-interleaved
 /// (`samples[(y * width + x) * components + c]`), unsigned, `precision` bits per sample.
