@@ -21,6 +21,8 @@ fn testdata(p: &str) -> PathBuf {
 }
 
 /// Exit code, stderr and peak resident memory (MiB) of one run of the shipped binary.
+// The child is reaped by wait4 (which also gives its peak RSS), not `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_measured(args: &[&std::ffi::OsStr]) -> (i32, String, u64) {
     use std::io::Read;
     let mut child = Command::new(shipped::binary())

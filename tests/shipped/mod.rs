@@ -20,7 +20,11 @@ pub fn binary() -> &'static Path {
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("SDSEG_SHIPPED_BIN") {
             let p = PathBuf::from(p);
-            assert!(p.is_file(), "SDSEG_SHIPPED_BIN={} is not a file", p.display());
+            assert!(
+                p.is_file(),
+                "SDSEG_SHIPPED_BIN={} is not a file",
+                p.display()
+            );
             return p;
         }
         // target/debug/deps/<test> → target

@@ -485,7 +485,7 @@ pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<File
         Field::Absent => 1,
         Field::Value(n) if n >= 1.0 && n.fract() == 0.0 && n <= f64::from(u32::MAX) => n as u32,
         // Some writers put 0 in single-frame files.
-        Field::Value(n) if n == 0.0 => 1,
+        Field::Value(0.0) => 1,
         Field::Value(n) => {
             return Err(broken(format!(
                 "bad NumberOfFrames (0028,0008): {n} (expected a positive integer)"
@@ -529,9 +529,7 @@ pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<File
     let frame_bits =
         u64::from(rows) * u64::from(cols) * samples_per_pixel as u64 * bits_allocated as u64;
     let frame_bytes = frame_bits.div_ceil(8);
-    let total = frame_bytes
-        .checked_mul(u64::from(n_frames))
-        .unwrap_or(u64::MAX);
+    let total = frame_bytes.saturating_mul(u64::from(n_frames));
     match walked.pixel_data {
         None => {
             return Err(broken(
