@@ -157,6 +157,48 @@ fn shipped_binary_imports_every_committed_syntax() {
     assert_eq!(ours.data(), ijg.data());
 }
 
+#[test]
+fn shipped_binary_runs_every_committed_syntax() {
+    // `run` with the bundled demo model: lossless syntaxes give the labels of the
+    // uncompressed original exactly; lossy ones a label volume on the same grid.
+    use sdseg_volume::io::nifti::read_labels;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |dir: &str| {
+        let out = tmp.path().join(format!("{dir}.labels.nii.gz"));
+        let input = testdata(&format!("dicom-syntaxes/{dir}"));
+        let (code, err, _) = run_measured(&[
+            "run".as_ref(),
+            input.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--quiet".as_ref(),
+        ]);
+        assert_eq!(code, 0, "run {dir}: {err}");
+        read_labels(&out).unwrap()
+    };
+    let (reference, affine, _) = run("explicit-le");
+    for dir in [
+        "signed",
+        "jpeg-lossless-sv1",
+        "signed-jpeg-lossless-sv1",
+        "jpegls-lossless",
+        "j2k-lossless",
+        "signed-j2k-lossless",
+    ] {
+        let (labels, a, _) = run(dir);
+        assert_eq!(
+            labels, reference,
+            "{dir}: labels differ from the original's"
+        );
+        assert!(a.max_abs_diff(&affine) < 1e-6, "{dir}");
+    }
+    for dir in ["j2k-lossy", "jpeg-extended-12bit"] {
+        let (labels, a, _) = run(dir);
+        assert_eq!(labels.shape(), reference.shape(), "{dir}");
+        assert!(a.max_abs_diff(&affine) < 1e-6, "{dir}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Sizes from headers are checked before anything is allocated.
 
