@@ -40,9 +40,11 @@ fn own_decoder(uid: &str) -> Option<Decoder> {
     }
 }
 
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
 /// Whether this build can decode the pixel data of `uid`; `Err` says why not.
 pub(crate) fn check_syntax(uid: &str) -> Result<(), String> {
-    if own_decoder(uid).is_some() {
+    if own_decoder(uid).is_some() || uid == RLE_LOSSLESS {
         return Ok(());
     }
     match TransferSyntaxRegistry.get(uid) {
@@ -240,18 +242,39 @@ pub(crate) fn decode_stack(
             let decoded;
             let bytes: std::borrow::Cow<[u8]> = if native {
                 native_frame(obj, h, s.frame, frame_bytes).map_err(decode_err)?
+            } else if h.transfer_syntax == RLE_LOSSLESS {
+                let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
+                let le = codec::rle::decode(&data, h.rows, h.cols, 1, fmt.bytes)
+                    .map_err(|e| decode_err(e.to_string()))?;
+                std::borrow::Cow::Owned(le)
             } else if let Some(decode) = own_decoder(&h.transfer_syntax) {
                 let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
                 let frame = decode(&data, &Limits { max_samples: plane })
                     .map_err(|e| decode_err(e.to_string()))?;
                 std::borrow::Cow::Owned(frame_to_le(&frame, h, fmt.bytes).map_err(decode_err)?)
             } else {
-                decoded = if h.n_frames > 1 {
-                    obj.decode_pixel_data_frame(s.frame)
-                } else {
-                    obj.decode_pixel_data()
-                }
-                .map_err(|e| decode_err(e.to_string()))?;
+                // A third-party decoder that panics on damaged data must not take the process
+                // down: its panic becomes this file's decode error.
+                let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if h.n_frames > 1 {
+                        obj.decode_pixel_data_frame(s.frame)
+                    } else {
+                        obj.decode_pixel_data()
+                    }
+                }));
+                decoded = match attempt {
+                    Ok(r) => r.map_err(|e| decode_err(e.to_string()))?,
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        return Err(decode_err(format!(
+                            "the decoder failed on this data ({what})"
+                        )));
+                    }
+                };
                 std::borrow::Cow::Borrowed(
                     decoded
                         .frame_data(0)

@@ -3,7 +3,9 @@
 use super::walk::{self, PixelExtent, WalkError, WalkErrorKind, Walked};
 use super::DicomError;
 use dicom_core::Tag;
+use dicom_core::{PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
+use dicom_dictionary_std::StandardDataDictionary;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use rayon::prelude::*;
@@ -124,6 +126,8 @@ pub(crate) struct FileHeader {
     pub rows: u32,
     pub cols: u32,
     pub samples_per_pixel: u16,
+    /// PhotometricInterpretation, when present.
+    pub photometric: Option<String>,
     pub bits_allocated: u16,
     pub bits_stored: u16,
     pub high_bit: u16,
@@ -369,21 +373,85 @@ pub(crate) fn clean(s: &str) -> String {
         .to_string()
 }
 
-fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+/// The value of `tag`, with a standard attribute that was written with VR UN (anonymizers
+/// and PACS that do not know a tag do this) read as its dictionary VR, as pydicom and dcm2niix
+/// do: dicom-rs leaves UN values as raw bytes. Binary UN values are read little endian.
+fn value(obj: &InMemDicomObject, tag: Tag) -> Option<PrimitiveValue> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     let e = obj.element_opt(tag).ok().flatten()?;
-    let s = clean(&e.to_str().ok()?);
+    let p = e.value().primitive()?;
+    if e.vr() != VR::UN {
+        return Some(p.clone());
+    }
+    let PrimitiveValue::U8(bytes) = p else {
+        return Some(p.clone());
+    };
+    let vr = match StandardDataDictionary.by_tag(tag)?.vr() {
+        VirtualVr::Exact(vr) => vr,
+        _ => return Some(p.clone()),
+    };
+    let words = |n: usize| bytes.chunks_exact(n);
+    Some(match vr {
+        VR::US => PrimitiveValue::U16(words(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+        VR::SS => PrimitiveValue::I16(words(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()),
+        VR::UL => PrimitiveValue::U32(
+            words(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        VR::SL => PrimitiveValue::I32(
+            words(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        VR::FL => PrimitiveValue::F32(
+            words(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        VR::FD => PrimitiveValue::F64(
+            words(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+                .collect(),
+        ),
+        VR::AE
+        | VR::AS
+        | VR::CS
+        | VR::DA
+        | VR::DS
+        | VR::DT
+        | VR::IS
+        | VR::LO
+        | VR::LT
+        | VR::PN
+        | VR::SH
+        | VR::ST
+        | VR::TM
+        | VR::UC
+        | VR::UI
+        | VR::UR
+        | VR::UT => {
+            let text = String::from_utf8_lossy(bytes);
+            PrimitiveValue::Strs(text.split('\\').map(|s| s.to_string()).collect())
+        }
+        _ => p.clone(),
+    })
+}
+
+fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let s = clean(&value(obj, tag)?.to_str());
     (!s.is_empty()).then_some(s)
 }
 
 fn get_int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
-    obj.element_opt(tag).ok().flatten()?.to_int::<i64>().ok()
+    value(obj, tag)?.to_int::<i64>().ok()
 }
 
 fn get_floats<const N: usize>(obj: &InMemDicomObject, tag: Tag) -> Field<[f64; N]> {
-    let Some(e) = obj.element_opt(tag).ok().flatten() else {
+    let Some(e) = value(obj, tag) else {
         return Field::Absent;
     };
-    let raw = e.to_str().map(|s| clean(&s)).unwrap_or_default();
+    let raw = clean(&e.to_str());
     if raw.is_empty() {
         return Field::Absent;
     }
@@ -595,19 +663,13 @@ pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<File
         series_description: get_str(ds, tags::SERIES_DESCRIPTION),
         series_number: get_int(ds, tags::SERIES_NUMBER).map(|v| v as i32),
         modality: get_str(ds, tags::MODALITY),
-        image_type: ds
-            .element_opt(tags::IMAGE_TYPE)
-            .ok()
-            .flatten()
-            .and_then(|e| {
-                e.to_multi_str()
-                    .ok()
-                    .map(|v| v.iter().map(|s| clean(s)).collect())
-            })
+        image_type: value(ds, tags::IMAGE_TYPE)
+            .map(|v| v.to_multi_str().iter().map(|s| clean(s)).collect())
             .unwrap_or_default(),
         rows,
         cols,
         samples_per_pixel: samples_per_pixel as u16,
+        photometric: get_str(ds, tags::PHOTOMETRIC_INTERPRETATION),
         bits_allocated: bits_allocated as u16,
         bits_stored: bits_stored as u16,
         high_bit: high_bit as u16,

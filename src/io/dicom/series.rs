@@ -154,6 +154,19 @@ pub(crate) fn geometry(
                 ),
             });
         }
+        if let Some(pi) = h
+            .photometric
+            .as_deref()
+            .filter(|p| !p.starts_with("MONOCHROME"))
+        {
+            return Err(DicomError::UnsupportedPixels {
+                path: h.source.display_path().to_path_buf(),
+                detail: format!(
+                    "PhotometricInterpretation is {pi} (a colour image: stored values are \
+                     colour indices or components, not intensities); CT volumes are MONOCHROME2"
+                ),
+            });
+        }
     }
 
     // Slices with positions, one orientation and one pixel spacing.

@@ -154,14 +154,13 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walked, WalkError> {
     };
     let deflated = out.transfer_syntax.as_deref() == Some("1.2.840.10008.1.2.1.99");
     let inflated;
+    // A deflate stream cut short: what did inflate is still walked, for the series it names.
+    let mut inflate_error = None;
     let (data, data_start): (&[u8], usize) = if deflated {
         let mut buf = Vec::new();
         let mut dec = flate2::read::DeflateDecoder::new(&bytes[pos..]).take(MAX_INFLATED + 1);
         if let Err(e) = dec.read_to_end(&mut buf) {
-            return Err(fail(
-                &w,
-                WalkErrorKind::Malformed(format!("the deflated data set does not inflate: {e}")),
-            ));
+            inflate_error = Some(e.to_string());
         }
         if buf.len() as u64 > MAX_INFLATED {
             return Err(fail(
@@ -205,8 +204,14 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walked, WalkError> {
         pos: data_start,
         end: data.len(),
     };
-    w.elements(&mut cur, enc, 0, false)
-        .map_err(|k| fail(&w, k))?;
+    let walked = w.elements(&mut cur, enc, 0, false);
+    if let Some(e) = inflate_error {
+        return Err(fail(
+            &w,
+            WalkErrorKind::Truncated(format!("the deflated data set ends early ({e})")),
+        ));
+    }
+    walked.map_err(|k| fail(&w, k))?;
     out.series_uid = w.series_uid;
     out.pixel_data = w.pixel_data;
     Ok(out)
@@ -388,15 +393,20 @@ impl Walker {
                 }
                 _ => {}
             }
-            if top && h.tag == PIXEL_DATA {
-                if h.len == UNDEFINED {
+            // Nested Pixel Data (an icon image in a sequence item) may be encapsulated too;
+            // only the top-level one is the image.
+            if h.tag == PIXEL_DATA {
+                let extent = if h.len == UNDEFINED {
                     let (items, bytes) = self.fragments(cur, enc)?;
-                    self.pixel_data = Some(PixelExtent::Encapsulated { items, bytes });
+                    PixelExtent::Encapsulated { items, bytes }
                 } else {
                     cur.take(h.len, h.tag)?;
-                    self.pixel_data = Some(PixelExtent::Native {
+                    PixelExtent::Native {
                         len: u64::from(h.len),
-                    });
+                    }
+                };
+                if top {
+                    self.pixel_data = Some(extent);
                 }
                 continue;
             }

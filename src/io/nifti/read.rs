@@ -109,6 +109,9 @@ pub fn read_header(path: &Path) -> Result<(NiftiHeader, NiftiInfo), NiftiError> 
     Ok((h, info))
 }
 
+/// The largest expansion of a deflate stream (RFC 1951: 258-byte matches coded in ~2 bits).
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
 pub(crate) fn read_raw(path: &Path) -> Result<RawImage, NiftiError> {
     let mut o = open(path)?;
     let (header, info) = read_header_from(&mut o, path)?;
@@ -131,6 +134,16 @@ pub(crate) fn read_raw(path: &Path) -> Result<RawImage, NiftiError> {
             what: "extensions before vox_offset",
             expected: skip,
             got: skipped,
+        });
+    }
+    // Deflate expands at most 1032:1, so a gzip stream of `file_len` bytes cannot hold more:
+    // refuse a header that claims otherwise before reserving what it claims.
+    if o.gz && need > o.file_len.saturating_mul(MAX_DEFLATE_RATIO) {
+        return Err(NiftiError::Truncated {
+            path: path.to_path_buf(),
+            what: "voxel data (more than a gzip stream of this size can hold)",
+            expected: info.nbytes as u64,
+            got: o.file_len.saturating_mul(MAX_DEFLATE_RATIO),
         });
     }
     let mut data = Vec::new();

@@ -1,5 +1,6 @@
 //! Pixel-data codecs this crate implements itself, because no maintained pure-Rust decoder
-//! exists in the dicom-rs stack for them (JPEG-LS, 12-bit JPEG Extended).
+//! exists in the dicom-rs stack for them (JPEG-LS, 12-bit JPEG Extended), or the one there
+//! panics on damaged data (RLE).
 //!
 //! Each decoder takes one compressed frame (the concatenated fragments of one frame of
 //! encapsulated Pixel Data) and returns its samples. Sizes read from a codestream are checked
@@ -8,6 +9,7 @@
 
 pub(crate) mod jpeg_dct;
 pub(crate) mod jpegls;
+pub(crate) mod rle;
 
 /// One decoded frame: `width × height` pixels of `components` samples each, pixel-interleaved
 /// (`samples[(y * width + x) * components + c]`), unsigned, `precision` bits per sample.

@@ -1,0 +1,89 @@
+//! Real-world corpus: every DICOM and NIfTI test file shipped in the pydicom and nibabel
+//! packages, and series assembled from them, through `import` of the shipped binary.
+//!
+//! `tests/corpus/corpus.py` does the work (its docstring lists the inputs, the references
+//! and the outcomes CORRECT, REFUSED, WRONG, CRASH, HANG, RSS); this test finds the
+//! interpreter, runs the script with the binary and a work folder, streams its output (one
+//! line per input, then tables by outcome and transfer syntax, the refusal reasons and the
+//! failures) and fails when the script exits non-zero: an input was WRONG, CRASHed, HUNG or
+//! went over the RSS limit.
+//!
+//! The interpreter is `$SDSEG_PYTHON` (default `python3`) with numpy, pydicom and nibabel,
+//! plus pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg and pylibjpeg-rle so that pydicom
+//! decodes the compressed files (`.ci/run` pins them). Without pydicom or nibabel the
+//! test is skipped with a notice, unless `CI` is set: then it fails (as does a missing
+//! plugin). `SDSEG_CORPUS_OUT=DIR` (new or empty) keeps the work folder: the assembled series,
+//! each run's stdout, stderr and output, and `results.json`.
+
+#[path = "shipped/mod.rs"]
+mod shipped;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn python() -> String {
+    std::env::var("SDSEG_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// True when numpy, pydicom and nibabel import; false (after a notice) when not and CI is unset.
+fn have_python_modules() -> bool {
+    let ok = Command::new(python())
+        .args(["-c", "import numpy, pydicom, nibabel"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "CI is set but `{} -c 'import numpy, pydicom, nibabel'` fails: install them (see .ci/run)",
+                python()
+            );
+        }
+        eprintln!(
+            "SKIPPED: numpy, pydicom or nibabel not importable by {} (set SDSEG_PYTHON); CI would fail here",
+            python()
+        );
+    }
+    ok
+}
+
+#[test]
+fn pydicom_and_nibabel_test_files_through_import() {
+    if !have_python_modules() {
+        return;
+    }
+    let binary = shipped::binary();
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    let work = std::env::var_os("SDSEG_CORPUS_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().join("work"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/corpus.py");
+    let mut child = Command::new(python())
+        .arg("-u")
+        .arg(&script)
+        .arg(binary)
+        .arg(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {} {}: {e}", python(), script.display()));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let relay = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+    }
+    relay.join().expect("stderr relay");
+    let status = child.wait().expect("wait for the corpus script");
+    assert!(
+        status.success(),
+        "the corpus script failed ({status}): see FAILURES above (WRONG, CRASH, HANG or RSS \
+         inputs) or its error output"
+    );
+}
