@@ -709,6 +709,7 @@ fn committed_compressed_series_decode() {
     assert_eq!(signed.provenance().stored_type, StoredType::I16);
     for (dir, uid) in [
         ("jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70"),
+        ("rle", "1.2.840.10008.1.2.5"),
         ("j2k-lossless", "1.2.840.10008.1.2.4.90"),
         ("signed-j2k-lossless", "1.2.840.10008.1.2.4.90"),
         ("signed-jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70"),

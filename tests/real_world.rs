@@ -127,6 +127,7 @@ fn shipped_binary_imports_every_committed_syntax() {
         ("jpeg-lossless-sv1", 0.0),
         ("signed-jpeg-lossless-sv1", 0.0),
         ("jpegls-lossless", 0.0),
+        ("rle", 0.0),
         ("j2k-lossless", 0.0),
         ("signed-j2k-lossless", 0.0),
         ("j2k-lossy", 600.0),
@@ -182,6 +183,7 @@ fn shipped_binary_runs_every_committed_syntax() {
         "jpeg-lossless-sv1",
         "signed-jpeg-lossless-sv1",
         "jpegls-lossless",
+        "rle",
         "j2k-lossless",
         "signed-j2k-lossless",
     ] {
@@ -345,6 +347,29 @@ fn non_finite_nifti_scaling_and_affines_are_refused() {
         &patch("qoff.nii", &[(268, f32::INFINITY)], true),
         &["qoff.nii", "qoffset_x"],
     );
+}
+
+#[test]
+fn nifti_dimensions_beyond_the_data_are_refused_before_allocating() {
+    use sdseg_volume::io::nifti::{write_volume, VolumeDtype};
+    use std::io::Write;
+    let v = read_volume(&testdata("dicom-syntaxes/explicit-le"), &Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.nii");
+    write_volume(&good, &v, VolumeDtype::I16).unwrap();
+    let mut b = std::fs::read(&good).unwrap();
+    for (i, d) in [30000i16, 30000, 30000].iter().enumerate() {
+        b[42 + 2 * i..44 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    // 30000³ int16 voxels = 54 TB claimed by a ~2 KB file, plain and gzipped.
+    let plain = tmp.path().join("huge.nii");
+    std::fs::write(&plain, &b).unwrap();
+    assert_refused(&plain, &["huge.nii", "truncated"]);
+    let gz = tmp.path().join("huge.nii.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&b).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    assert_refused(&gz, &["huge.nii.gz"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -521,6 +546,40 @@ fn a_truncated_file_of_another_series_is_skipped_with_a_warning() {
         "{err}"
     );
     assert_eq!(read_nifti(&out).unwrap().shape()[2], 6);
+}
+
+#[test]
+fn a_compressed_stream_cut_short_inside_a_well_formed_file_is_an_error() {
+    // The file's structure is intact; the RLE segments inside the fragment are not (the RLE
+    // decoder of dicom-rs panicked here). Same for a JPEG-LS and a 12-bit JPEG stream.
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    for (dir, name) in [
+        ("rle", "IM0003.dcm"),
+        ("jpegls-lossless", "IM0003.dcm"),
+        ("jpeg-extended-12bit", "IM0003.dcm"),
+        ("j2k-lossless", "IM0003.dcm"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(testdata(&format!("dicom-syntaxes/{dir}"))).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+        let f = tmp.path().join(name);
+        let mut obj = open_file(&f).unwrap();
+        let pd = Tag(0x7FE0, 0x0010);
+        let frag = match obj.element(pd).unwrap().value() {
+            Value::PixelSequence(seq) => seq.fragments()[0].clone(),
+            _ => panic!("{dir}: not encapsulated"),
+        };
+        let cut = frag[..frag.len() / 2 & !1].to_vec();
+        obj.put(DataElement::new(
+            pd,
+            VR::OB,
+            Value::PixelSequence(PixelFragmentSequence::new(vec![], vec![cut])),
+        ));
+        obj.write_to_file(&f).unwrap();
+        assert_refused(tmp.path(), &[name, "cannot decode"]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

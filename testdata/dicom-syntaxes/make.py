@@ -22,6 +22,7 @@ Folders (each a 32x24x6 series, 6 files; jpeg-extended-12bit has 2 files):
   jpeg-extended-12bit-dcmdjpeg/  the same decoded by DCMTK `dcmdjpeg`: the exact reference
   (GDCM writes 12-bit JPEG Extended with sample precision 16 in SOF1, which T.81 forbids and
   only GDCM reads; hence DCMTK: `apt-get install dcmtk`, then the loop in main())
+  rle/                    1.2.840.10008.1.2.5      from explicit-le (pydicom's own RLE encoder)
   signed/                 int16, BitsStored 16, intercept 0, slope 1 (pydicom from explicit-le)
   signed-j2k-lossless/    1.2.840.10008.1.2.4.90   from signed
   signed-jpeg-lossless-sv1/ 1.2.840.10008.1.2.4.70 from signed
@@ -104,6 +105,12 @@ def main():
         subprocess.run(
             ["dcmdjpeg", os.path.join(ext, name), os.path.join(ref_ijg, name)], check=True
         )
+    rle = os.path.join(HERE, "rle")
+    os.makedirs(rle, exist_ok=True)
+    for f in files(ref):
+        ds = pydicom.dcmread(f)
+        ds.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+        ds.save_as(os.path.join(rle, os.path.basename(f)), enforce_file_format=True)
     signed = os.path.join(HERE, "signed")
     make_signed(ref, signed)
     transcode(signed, os.path.join(HERE, "signed-j2k-lossless"), T.JPEG2000Lossless)
