@@ -42,9 +42,14 @@ fn own_decoder(uid: &str) -> Option<Decoder> {
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 
+/// JPEG 2000 lossless / lossy (HTJ2K is not decoded).
+fn is_j2k(uid: &str) -> bool {
+    matches!(uid, "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91")
+}
+
 /// Whether this build can decode the pixel data of `uid`; `Err` says why not.
 pub(crate) fn check_syntax(uid: &str) -> Result<(), String> {
-    if own_decoder(uid).is_some() || uid == RLE_LOSSLESS {
+    if own_decoder(uid).is_some() || uid == RLE_LOSSLESS || is_j2k(uid) {
         return Ok(());
     }
     match TransferSyntaxRegistry.get(uid) {
@@ -242,6 +247,16 @@ pub(crate) fn decode_stack(
             let decoded;
             let bytes: std::borrow::Cow<[u8]> = if native {
                 native_frame(obj, h, s.frame, frame_bytes).map_err(decode_err)?
+            } else if is_j2k(&h.transfer_syntax) {
+                let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
+                let le = codec::j2k::decode(
+                    &data,
+                    &Limits { max_samples: plane },
+                    (h.cols, h.rows, 1),
+                    fmt.bytes,
+                )
+                .map_err(|e| decode_err(e.to_string()))?;
+                std::borrow::Cow::Owned(le)
             } else if h.transfer_syntax == RLE_LOSSLESS {
                 let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
                 let le = codec::rle::decode(&data, h.rows, h.cols, 1, fmt.bytes)

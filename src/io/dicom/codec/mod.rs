@@ -1,12 +1,13 @@
 //! Pixel-data codecs this crate implements itself, because no maintained pure-Rust decoder
 //! exists in the dicom-rs stack for them (JPEG-LS, 12-bit JPEG Extended), or the one there
-//! panics on damaged data (RLE).
+//! panics on damaged data (RLE, JPEG 2000, whose OpenJPEG decoding we call ourselves).
 //!
 //! Each decoder takes one compressed frame (the concatenated fragments of one frame of
 //! encapsulated Pixel Data) and returns its samples. Sizes read from a codestream are checked
 //! against [`Limits`] before anything is allocated, so a hostile header cannot make the
 //! process allocate more than the caller expects the frame to hold.
 
+pub(crate) mod j2k;
 pub(crate) mod jpeg_dct;
 pub(crate) mod jpegls;
 pub(crate) mod rle;
