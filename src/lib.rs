@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod geometry;
 pub mod io;
 pub mod metrics;
