@@ -463,7 +463,7 @@ fn skip_warnings(skipped: &[Skipped]) -> Vec<String> {
     let (n, names) = list(|k| matches!(k, SkipKind::Broken));
     if n > 0 {
         out.push(format!(
-            "skipped {n} damaged DICOM file(s) of other series: {names}"
+            "skipped {n} damaged DICOM file(s): {names}"
         ));
     }
     let (n, names) = list(|k| matches!(k, SkipKind::NoImage));

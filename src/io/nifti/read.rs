@@ -115,7 +115,7 @@ const MAX_DEFLATE_RATIO: u64 = 1032;
 pub(crate) fn read_raw(path: &Path) -> Result<RawImage, NiftiError> {
     let mut o = open(path)?;
     let (header, info) = read_header_from(&mut o, path)?;
-    let need = info.vox_offset + info.nbytes as u64;
+    let need = info.vox_offset.saturating_add(info.nbytes as u64);
     if !o.gz && o.file_len < need {
         return Err(NiftiError::Truncated {
             path: path.to_path_buf(),
