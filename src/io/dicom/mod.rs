@@ -462,9 +462,7 @@ fn skip_warnings(skipped: &[Skipped]) -> Vec<String> {
     }
     let (n, names) = list(|k| matches!(k, SkipKind::Broken));
     if n > 0 {
-        out.push(format!(
-            "skipped {n} damaged DICOM file(s): {names}"
-        ));
+        out.push(format!("skipped {n} damaged DICOM file(s): {names}"));
     }
     let (n, names) = list(|k| matches!(k, SkipKind::NoImage));
     if n > 0 {

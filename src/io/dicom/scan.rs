@@ -509,10 +509,12 @@ fn frame_from_group(group: &InMemDicomObject, f: &mut FrameInfo) {
     }
 }
 
-/// A compressed frame may decode to at most this many times its compressed size, beyond a
-/// floor that every real frame fits (a 4096² 16-bit frame is 32 MiB).
+/// Encapsulated Pixel Data may decode to at most this many times its compressed size, beyond
+/// a floor of 8 MiB per file (a 2048² 16-bit frame). Real CT compresses 2–20× (lossless) or
+/// up to ~100× (lossy); a small file that claims far more is refused before decoding, so a
+/// folder of hostile files cannot make the reader allocate gigabytes.
 const MAX_EXPANSION: u64 = 1024;
-const EXPANSION_FLOOR: u64 = 64 << 20;
+const EXPANSION_FLOOR: u64 = 8 << 20;
 
 pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<FileHeader, Skipped> {
     let path = src.display_path().to_path_buf();

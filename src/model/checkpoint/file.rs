@@ -126,13 +126,17 @@ impl Checkpoint {
                 .by_name(&pkl)
                 .map_err(|e| read_err(format!("{pkl}: {e}")))?;
             let mut reader = std::io::BufReader::new(reader);
-            let mut stack = Stack::empty();
-            stack
-                .read_loop(&mut reader)
-                .map_err(|e| read_err(format!("pickle: {e}")))?;
-            stack
-                .finalize()
-                .map_err(|e| read_err(format!("pickle: {e}")))?
+            // candle's pickle reader panics on some malformed opcodes (a LONG1 of 8+ bytes
+            // overflows a shift); a damaged file must be an error, not a crash.
+            let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut stack = Stack::empty();
+                stack.read_loop(&mut reader)?;
+                stack.finalize()
+            }));
+            match parsed {
+                Ok(r) => r.map_err(|e| read_err(format!("pickle: {e}")))?,
+                Err(_) => return Err(read_err("pickle: malformed opcode arguments".into())),
+            }
         };
         let items = match obj {
             Object::Dict(items) => items,
