@@ -571,7 +571,7 @@ fn a_compressed_stream_cut_short_inside_a_well_formed_file_is_an_error() {
             Value::PixelSequence(seq) => seq.fragments()[0].clone(),
             _ => panic!("{dir}: not encapsulated"),
         };
-        let cut = frag[..frag.len() / 2 & !1].to_vec();
+        let cut = frag[..(frag.len() / 2) & !1].to_vec();
         obj.put(DataElement::new(
             pd,
             VR::OB,
