@@ -217,7 +217,8 @@ fn zip_sources(path: &Path) -> Result<Vec<FileSource>, DicomError> {
             continue;
         }
         let name = entry.name().to_string();
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        // The declared size is a header field: reserve no more than a real entry could hold.
+        let mut bytes = Vec::with_capacity(entry.size().min(16 << 20) as usize);
         entry
             .read_to_end(&mut bytes)
             .map_err(|e| zerr(format!("entry {name}: {e}")))?;
