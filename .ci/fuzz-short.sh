@@ -61,6 +61,7 @@ stamp "$(cargo fuzz --version)"
 stamp "building targets (sanitizer $FUZZ_SANITIZER)"
 "${CARGO[@]}" fuzz build -O -s "$FUZZ_SANITIZER" "${TARGET_DIR[@]}"
 stamp "built"
+BIN_DIR=${FUZZ_TARGET_DIR:-fuzz/target}/$(rustc -vV | sed -n 's/^host: //p')/release
 
 failed=()
 for t in $FUZZ_TARGETS; do
@@ -72,7 +73,8 @@ for t in $FUZZ_TARGETS; do
   stamp "fuzzing $t for ${FUZZ_SECONDS}s"
   log=fuzz/artifacts/$t.log
   status=0
-  "${CARGO[@]}" fuzz run -O -s "$FUZZ_SANITIZER" "${TARGET_DIR[@]}" "$t" "fuzz/corpus/$t" -- \
+  # The binary `fuzz build` made, run directly: `cargo fuzz run` would check the build again.
+  "$BIN_DIR/$t" "fuzz/corpus/$t" \
     -max_total_time="$FUZZ_SECONDS" -max_len="$FUZZ_MAX_LEN" "${LIBFUZZER_LIMITS[@]}" \
     -artifact_prefix="$artifacts/" -print_final_stats=1 "${dict[@]}" >"$log" 2>&1 || status=$?
   # The whole log but the (many) lines for each new corpus entry.

@@ -117,14 +117,33 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walked, WalkError> {
 
     let mut pos = start;
     if has_meta {
-        // The meta group is always explicit VR little endian; it ends where group 2 ends.
+        // The meta group is always explicit VR little endian. It ends where dicom-rs ends it:
+        // after FileMetaInformationGroupLength (0002,0000) bytes of whole elements, whatever
+        // their group; without that element, where group 2 ends.
         let mut cur = Cursor {
             bytes,
             pos,
             end: bytes.len(),
         };
-        while cur.remaining() >= 4 && u16::from_le_bytes([bytes[cur.pos], bytes[cur.pos + 1]]) == 2
-        {
+        let mut group_end = None;
+        if cur.remaining() >= 12 && bytes[pos..pos + 8] == [2, 0, 0, 0, b'U', b'L', 4, 0] {
+            let len = u32::from_le_bytes([
+                bytes[pos + 8],
+                bytes[pos + 9],
+                bytes[pos + 10],
+                bytes[pos + 11],
+            ]);
+            cur.pos += 12;
+            group_end = Some(cur.pos.saturating_add(len as usize));
+        }
+        let in_meta = |cur: &Cursor<'_>| match group_end {
+            Some(end) => cur.pos < end,
+            None => {
+                cur.remaining() >= 4
+                    && u16::from_le_bytes([bytes[cur.pos], bytes[cur.pos + 1]]) == 2
+            }
+        };
+        while in_meta(&cur) {
             let h = cur.header(EXPLICIT_LE).map_err(|k| fail(&w, k))?;
             if h.len == UNDEFINED {
                 return Err(fail(
