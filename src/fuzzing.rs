@@ -17,11 +17,22 @@
 //!
 //! The DICOM targets read with `--allow-gaps --allow-tilt`, as `import` can, so that
 //! geometry the default refuses still reaches pixel decoding.
+//!
+//! # Panics the readers catch
+//! Some readers run third-party decoders under `catch_unwind`, so that a damaged file is an
+//! error rather than a crash. libfuzzer-sys's panic hook aborts on *every* panic, caught or
+//! not, which would report those as findings; [`guarded`] replaces it with one that only
+//! records the panic, and a panic that escapes a reader is printed (message, location,
+//! backtrace with `RUST_BACKTRACE=1`) and re-raised, which libfuzzer-sys turns into an abort
+//! and `cargo test` into a failed test.
 
 use crate::io::{read_volume, ReadOptions};
 use crate::model::checkpoint::Checkpoint;
 use crate::pipeline::config::{Origin, Pipeline};
+use std::backtrace::Backtrace;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
 
 /// [`dicom_series`] splits its input into files at each occurrence of this marker.
 pub const SERIES_SEPARATOR: &[u8] = b"--sdseg-fuzz-next-file--";
@@ -31,6 +42,35 @@ pub const MAX_SERIES_FILES: usize = 6;
 
 /// Tensors read per [`checkpoint`] input (the key index itself is always read whole).
 const MAX_TENSORS: usize = 64;
+
+/// The last panic seen by the hook [`guarded`] installs: "thread … panicked at …" and its
+/// backtrace, symbolized only if the panic escapes.
+static LAST_PANIC: Mutex<Option<(String, Backtrace)>> = Mutex::new(None);
+
+fn last_panic() -> std::sync::MutexGuard<'static, Option<(String, Backtrace)>> {
+    LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run one input through a reader: a panic the reader catches itself is not a finding; one
+/// that escapes is printed and re-raised (see the module doc).
+fn guarded(f: impl FnOnce()) {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        panic::set_hook(Box::new(|info| {
+            let thread = std::thread::current();
+            let text = format!("thread '{}' {info}", thread.name().unwrap_or("<unnamed>"));
+            *last_panic() = Some((text, Backtrace::capture()));
+        }));
+    });
+    *last_panic() = None;
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
+        if let Some((text, backtrace)) = last_panic().take() {
+            eprintln!("{text}\n{backtrace}");
+        }
+        eprintln!("sdseg_volume::fuzzing: this panic escaped the reader");
+        panic::resume_unwind(payload);
+    }
+}
 
 /// A fresh temporary folder, on `/dev/shm` when it exists (memory, not disk).
 fn scratch() -> Option<tempfile::TempDir> {
@@ -68,6 +108,10 @@ fn dicom_options() -> ReadOptions {
 /// A NIfTI-1 file, plain or gzipped (the reader sniffs the gzip magic, not the name): read as
 /// a volume, and when that works also as a label volume (`--labels`, `eval`).
 pub fn nifti(data: &[u8]) {
+    guarded(|| nifti_unguarded(data));
+}
+
+fn nifti_unguarded(data: &[u8]) {
     let Some((_dir, path)) = write_scratch("input.nii", data) else {
         return;
     };
@@ -80,6 +124,10 @@ pub fn nifti(data: &[u8]) {
 /// assembly and pixel decode; a single-frame file is refused after the header scan. Input
 /// starting with a zip local-file magic is named `.zip` instead and read as a zipped folder.
 pub fn dicom_file(data: &[u8]) {
+    guarded(|| dicom_file_unguarded(data));
+}
+
+fn dicom_file_unguarded(data: &[u8]) {
     let name = if data.starts_with(b"PK\x03\x04") {
         "input.zip"
     } else {
@@ -115,6 +163,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// Several DICOM files in one folder given as INPUT (the usual case): the bytes are split at
 /// [`SERIES_SEPARATOR`] into `IM0001.dcm`, `IM0002.dcm`, … and the folder is read.
 pub fn dicom_series(data: &[u8]) {
+    guarded(|| dicom_series_unguarded(data));
+}
+
+fn dicom_series_unguarded(data: &[u8]) {
     let Some(dir) = scratch() else { return };
     for (i, bytes) in split_series(data).into_iter().enumerate() {
         if std::fs::write(dir.path().join(format!("IM{:04}.dcm", i + 1)), bytes).is_err() {
@@ -128,6 +180,10 @@ pub fn dicom_series(data: &[u8]) {
 /// content): open it (zip, pickle, tensor records, safetensors header), then read the first
 /// tensors in key order (strided gather, dtype and shape checks).
 pub fn checkpoint(data: &[u8]) {
+    guarded(|| checkpoint_unguarded(data));
+}
+
+fn checkpoint_unguarded(data: &[u8]) {
     let Some((_dir, path)) = write_scratch("model.ckpt", data) else {
         return;
     };
@@ -142,6 +198,10 @@ pub fn checkpoint(data: &[u8]) {
 /// Pipeline TOML text, parsed and validated as `--pipeline FILE` does (every variant too);
 /// bytes that are not UTF-8 are refused before parsing, as when reading the file.
 pub fn pipeline_toml(data: &[u8]) {
+    guarded(|| pipeline_toml_unguarded(data));
+}
+
+fn pipeline_toml_unguarded(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
