@@ -78,7 +78,7 @@ for t in $FUZZ_TARGETS; do
     -max_total_time="$FUZZ_SECONDS" -max_len="$FUZZ_MAX_LEN" "${LIBFUZZER_LIMITS[@]}" \
     -artifact_prefix="$artifacts/" -print_final_stats=1 "${dict[@]}" >"$log" 2>&1 || status=$?
   # The whole log but the (many) lines for each new corpus entry.
-  grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE)' "$log" || true
+  grep -a -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE)' "$log" || true
   shopt -s nullglob
   found=("$artifacts"/*)
   shopt -u nullglob
