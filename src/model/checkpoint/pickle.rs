@@ -126,19 +126,35 @@ fn short(o: &Object) -> String {
 /// The tensor's bytes in row-major order from its storage bytes, honouring offset and strides.
 pub(super) fn gather_strided(storage: &[u8], e: &PthEntry) -> Result<Vec<u8>, String> {
     let es = e.dtype.size_in_bytes();
-    let n: usize = e.shape.iter().product();
-    // Largest element index the view touches.
-    let last = e.offset
-        + e.shape
-            .iter()
-            .zip(&e.stride)
-            .map(|(&d, &s)| d.saturating_sub(1) * s)
-            .sum::<usize>();
-    if n > 0 && (last + 1) * es > storage.len() {
+    let overflow = || "the tensor's shape, strides and offset overflow".to_string();
+    let n = e
+        .shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(overflow)?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    // Largest element index the view touches, and its end in bytes: all checked, since
+    // every number here comes from the file.
+    let last = e
+        .shape
+        .iter()
+        .zip(&e.stride)
+        .try_fold(e.offset, |a, (&d, &s)| {
+            d.saturating_sub(1)
+                .checked_mul(s)
+                .and_then(|x| a.checked_add(x))
+        })
+        .ok_or_else(overflow)?;
+    let end = last
+        .checked_add(1)
+        .and_then(|x| x.checked_mul(es))
+        .ok_or_else(overflow)?;
+    if end > storage.len() {
         return Err(format!(
-            "storage holds {} bytes, the view needs {}",
-            storage.len(),
-            (last + 1) * es
+            "storage holds {} bytes, the view needs {end}",
+            storage.len()
         ));
     }
     let mut contiguous = true;
