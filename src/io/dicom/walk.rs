@@ -347,6 +347,18 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// A cursor over the next `len` bytes (a defined-length sequence or item), which this
+    /// one skips.
+    fn sub(&mut self, len: u32, tag: Tag) -> Result<Cursor<'a>, WalkErrorKind> {
+        let start = self.pos;
+        self.take(len, tag)?;
+        Ok(Cursor {
+            bytes: self.bytes,
+            pos: start,
+            end: self.pos,
+        })
+    }
+
     /// The next `len` bytes of a value, checked against what is left.
     fn take(&mut self, len: u32, tag: Tag) -> Result<&'a [u8], WalkErrorKind> {
         let len = len as usize;
@@ -452,13 +464,7 @@ impl Walker {
                 if h.len == UNDEFINED {
                     self.items(cur, inner, depth, None)?;
                 } else {
-                    let region = cur.take(h.len, h.tag)?;
-                    let base = cur.pos - region.len();
-                    let mut sub = Cursor {
-                        bytes: cur.bytes,
-                        pos: base,
-                        end: base + region.len(),
-                    };
+                    let mut sub = cur.sub(h.len, h.tag)?;
                     self.items(&mut sub, inner, depth, Some(()))?;
                 }
                 continue;
@@ -500,13 +506,7 @@ impl Walker {
                 SEQUENCE_END if defined.is_none() => return Ok(()),
                 ITEM if h.len == UNDEFINED => self.elements(cur, enc, depth + 1, true)?,
                 ITEM => {
-                    let region = cur.take(h.len, h.tag)?;
-                    let base = cur.pos - region.len();
-                    let mut sub = Cursor {
-                        bytes: cur.bytes,
-                        pos: base,
-                        end: base + region.len(),
-                    };
+                    let mut sub = cur.sub(h.len, h.tag)?;
                     self.elements(&mut sub, enc, depth + 1, false)?;
                 }
                 other => {
