@@ -132,6 +132,13 @@ fn a_failing_case_is_reported_and_the_others_are_written() {
         err.contains("broken") && err.contains("1 of 3 cases failed"),
         "{err}"
     );
+    // --quiet: errors only. The failed case's line and the exit message, nothing about the
+    // cases that were written, no summary.
+    assert!(err.contains("FAILED (read stage)"), "{err}");
+    assert!(
+        !err.contains("case0") && !err.contains("case1") && !err.contains("done:"),
+        "--quiet printed more than errors: {err}"
+    );
     let outs = outputs(&d.path().join("out"));
     assert_eq!(
         outs.keys().collect::<Vec<_>>(),
@@ -209,7 +216,12 @@ fn slurm_array_variables_select_the_shard() {
         ("SLURM_ARRAY_TASK_COUNT", "2"),
         ("SLURM_ARRAY_TASK_MIN", "3"),
     ];
-    let o = run_env(d.path(), &args(&["data", "--out", "env"]), &env);
+    // Without --quiet: the shard note is information, which --quiet leaves out.
+    let loud: Vec<&str> = args(&["data", "--out", "env"])
+        .into_iter()
+        .filter(|a| *a != "--quiet")
+        .collect();
+    let o = run_env(d.path(), &loud, &env);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(
         stderr(&o).contains("shard 1/2 (from Slurm array)"),

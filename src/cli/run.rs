@@ -18,7 +18,8 @@ use crate::pipeline::shard::Shard;
 #[derive(Clone, Debug, clap::Args)]
 pub struct ModelArgs {
     /// Model weights: an official Lightning .ckpt or a .safetensors (default: the pipeline's;
-    /// for `demo`, testdata/demo-model/model.safetensors).
+    /// for `demo`, the demo model embedded in the binary, unpacked on first use into
+    /// $SDSEG_DATA_DIR or ~/.local/share/sdseg-volume).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Model config: a JSON file (the official hyper-parameters) or a preset name
@@ -38,7 +39,10 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<DeviceSpec>,
-    /// Model dtype: f32, f16 or bf16 (f16/bf16 are meant for CUDA).
+    /// Model dtype: f32, bf16, bf16-fast or f16. On CPUs with AMX (Intel Sapphire Rapids and
+    /// later) bf16 is the fast CPU path (about 1.5x f32, labels equal to f32 on 99.99 % of
+    /// pixels) and bf16-fast faster still (plain bf16); other CPUs run both as f32, with a
+    /// warning. On CUDA all four run natively. f16 on the CPU is slow: use it on CUDA.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: DTypeSpec,
     /// Seed of the noise latents; the same seed gives bit-identical outputs.
@@ -208,10 +212,14 @@ impl Args {
                         pipeline.name
                     )))
                 }
-                Some(w) if m.weights.is_none() && !w.is_file() => {
-                    return Err(UsageError(
-                        crate::pipeline::demo::missing_weights_message(&pipeline, w),
-                    ))
+                Some(w) if m.weights.is_none() => {
+                    crate::pipeline::demo::unpack_embedded(w)
+                        .map_err(|e| UsageError(e.to_string()))?;
+                    if !w.is_file() {
+                        return Err(UsageError(
+                            crate::pipeline::demo::missing_weights_message(&pipeline, w),
+                        ));
+                    }
                 }
                 Some(_) => {}
             }

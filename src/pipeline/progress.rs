@@ -1,7 +1,8 @@
 //! What a run shows while it works: on a terminal, one overall bar (cases, slices/s, ETA) and a
-//! bar for the volume in the model; otherwise (or with `--quiet`) one plain line per finished
-//! case on stderr. With `--json`, one JSON object per finished case on stdout; with
-//! `--statistics`, a per-label table per case on stdout.
+//! bar for the volume in the model; otherwise one plain line per finished case on stderr.
+//! `--quiet` shows errors only (failed cases) and the safety warnings that must reach the
+//! user. With `--json`, one JSON object per finished case on stdout; with `--statistics`, a
+//! per-label table per case on stdout (both unaffected by `--quiet`: they are results).
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,12 +21,16 @@ use super::stats::format_table;
 pub enum Display {
     Bars,
     Lines,
+    /// `--quiet`: failed cases and safety warnings only.
+    Quiet,
 }
 
 impl Display {
-    /// Bars on a terminal unless `quiet`; plain lines otherwise.
+    /// Quiet when asked; bars on a terminal; plain lines otherwise.
     pub fn choose(quiet: bool) -> Display {
-        if !quiet && std::io::stderr().is_terminal() {
+        if quiet {
+            Display::Quiet
+        } else if std::io::stderr().is_terminal() {
             Display::Bars
         } else {
             Display::Lines
@@ -52,7 +57,7 @@ impl Progress {
     pub fn new(display: Display, total_cases: usize, json: bool, statistics: bool) -> Progress {
         let multi = MultiProgress::with_draw_target(match display {
             Display::Bars => ProgressDrawTarget::stderr(),
-            Display::Lines => ProgressDrawTarget::hidden(),
+            Display::Lines | Display::Quiet => ProgressDrawTarget::hidden(),
         });
         let overall = multi.add(ProgressBar::new(total_cases as u64));
         overall.set_style(
@@ -78,13 +83,14 @@ impl Progress {
         }
     }
 
-    /// Print a line on stderr without breaking the bars.
+    /// An informational line on stderr, without breaking the bars; nothing with `--quiet`.
     pub fn note(&self, line: &str) {
         match self.display {
             Display::Bars => {
                 let _ = self.multi.println(line);
             }
             Display::Lines => eprintln!("{line}"),
+            Display::Quiet => {}
         }
     }
 
@@ -95,7 +101,7 @@ impl Progress {
             Display::Bars => {
                 let _ = self.multi.println(text);
             }
-            Display::Lines => {
+            Display::Lines | Display::Quiet => {
                 let mut err = std::io::stderr().lock();
                 let _ = writeln!(err, "{text}");
                 let _ = err.flush();
@@ -194,7 +200,12 @@ impl Observer for Progress {
                 self.total, o.case.id, e.stage, e.message
             ),
         };
-        self.note(&line);
+        if matches!(o.status, CaseStatus::Failed(_)) {
+            // An error: shown in every mode, `--quiet` included.
+            self.warn(&line);
+        } else {
+            self.note(&line);
+        }
         self.emit_stdout(o);
     }
 }

@@ -271,7 +271,7 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
     let weights = match raw.model.weights.as_deref().map(str::trim) {
         None => None,
         Some("") => return Err(invalid(o, "model.weights", "must not be empty")),
-        Some(w) => Some(origin.base_dir().join(w)),
+        Some(w) => Some(origin.resolve(w)),
     };
     let model = ModelSection {
         preset: raw.model.preset.clone(),
