@@ -5,7 +5,7 @@
 //! permutes and flips axes (no resampling), and every forward transform returns the
 //! [`Reorientation`] that undoes it exactly.
 
-use ndarray::{Array3, ArrayView3, Axis};
+use ndarray::{Array3, ArrayView3, ArrayViewMut3, Axis};
 use std::fmt;
 
 /// A 4×4 voxel-to-world (RAS, mm) matrix, row-major.
@@ -319,6 +319,29 @@ impl Reorientation {
             source_shape: self.target_shape(),
         }
     }
+}
+
+/// The stored array seen in the slicing frame: a permuted/flipped view, no copy.
+pub fn frame_view<'a, T>(a: ArrayView3<'a, T>, r: &Reorientation) -> ArrayView3<'a, T> {
+    let mut v = a.permuted_axes(r.perm);
+    for (t, f) in r.flip.iter().enumerate() {
+        if *f {
+            v.invert_axis(Axis(t));
+        }
+    }
+    v
+}
+
+/// Mutable counterpart of [`frame_view`]: writing slice `k` of the view writes the stored
+/// (input-grid) array, so no inverse reorientation copy is needed at the end.
+pub fn frame_view_mut<'a, T>(a: ArrayViewMut3<'a, T>, r: &Reorientation) -> ArrayViewMut3<'a, T> {
+    let mut v = a.permuted_axes(r.perm);
+    for (t, f) in r.flip.iter().enumerate() {
+        if *f {
+            v.invert_axis(Axis(t));
+        }
+    }
+    v
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ impl Args {
                     )))
                 }
                 Some(w) if m.weights.is_none() => {
-                    crate::pipeline::demo::unpack_embedded(w)
+                    crate::pipeline::assets::unpack_embedded(w)
                         .map_err(|e| UsageError(e.to_string()))?;
                     if !w.is_file() {
                         return Err(UsageError(

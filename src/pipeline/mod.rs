@@ -10,6 +10,7 @@
 //!   with [`cases`], [`shard`], [`stats`], [`preview`], [`labels_sidecar`] and the model seam
 //!   [`segmenter`].
 
+pub mod assets;
 pub mod cases;
 pub mod config;
 pub mod demo;

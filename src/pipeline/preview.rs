@@ -10,9 +10,8 @@ use ndarray::{Array2, ArrayView3};
 use std::io::Write;
 use std::path::Path;
 
-use super::engine::prep::frame_view;
 use super::labels_sidecar::LabelInfo;
-use crate::geometry::{Affine, AxCodes, Reorientation};
+use crate::geometry::{frame_view, Affine, AxCodes, Reorientation};
 
 /// One mid-slice in display orientation, before resampling.
 #[derive(Clone, Debug)]

@@ -103,10 +103,10 @@ impl Origin {
 impl Origin {
     /// A relative path named inside the pipeline (its default weights), resolved: against
     /// [`Self::base_dir`], except for the built-in demo model, which is embedded in the binary
-    /// (`super::demo::builtin_file`).
+    /// (`super::assets`).
     pub fn resolve(&self, relative: &str) -> PathBuf {
         match self {
-            Origin::Builtin(_) => super::demo::builtin_file(relative, &self.base_dir()),
+            Origin::Builtin(_) => super::assets::builtin_file(relative, &self.base_dir()),
             _ => self.base_dir().join(relative),
         }
     }

@@ -5,13 +5,12 @@
 //! The arithmetic is `preprocess` / `postprocess`'s own (window and normalisation in f64 with
 //! the volume's [`NormStats`], scipy-exact zoom, then f32; resize back and threshold/argmax
 //! with [`ResizeBack`]); only the access pattern differs: slices are read through
-//! [`frame_view`] of the stored array and label slices written through [`frame_view_mut`] of
-//! the label volume on the input grid, so neither the volume nor the labels are copied to or
-//! from the slicing frame.
+//! [`crate::geometry::frame_view`] of the stored array and label slices written through
+//! [`crate::geometry::frame_view_mut`] of the label volume on the input grid, so neither the
+//! volume nor the labels are copied to or from the slicing frame.
 
-use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2};
 
-use crate::geometry::Reorientation;
 use crate::pipeline::config::{Interpolation, Pipeline};
 use crate::pipeline::postprocess::{
     binary_slice_to_native, logits_slice_to_native, PostprocessError, ResizeBack,
@@ -31,29 +30,6 @@ impl VolumePlan {
     pub fn slices(&self) -> usize {
         self.geometry.n_slices
     }
-}
-
-/// The stored array seen in the slicing frame: a permuted/flipped view, no copy.
-pub fn frame_view<'a, T>(a: ArrayView3<'a, T>, r: &Reorientation) -> ArrayView3<'a, T> {
-    let mut v = a.permuted_axes(r.perm);
-    for (t, f) in r.flip.iter().enumerate() {
-        if *f {
-            v.invert_axis(Axis(t));
-        }
-    }
-    v
-}
-
-/// Mutable counterpart of [`frame_view`]: writing slice `k` of the view writes the stored
-/// (input-grid) array, so no inverse reorientation copy is needed at the end.
-pub fn frame_view_mut<'a, T>(a: ArrayViewMut3<'a, T>, r: &Reorientation) -> ArrayViewMut3<'a, T> {
-    let mut v = a.permuted_axes(r.perm);
-    for (t, f) in r.flip.iter().enumerate() {
-        if *f {
-            v.invert_axis(Axis(t));
-        }
-    }
-    v
 }
 
 /// A pipeline and the resize-back choice of a run.
@@ -147,6 +123,8 @@ impl Slicer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geometry::{frame_view, frame_view_mut, Reorientation};
+    use ndarray::Axis;
     use crate::geometry::{Affine, AxCodes};
     use crate::pipeline::config::SliceFrame;
     use crate::pipeline::preprocess::SliceSource;

@@ -9,7 +9,8 @@ use ndarray::{Array3, Axis, Slice};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::prep::{frame_view, frame_view_mut, VolumePlan};
+use super::prep::VolumePlan;
+use crate::geometry::{frame_view, frame_view_mut};
 use super::{CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
 use crate::pipeline::postprocess::PostprocessError;
 use crate::pipeline::preview::{self, PreviewSlices};
