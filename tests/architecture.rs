@@ -99,6 +99,51 @@ fn sibling_submodules_form_no_cycle() {
     assert!(checked >= 5, "only {checked} module folders found");
 }
 
+/// Files under `src/<dir>` (code only) that mention any of `needles`, except `allowed`.
+fn offenders(dir: &str, needles: &[&str], allowed: &[&str]) -> Vec<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let root = src.join(dir);
+    let files = if root.is_file() {
+        vec![root]
+    } else if root.is_dir() {
+        rust_files(&root)
+    } else {
+        vec![]
+    };
+    for file in files {
+        let rel = file.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
+        if allowed.iter().any(|a| rel == *a || rel.starts_with(&format!("{a}/"))) {
+            continue;
+        }
+        let code = code_only(&std::fs::read_to_string(&file).unwrap());
+        if let Some(n) = needles.iter().find(|n| code.contains(**n)) {
+            out.push(format!("src/{rel} ({n})"));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_pipeline_never_sees_candle_except_through_the_segmenter_seam() {
+    let found = offenders("pipeline", &["candle"], &["pipeline/segmenter.rs"]);
+    assert!(found.is_empty(), "candle outside pipeline::segmenter: {found:?}");
+    for dir in ["io", "metrics", "geometry.rs", "volume.rs", "eval.rs", "eval"] {
+        let found = offenders(dir, &["candle"], &[]);
+        assert!(found.is_empty(), "{dir} uses candle: {found:?}");
+    }
+}
+
+#[test]
+fn file_access_stays_where_the_map_says() {
+    const FS: &[&str] = &["std::fs", "fs::", "File::", "OpenOptions"];
+    let found = offenders("metrics", FS, &[]);
+    assert!(found.is_empty(), "metrics opens files: {found:?}");
+    // The model reads weights (checkpoint/) and configs (config.rs), nothing else.
+    let found = offenders("model", FS, &["model/checkpoint", "model/config.rs"]);
+    assert!(found.is_empty(), "model opens files outside checkpoint/config: {found:?}");
+}
+
 #[test]
 fn the_scanner_sees_grouped_imports_and_ignores_comments() {
     let code = code_only(
