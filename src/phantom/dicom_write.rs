@@ -106,7 +106,7 @@ impl Default for DicomWriteOptions {
             series_uid: None,
             study_uid: None,
             series_number: 2,
-            series_description: crate::train::PHANTOM_TAG.into(),
+            series_description: crate::phantom::PHANTOM_TAG.into(),
             modality: "CT".into(),
             image_type: vec!["ORIGINAL".into(), "PRIMARY".into(), "AXIAL".into()],
             patient_position: Some("HFS".into()),

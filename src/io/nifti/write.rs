@@ -100,7 +100,7 @@ pub fn write_array_on<T: NiftiElement>(
 }
 
 /// [`write_array_on`] with `descrip` set to `text` when given (truncated to 80 bytes): how the
-/// phantom writer stamps its tag (`train::PHANTOM_TAG`).
+/// phantom writer stamps its tag (`phantom::PHANTOM_TAG`).
 pub fn write_array_described<T: NiftiElement>(
     path: &Path,
     data: ArrayView3<'_, T>,

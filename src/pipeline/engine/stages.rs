@@ -184,7 +184,7 @@ fn read_one(
     details.spacing = Some(volume.spacing());
     details.orientation = Some(volume.axcodes().to_string());
     details.warnings = volume.provenance().warnings.clone();
-    if engine.options.demo_model && !crate::train::looks_like_demo_phantom(&volume) {
+    if engine.options.demo_model && !crate::phantom::looks_like_demo_phantom(&volume) {
         details
             .warnings
             .push(crate::pipeline::demo::report_warning());
