@@ -8,8 +8,10 @@
 //!   initialisation, `--init` from official-layout checkpoints, and the loss of
 //!   `SDSeg.p_losses`: L1(ε̂, ε) + L1(ẑ0, z0) through the latent-estimation op.
 //! * [`optim`]: AdamW with parameter groups and the linear warm-up schedule; [`ema`]: LitEma.
-//! * [`session`]: the `train` loop (scale factor from the first batch, logging, checkpoints,
-//!   `--resume`, validation Dice); [`autoencoder`]: `train-autoencoder`.
+//! * [`session`]: what both trainings share: the run folder and its state (`--resume`), the
+//!   training slices, `log.csv`, and the step loop with its log / validation / checkpoint
+//!   cadence; [`sdseg`]: `train` (scale factor from the first batch, EMA, validation Dice);
+//!   [`autoencoder`]: `train-autoencoder`.
 //! * [`checkpoint`]: writing weights (official keys), optimiser state and `config.json`.
 //! * [`validate`]: single-step inference on held-out volumes and 3-D Dice.
 //!
@@ -23,13 +25,14 @@ pub mod data;
 pub mod ema;
 pub mod model;
 pub mod optim;
+pub mod sdseg;
 pub mod session;
 pub mod validate;
 
 use std::path::PathBuf;
 
 pub use data::{DataError, DataSource};
-pub use session::{train_sdseg, RunOptions, RunSummary};
+pub use sdseg::{train_sdseg, RunOptions, RunSummary};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]
