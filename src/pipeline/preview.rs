@@ -10,7 +10,6 @@ use ndarray::{Array2, ArrayView3};
 use std::io::Write;
 use std::path::Path;
 
-use super::engine::prep::frame_view;
 use super::labels_sidecar::LabelInfo;
 use crate::geometry::{Affine, AxCodes, Reorientation};
 
@@ -39,8 +38,8 @@ pub fn extract(
     let s = hu.shape();
     let r = Reorientation::to_codes(affine, [s[0], s[1], s[2]], AxCodes::RAS);
     let sp = r.apply_affine(affine).spacing();
-    let hu = frame_view(hu, &r);
-    let lab = frame_view(labels, &r);
+    let hu = r.view(hu);
+    let lab = r.view(labels);
     let (nx, ny, nz) = hu.dim();
     let cut = |rows: usize, cols: usize, at: &dyn Fn(usize, usize) -> [usize; 3]| {
         (
