@@ -127,7 +127,7 @@ pub fn write_array_with_affine<T: NiftiElement>(
     affine: &Affine,
     role: ArrayRole,
 ) -> Result<(), NiftiError> {
-    let h = xform::header_from_affine(affine, dim3(&data));
+    let h = header::header_from_affine(affine, dim3(&data));
     write_with_header(path, h, data, role, None)
 }
 
@@ -156,7 +156,7 @@ fn dim3<T>(a: &ArrayView3<'_, T>) -> [usize; 3] {
 /// The header that carries `grid`'s geometry: its own NIfTI header when that header still
 /// describes the grid, else a fresh one from the affine.
 fn geometry_header(grid: Grid<'_>) -> NiftiHeader {
-    let fresh = || xform::header_from_affine(grid.affine, grid.shape);
+    let fresh = || header::header_from_affine(grid.affine, grid.shape);
     let Source::Nifti(src) = grid.source else {
         return fresh();
     };
