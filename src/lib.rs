@@ -2,6 +2,7 @@
 //! in one reverse step. See ARCHITECTURE.md for the map of stages and modules.
 
 pub mod cli;
+pub mod dataset;
 pub mod error;
 pub mod eval;
 #[doc(hidden)]

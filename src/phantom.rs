@@ -10,6 +10,10 @@
 //! the awkward cases a reader must survive: transfer syntaxes, rescale slope/intercept,
 //! signed/unsigned storage, BitsStored, shuffled names and InstanceNumbers, junk files,
 //! missing or duplicated slices, files without a meta header.
+//!
+//! Both phantom writers stamp [`PHANTOM_TAG`] (DICOM SeriesDescription, NIfTI `descrip`), and
+//! [`looks_like_demo_phantom`] reads it back, so `run` can warn when the demo model meets
+//! anything but a phantom.
 
 mod dicom_write;
 
@@ -18,12 +22,33 @@ pub use dicom_write::{
 };
 
 use crate::geometry::Affine;
-use crate::volume::{Provenance, Volume};
+use crate::volume::{Provenance, Source, Volume};
 use ndarray::{Array3, ShapeBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
+
+/// The DICOM SeriesDescription and NIfTI `descrip` the phantom writers stamp.
+pub const PHANTOM_TAG: &str = "sdseg phantom";
+
+/// Does `volume` look like one of our synthetic phantoms (what the demo model was trained
+/// on)? True for in-memory phantoms, DICOM series whose SeriesDescription starts with
+/// [`PHANTOM_TAG`] and NIfTI files whose `descrip` starts with it. `run` should warn loudly
+/// when the demo model is applied to anything else: it is a toy trained on synthetic shapes,
+/// not a medical model.
+pub fn looks_like_demo_phantom(volume: &Volume) -> bool {
+    let tagged = |s: &str| s.trim_start().to_ascii_lowercase().starts_with(PHANTOM_TAG);
+    match &volume.provenance().source {
+        Source::Synthetic => true,
+        Source::Dicom(d) => d.series_description.as_deref().is_some_and(tagged),
+        Source::Nifti(n) => {
+            let d = &n.header.descrip;
+            let end = d.iter().position(|&c| c == 0).unwrap_or(d.len());
+            tagged(&String::from_utf8_lossy(&d[..end]))
+        }
+    }
+}
 
 /// Size and look of a phantom.
 #[derive(Clone, Debug)]
@@ -309,6 +334,12 @@ pub fn abdomen_phantom(params: &PhantomParams, seed: u64) -> Phantom {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_memory_phantoms_are_recognised() {
+        let p = abdomen_phantom(&PhantomParams::new([8, 8, 2]), 1);
+        assert!(looks_like_demo_phantom(&p.volume));
+    }
 
     #[test]
     fn deterministic_and_anatomical() {

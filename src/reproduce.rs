@@ -1,12 +1,11 @@
 //! `reproduce`: the paper's BTCV / STS-3D segmentation tables from a dataset folder in the
 //! dataset's own layout.
 //!
-//! 1. [`find_test_cases`]: the pipeline's official `[splits] test` ids, located in the layout
-//!    ([`Dataset`]): BTCV `Training/img/imgNNNN.nii.gz` + `Training/label/labelNNNN.nii.gz`
-//!    under `Abdomen/RawData`; STS-3D `labelled/image/Teeth_NNNN_0000.nii.gz` +
-//!    `labelled/label/Teeth_NNNN_0000.nii.gz` (the layout `data/sts3d/sts3d_preprocess.py`
-//!    reads; the label path is the image path with `image` → `label`). A missing case is an
-//!    input error naming it.
+//! 1. [`find_test_cases`]: the pipeline's official `[splits] test` ids, located in the
+//!    dataset's folder layout ([`Dataset::layout`], [`crate::dataset::find_cases`]): BTCV
+//!    `Training/img/imgNNNN.nii.gz` + `Training/label/labelNNNN.nii.gz` under
+//!    `Abdomen/RawData`; STS-3D `labelled/image/Teeth_NNNN_0000.nii.gz` +
+//!    `labelled/label/Teeth_NNNN_0000.nii.gz`. A missing case is an input error naming it.
 //! 2. [`execute`]: the cases go through `run` ([`crate::pipeline::runner::execute`]) with the
 //!    pipeline's official preprocessing, via a manifest (`DIR/cases.csv`) so predictions are
 //!    named by case id (`DIR/pred/<id>.nii.gz`) and existing ones are reused (resume) unless
@@ -31,6 +30,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::{json, Value};
 
+use crate::dataset::{CaseFiles, DatasetError, DatasetLayout};
 use crate::error::UsageError;
 use crate::eval::{self, CasePair, EvalError, EvalOptions, LabelScheme, Report};
 use crate::metrics::{MetricOptions, Protocol};
@@ -60,66 +60,14 @@ impl Dataset {
     }
 
     pub fn title(self) -> &'static str {
-        match self {
-            Dataset::Btcv => "BTCV",
-            Dataset::Sts3d => "STS-3D",
-        }
+        self.layout().title()
     }
 
-    /// Folders (relative to `--data`) where the layout may start, most specific last.
-    fn bases(self) -> &'static [&'static str] {
+    /// The dataset's folder layout.
+    pub fn layout(self) -> DatasetLayout {
         match self {
-            Dataset::Btcv => &[
-                "Training",
-                "",
-                "RawData/Training",
-                "Abdomen/RawData/Training",
-            ],
-            Dataset::Sts3d => &["labelled", "", "dataset/labelled"],
-        }
-    }
-
-    /// Image and label folder names inside a base.
-    fn dirs(self) -> (&'static str, &'static str) {
-        match self {
-            Dataset::Btcv => ("img", "label"),
-            Dataset::Sts3d => ("image", "label"),
-        }
-    }
-
-    /// Candidate file names of case `id`, the layout's own first: (images, labels).
-    fn file_names(self, id: &str) -> (Vec<String>, Vec<String>) {
-        let with_ext = |stems: &[String]| -> Vec<String> {
-            let mut v = Vec::new();
-            for s in stems {
-                v.push(format!("{s}.nii.gz"));
-                v.push(format!("{s}.nii"));
-            }
-            v
-        };
-        match self {
-            Dataset::Btcv => (
-                with_ext(&[format!("img{id}")]),
-                with_ext(&[format!("label{id}")]),
-            ),
-            // splits/valtest.txt names Teeth_0010_0000 (nnU-Net channel suffix); the label
-            // file has the same name in label/.
-            Dataset::Sts3d => {
-                let stems = [format!("{id}_0000"), id.to_string()];
-                (with_ext(&stems), with_ext(&stems))
-            }
-        }
-    }
-
-    /// The layout in words, for errors and reports.
-    pub fn layout(self) -> &'static str {
-        match self {
-            Dataset::Btcv => {
-                "Abdomen/RawData/Training/img/imgNNNN.nii.gz and .../Training/label/labelNNNN.nii.gz"
-            }
-            Dataset::Sts3d => {
-                "labelled/image/Teeth_NNNN_0000.nii.gz and labelled/label/Teeth_NNNN_0000.nii.gz"
-            }
+            Dataset::Btcv => DatasetLayout::Btcv,
+            Dataset::Sts3d => DatasetLayout::Sts3d,
         }
     }
 }
@@ -130,58 +78,10 @@ impl std::fmt::Display for Dataset {
     }
 }
 
-/// One official test case found on disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DatasetCase {
-    pub id: String,
-    pub image: PathBuf,
-    pub label: PathBuf,
-}
-
-/// A test case that is not where the layout puts it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MissingCase {
-    pub id: String,
-    /// What is missing (the layout's own file names).
-    pub expected: Vec<PathBuf>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ReproduceError {
-    #[error(
-        "{root}: not a {dataset} dataset folder: no {img}/ and {label}/ folders in {tried} \
-         (expected layout {layout})",
-        dataset = dataset.title(),
-        img = dataset.dirs().0,
-        label = dataset.dirs().1,
-        layout = dataset.layout(),
-        tried = tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-    )]
-    NoLayout {
-        dataset: Dataset,
-        root: PathBuf,
-        tried: Vec<PathBuf>,
-    },
-    #[error(
-        "{root}: {n} of the {total} official {dataset} test cases missing: {list}",
-        dataset = dataset.title(),
-        n = missing.len(),
-        list = missing
-            .iter()
-            .map(|m| format!(
-                "{} (expected {})",
-                m.id,
-                m.expected.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and ")
-            ))
-            .collect::<Vec<_>>()
-            .join("; ")
-    )]
-    MissingCases {
-        dataset: Dataset,
-        root: PathBuf,
-        total: usize,
-        missing: Vec<MissingCase>,
-    },
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
     #[error("pipeline '{0}' has no [splits] test list")]
     NoTestSplit(String),
 }
@@ -199,67 +99,17 @@ impl ReproduceError {
     }
 }
 
-fn first_existing(dir: &Path, names: &[String]) -> Option<PathBuf> {
-    names.iter().map(|n| dir.join(n)).find(|p| p.is_file())
-}
-
 /// Locate the pipeline's official test cases under `root` in `dataset`'s layout.
 pub fn find_test_cases(
     dataset: Dataset,
     root: &Path,
     pipeline: &Pipeline,
-) -> Result<Vec<DatasetCase>, ReproduceError> {
+) -> Result<Vec<CaseFiles>, ReproduceError> {
     let ids = &pipeline.splits.test;
     if ids.is_empty() {
         return Err(ReproduceError::NoTestSplit(pipeline.name.clone()));
     }
-    let (img_dir, label_dir) = dataset.dirs();
-    let tried: Vec<PathBuf> = dataset.bases().iter().map(|b| root.join(b)).collect();
-    let base = tried
-        .iter()
-        .find(|b| b.join(img_dir).is_dir() && b.join(label_dir).is_dir())
-        .ok_or_else(|| ReproduceError::NoLayout {
-            dataset,
-            root: root.to_path_buf(),
-            tried: tried.clone(),
-        })?;
-    let (img_dir, label_dir) = (base.join(img_dir), base.join(label_dir));
-    let mut cases = Vec::with_capacity(ids.len());
-    let mut missing = Vec::new();
-    for id in ids {
-        let (imgs, labels) = dataset.file_names(id);
-        let image = first_existing(&img_dir, &imgs);
-        let label = first_existing(&label_dir, &labels);
-        match (image, label) {
-            (Some(image), Some(label)) => cases.push(DatasetCase {
-                id: id.clone(),
-                image,
-                label,
-            }),
-            (image, label) => {
-                let mut expected = Vec::new();
-                if image.is_none() {
-                    expected.push(img_dir.join(&imgs[0]));
-                }
-                if label.is_none() {
-                    expected.push(label_dir.join(&labels[0]));
-                }
-                missing.push(MissingCase {
-                    id: id.clone(),
-                    expected,
-                });
-            }
-        }
-    }
-    if !missing.is_empty() {
-        return Err(ReproduceError::MissingCases {
-            dataset,
-            root: root.to_path_buf(),
-            total: ids.len(),
-            missing,
-        });
-    }
-    Ok(cases)
+    Ok(crate::dataset::find_cases(dataset.layout(), root, ids)?)
 }
 
 fn csv_field(s: &str) -> String {
@@ -271,7 +121,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Write the `run` manifest of `cases` (`input,case`; absolute inputs), atomically.
-pub fn write_manifest(path: &Path, cases: &[DatasetCase]) -> std::io::Result<()> {
+pub fn write_manifest(path: &Path, cases: &[CaseFiles]) -> std::io::Result<()> {
     let mut text = String::from("input,case\n");
     for c in cases {
         let input = std::path::absolute(&c.image).unwrap_or_else(|_| c.image.clone());
@@ -314,7 +164,7 @@ impl Layout {
 /// Score every case's prediction (`layout.prediction(id)`) under each protocol of
 /// [`PROTOCOLS`]; both files are read once. `on_case` is called before each case.
 pub fn score(
-    cases: &[DatasetCase],
+    cases: &[CaseFiles],
     layout: &Layout,
     pipeline: &Pipeline,
     mut on_case: impl FnMut(&str),
@@ -361,7 +211,7 @@ pub fn score(
 pub struct ReproduceOptions {
     pub dataset: Dataset,
     pub data: PathBuf,
-    pub cases: Vec<DatasetCase>,
+    pub cases: Vec<CaseFiles>,
     pub layout: Layout,
     pub run: RunOptions,
     /// Name of the method in the tables' summary row.
@@ -492,7 +342,7 @@ fn render_markdown(opts: &ReproduceOptions, reports: &[Report]) -> String {
     s.push_str(&format!(
         "- Data: {} (layout {}); cases {}.\n",
         opts.data.display(),
-        opts.dataset.layout(),
+        opts.dataset.layout().description(),
         ids.join(", ")
     ));
     let model = match (&run.model.test, &run.model.weights) {
@@ -570,7 +420,7 @@ fn render_json(opts: &ReproduceOptions, reports: &[Report]) -> Value {
         "version": 1,
         "dataset": opts.dataset,
         "data": opts.data,
-        "layout": opts.dataset.layout(),
+        "layout": opts.dataset.layout().description(),
         "method": opts.method,
         "cases": opts.cases.iter().map(|c| json!({
             "case": c.id,
@@ -614,7 +464,7 @@ mod tests {
         let root = d.path().join("RawData");
         assert!(matches!(
             find_test_cases(Dataset::Btcv, &root, &p),
-            Err(ReproduceError::NoLayout { .. })
+            Err(ReproduceError::Dataset(DatasetError::NotLaidOut { .. }))
         ));
         for id in &p.splits.test {
             touch(&root.join(format!("Training/img/img{id}.nii.gz")));
@@ -665,7 +515,7 @@ mod tests {
     #[test]
     fn manifest_quotes_and_reads_back() {
         let d = tempfile::tempdir().unwrap();
-        let cases = vec![DatasetCase {
+        let cases = vec![CaseFiles {
             id: "0001".into(),
             image: d.path().join("a,b/img0001.nii.gz"),
             label: d.path().join("l.nii.gz"),

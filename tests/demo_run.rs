@@ -87,19 +87,21 @@ fn phantom_writers_stamp_the_tag_and_the_demo_series_has_it() {
         .path();
     for p in [dicom, mf_file, nii.join("phantom.nii.gz")] {
         assert!(
-            sdseg_volume::train::looks_like_demo_phantom(&read(&p)),
+            sdseg_volume::phantom::looks_like_demo_phantom(&read(&p)),
             "{} is not recognised as a phantom",
             p.display()
         );
     }
     let demo_ct = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/demo-ct");
-    assert!(sdseg_volume::train::looks_like_demo_phantom(&read(
+    assert!(sdseg_volume::phantom::looks_like_demo_phantom(&read(
         &demo_ct
     )));
     // A NIfTI written by another tool has no tag.
     let other = d.path().join("other.nii.gz");
     write_nifti(&other, &phantom([16, 16, 3], 0), diag([1.0, 1.0, 2.0]));
-    assert!(!sdseg_volume::train::looks_like_demo_phantom(&read(&other)));
+    assert!(!sdseg_volume::phantom::looks_like_demo_phantom(&read(
+        &other
+    )));
 }
 
 /// (a) The demo pipeline (the default) with a random `sdseg-demo` model, config beside the

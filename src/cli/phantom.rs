@@ -147,7 +147,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
                 &vol_path,
                 &ph.volume,
                 crate::io::nifti::VolumeDtype::Auto,
-                crate::train::PHANTOM_TAG,
+                crate::phantom::PHANTOM_TAG,
             )
             .with_context(|| format!("writing {}", vol_path.display()))?;
             let lab_path = args.out.join("labels.nii.gz");

@@ -106,7 +106,7 @@ impl Default for DicomWriteOptions {
             series_uid: None,
             study_uid: None,
             series_number: 2,
-            series_description: crate::train::PHANTOM_TAG.into(),
+            series_description: crate::phantom::PHANTOM_TAG.into(),
             modality: "CT".into(),
             image_type: vec!["ORIGINAL".into(), "PRIMARY".into(), "AXIAL".into()],
             patient_position: Some("HFS".into()),
@@ -251,6 +251,49 @@ pub fn write_dicom_series(
     dir: &Path,
     opts: &DicomWriteOptions,
 ) -> Result<Vec<PathBuf>, DicomWriteError> {
+    let bits_alloc = check_options(opts)?;
+    std::fs::create_dir_all(dir).map_err(|e| DicomWriteError::Io {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let plan = plan(volume)?;
+    let [nx, ny, nz] = volume.shape();
+    let frames = stored_frames(volume, opts, bits_alloc)?;
+    let series_uid = opts
+        .series_uid
+        .clone()
+        .unwrap_or_else(|| derived_uid(opts.seed, &format!("series{}", opts.series_number)));
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xd1c0_d1c0);
+    let (slices, instance) = slices_to_write(opts, nz, &mut rng);
+    let series = Series {
+        opts,
+        plan,
+        nx,
+        ny,
+        bits_alloc,
+        frames,
+        study_uid: opts
+            .study_uid
+            .clone()
+            .unwrap_or_else(|| derived_uid(opts.seed, "study")),
+        series_uid,
+        for_uid: derived_uid(opts.seed, "frame-of-reference"),
+        slices,
+        instance,
+    };
+    let mut written = match opts.layout {
+        FrameLayout::SingleFrame => series.write_single_frames(dir, &mut rng)?,
+        FrameLayout::MultiFrame => vec![(0, series.write_multi_frame(dir, &mut rng)?)],
+    };
+    if opts.junk_files {
+        write_junk(dir, &written[0].1, &series.series_uid, opts)?;
+    }
+    written.sort_by_key(|(k, _)| *k);
+    Ok(written.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Reject option combinations the writer cannot honour; the BitsAllocated of `bits_stored`.
+fn check_options(opts: &DicomWriteOptions) -> Result<u16, DicomWriteError> {
     if opts.bits_stored == 0 || opts.bits_stored > 16 {
         return Err(DicomWriteError::Options(format!(
             "bits_stored {} (expected 1..=16)",
@@ -273,27 +316,15 @@ pub fn write_dicom_series(
             "files without meta header are written in implicit VR little endian only".into(),
         ));
     }
-    let io = |p: &Path, e: std::io::Error| DicomWriteError::Io {
-        path: p.to_path_buf(),
-        message: e.to_string(),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let plan = plan(volume)?;
-    let [nx, ny, nz] = volume.shape();
-    let frames = stored_frames(volume, opts, bits_alloc)?;
+    Ok(bits_alloc)
+}
 
-    let study_uid = opts
-        .study_uid
-        .clone()
-        .unwrap_or_else(|| derived_uid(opts.seed, "study"));
-    let series_uid = opts
-        .series_uid
-        .clone()
-        .unwrap_or_else(|| derived_uid(opts.seed, &format!("series{}", opts.series_number)));
-    let for_uid = derived_uid(opts.seed, "frame-of-reference");
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xd1c0_d1c0);
-
-    // The slices to write, in volume order, with duplicates.
+/// The slices to write, in volume order, with duplicates, and the InstanceNumber of each.
+fn slices_to_write(
+    opts: &DicomWriteOptions,
+    nz: usize,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<usize>, Vec<i32>) {
     let mut ks: Vec<usize> = Vec::new();
     for k in 0..nz {
         if opts.omit_slices.contains(&k) {
@@ -308,9 +339,36 @@ pub fn write_dicom_series(
     match opts.instance_order {
         InstanceOrder::Ascending => {}
         InstanceOrder::Descending => instance.reverse(),
-        InstanceOrder::Shuffled => instance.shuffle(&mut rng),
+        InstanceOrder::Shuffled => instance.shuffle(rng),
     }
-    let common = |obj: &mut InMemDicomObject, sop_class: &str, sop_inst: &str| {
+    (ks, instance)
+}
+
+/// One series being written: what its files share and the slices they hold.
+struct Series<'a> {
+    opts: &'a DicomWriteOptions,
+    plan: Plan,
+    nx: usize,
+    ny: usize,
+    bits_alloc: u16,
+    /// Stored bytes of every slice of the volume.
+    frames: Vec<Vec<u8>>,
+    study_uid: String,
+    series_uid: String,
+    for_uid: String,
+    /// Slices to write (volume indices, in volume order, with duplicates).
+    slices: Vec<usize>,
+    /// InstanceNumber of each entry of `slices`.
+    instance: Vec<i32>,
+}
+
+const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+const ENHANCED_CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
+
+impl Series<'_> {
+    /// The patient, study, series and image pixel modules every file carries.
+    fn put_common(&self, obj: &mut InMemDicomObject, sop_class: &str, sop_inst: &str) {
+        let opts = self.opts;
         put(obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
         put(obj, tags::SOP_CLASS_UID, VR::UI, sop_class);
         put(obj, tags::SOP_INSTANCE_UID, VR::UI, sop_inst);
@@ -336,8 +394,18 @@ pub fn write_dicom_series(
         );
         put(obj, tags::PATIENT_BIRTH_DATE, VR::DA, "");
         put(obj, tags::PATIENT_SEX, VR::CS, "O");
-        put(obj, tags::STUDY_INSTANCE_UID, VR::UI, study_uid.as_str());
-        put(obj, tags::SERIES_INSTANCE_UID, VR::UI, series_uid.as_str());
+        put(
+            obj,
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            self.study_uid.as_str(),
+        );
+        put(
+            obj,
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            self.series_uid.as_str(),
+        );
         put(obj, tags::STUDY_ID, VR::SH, "1");
         put(
             obj,
@@ -345,16 +413,21 @@ pub fn write_dicom_series(
             VR::IS,
             opts.series_number.to_string(),
         );
-        put(obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, for_uid.as_str());
+        put(
+            obj,
+            tags::FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            self.for_uid.as_str(),
+        );
         put(obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
         if let Some(pp) = &opts.patient_position {
             put(obj, tags::PATIENT_POSITION, VR::CS, pp.as_str());
         }
         put(obj, tags::SAMPLES_PER_PIXEL, VR::US, 1u16);
         put(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
-        put(obj, tags::ROWS, VR::US, ny as u16);
-        put(obj, tags::COLUMNS, VR::US, nx as u16);
-        put(obj, tags::BITS_ALLOCATED, VR::US, bits_alloc);
+        put(obj, tags::ROWS, VR::US, self.ny as u16);
+        put(obj, tags::COLUMNS, VR::US, self.nx as u16);
+        put(obj, tags::BITS_ALLOCATED, VR::US, self.bits_alloc);
         put(obj, tags::BITS_STORED, VR::US, opts.bits_stored);
         put(obj, tags::HIGH_BIT, VR::US, opts.bits_stored - 1);
         put(
@@ -365,190 +438,232 @@ pub fn write_dicom_series(
         );
         put(obj, tags::WINDOW_CENTER, VR::DS, "40");
         put(obj, tags::WINDOW_WIDTH, VR::DS, "400");
-    };
-    let ipp = |k: usize| -> [f64; 3] {
-        std::array::from_fn(|d| plan.origin[d] + k as f64 * plan.step[d])
-    };
-    let name_for = |idx: usize, rng: &mut ChaCha8Rng| -> String {
-        if opts.shuffle_file_names {
+    }
+
+    /// ImagePositionPatient of slice `k`.
+    fn ipp(&self, k: usize) -> [f64; 3] {
+        std::array::from_fn(|d| self.plan.origin[d] + k as f64 * self.plan.step[d])
+    }
+
+    /// The file name of the `idx`-th file written (random with `shuffle_file_names`).
+    fn file_name(&self, idx: usize, rng: &mut ChaCha8Rng) -> String {
+        if self.opts.shuffle_file_names {
             use rand::Rng;
             format!("{:016x}", rng.random::<u64>())
         } else {
-            format!("{}{:04}.dcm", opts.file_prefix, idx + 1)
+            format!("{}{:04}.dcm", self.opts.file_prefix, idx + 1)
         }
-    };
+    }
 
-    let mut written = Vec::new();
-    match opts.layout {
-        FrameLayout::SingleFrame => {
-            for (idx, &k) in ks.iter().enumerate() {
-                let sop = derived_uid(opts.seed, &format!("{series_uid}/{idx}"));
-                let mut obj = InMemDicomObject::new_empty();
-                common(&mut obj, "1.2.840.10008.5.1.4.1.1.2", &sop);
-                put(
-                    &mut obj,
-                    tags::IMAGE_TYPE,
-                    VR::CS,
-                    PrimitiveValue::Strs(opts.image_type.iter().cloned().collect()),
-                );
-                put(
-                    &mut obj,
-                    tags::INSTANCE_NUMBER,
-                    VR::IS,
-                    instance[idx].to_string(),
-                );
-                put(
-                    &mut obj,
-                    tags::IMAGE_POSITION_PATIENT,
-                    VR::DS,
-                    ds_multi(&ipp(k)),
-                );
-                put(
-                    &mut obj,
-                    tags::IMAGE_ORIENTATION_PATIENT,
-                    VR::DS,
-                    ds_multi(&plan.iop),
-                );
-                put(&mut obj, tags::SLICE_THICKNESS, VR::DS, ds(plan.thickness));
-                put(&mut obj, tags::SLICE_LOCATION, VR::DS, ds(ipp(k)[2]));
-                put(
-                    &mut obj,
-                    tags::PIXEL_SPACING,
-                    VR::DS,
-                    ds_multi(&plan.pixel_spacing),
-                );
-                put(
-                    &mut obj,
-                    tags::RESCALE_INTERCEPT,
-                    VR::DS,
-                    ds(opts.rescale_intercept),
-                );
-                put(
-                    &mut obj,
-                    tags::RESCALE_SLOPE,
-                    VR::DS,
-                    ds(opts.rescale_slope),
-                );
-                put(&mut obj, tags::RESCALE_TYPE, VR::LO, "HU");
-                put_pixels(&mut obj, &[&frames[k]], bits_alloc, opts.syntax, nx, ny)?;
-                let path = dir.join(name_for(idx, &mut rng));
-                write_object(obj, &path, opts, "1.2.840.10008.5.1.4.1.1.2", &sop)?;
-                written.push((k, path));
-            }
-        }
-        FrameLayout::MultiFrame => {
-            let sop = derived_uid(opts.seed, &format!("{series_uid}/mf"));
+    /// One CT Image Storage file per slice; (slice, path) of each.
+    fn write_single_frames(
+        &self,
+        dir: &Path,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<(usize, PathBuf)>, DicomWriteError> {
+        let (opts, plan) = (self.opts, &self.plan);
+        let mut written = Vec::new();
+        for (idx, &k) in self.slices.iter().enumerate() {
+            let sop = derived_uid(opts.seed, &format!("{}/{idx}", self.series_uid));
             let mut obj = InMemDicomObject::new_empty();
-            common(&mut obj, "1.2.840.10008.5.1.4.1.1.2.1", &sop);
-            let mut it = opts.image_type.clone();
-            it.resize(4, "NONE".into());
+            self.put_common(&mut obj, CT_IMAGE_STORAGE, &sop);
             put(
                 &mut obj,
                 tags::IMAGE_TYPE,
                 VR::CS,
-                PrimitiveValue::Strs(it.into_iter().collect()),
+                PrimitiveValue::Strs(opts.image_type.iter().cloned().collect()),
             );
-            put(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
             put(
                 &mut obj,
-                tags::NUMBER_OF_FRAMES,
+                tags::INSTANCE_NUMBER,
                 VR::IS,
-                ks.len().to_string(),
+                self.instance[idx].to_string(),
             );
-            put(&mut obj, tags::CONTENT_DATE, VR::DA, "20240101");
-            put(&mut obj, tags::CONTENT_TIME, VR::TM, "120000");
-            let shared = item(|g| {
-                put_seq(
-                    g,
-                    tags::PIXEL_MEASURES_SEQUENCE,
-                    vec![item(|m| {
-                        put(
-                            m,
-                            tags::PIXEL_SPACING,
-                            VR::DS,
-                            ds_multi(&plan.pixel_spacing),
-                        );
-                        put(m, tags::SLICE_THICKNESS, VR::DS, ds(plan.thickness));
-                    })],
-                );
-                put_seq(
-                    g,
-                    tags::PLANE_ORIENTATION_SEQUENCE,
-                    vec![item(|m| {
-                        put(
-                            m,
-                            tags::IMAGE_ORIENTATION_PATIENT,
-                            VR::DS,
-                            ds_multi(&plan.iop),
-                        );
-                    })],
-                );
-                put_seq(
-                    g,
-                    tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
-                    vec![item(|m| {
-                        put(
-                            m,
-                            tags::RESCALE_INTERCEPT,
-                            VR::DS,
-                            ds(opts.rescale_intercept),
-                        );
-                        put(m, tags::RESCALE_SLOPE, VR::DS, ds(opts.rescale_slope));
-                        put(m, tags::RESCALE_TYPE, VR::LO, "HU");
-                    })],
-                );
-            });
-            put_seq(
+            put(
                 &mut obj,
-                tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
-                vec![shared],
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                ds_multi(&self.ipp(k)),
             );
-            // Frames are stored in InstanceNumber order, so a shuffled order really shuffles them.
-            let mut order: Vec<usize> = (0..ks.len()).collect();
-            order.sort_by_key(|&i| instance[i]);
-            let per_frame: Vec<InMemDicomObject> = order
-                .iter()
-                .map(|&idx| {
-                    let k = ks[idx];
-                    item(|g| {
-                        put_seq(
-                            g,
-                            tags::FRAME_CONTENT_SEQUENCE,
-                            vec![item(|m| {
-                                put(m, tags::IN_STACK_POSITION_NUMBER, VR::UL, (idx + 1) as u32);
-                            })],
-                        );
-                        put_seq(
-                            g,
-                            tags::PLANE_POSITION_SEQUENCE,
-                            vec![item(|m| {
-                                put(m, tags::IMAGE_POSITION_PATIENT, VR::DS, ds_multi(&ipp(k)));
-                            })],
-                        );
-                    })
-                })
-                .collect();
-            put_seq(
+            put(
                 &mut obj,
-                tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
-                per_frame,
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                ds_multi(&plan.iop),
             );
-            let fr: Vec<&Vec<u8>> = order.iter().map(|&idx| &frames[ks[idx]]).collect();
-            put_pixels(&mut obj, &fr, bits_alloc, opts.syntax, nx, ny)?;
-            let path = dir.join(if opts.shuffle_file_names {
-                name_for(0, &mut rng)
-            } else {
-                format!("{}_multiframe.dcm", opts.file_prefix)
-            });
-            write_object(obj, &path, opts, "1.2.840.10008.5.1.4.1.1.2.1", &sop)?;
-            written.push((0, path));
+            put(&mut obj, tags::SLICE_THICKNESS, VR::DS, ds(plan.thickness));
+            put(&mut obj, tags::SLICE_LOCATION, VR::DS, ds(self.ipp(k)[2]));
+            put(
+                &mut obj,
+                tags::PIXEL_SPACING,
+                VR::DS,
+                ds_multi(&plan.pixel_spacing),
+            );
+            put(
+                &mut obj,
+                tags::RESCALE_INTERCEPT,
+                VR::DS,
+                ds(opts.rescale_intercept),
+            );
+            put(
+                &mut obj,
+                tags::RESCALE_SLOPE,
+                VR::DS,
+                ds(opts.rescale_slope),
+            );
+            put(&mut obj, tags::RESCALE_TYPE, VR::LO, "HU");
+            let frame = [&self.frames[k]];
+            put_pixels(
+                &mut obj,
+                &frame,
+                self.bits_alloc,
+                opts.syntax,
+                self.nx,
+                self.ny,
+            )?;
+            let path = dir.join(self.file_name(idx, rng));
+            write_object(obj, &path, opts, CT_IMAGE_STORAGE, &sop)?;
+            written.push((k, path));
         }
+        Ok(written)
     }
-    if opts.junk_files {
-        write_junk(dir, &written[0].1, &series_uid, opts)?;
+
+    /// One Enhanced CT Image Storage file holding every slice; its path.
+    fn write_multi_frame(
+        &self,
+        dir: &Path,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<PathBuf, DicomWriteError> {
+        let opts = self.opts;
+        let sop = derived_uid(opts.seed, &format!("{}/mf", self.series_uid));
+        let mut obj = InMemDicomObject::new_empty();
+        self.put_common(&mut obj, ENHANCED_CT_IMAGE_STORAGE, &sop);
+        let mut it = opts.image_type.clone();
+        it.resize(4, "NONE".into());
+        put(
+            &mut obj,
+            tags::IMAGE_TYPE,
+            VR::CS,
+            PrimitiveValue::Strs(it.into_iter().collect()),
+        );
+        put(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+        put(
+            &mut obj,
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            self.slices.len().to_string(),
+        );
+        put(&mut obj, tags::CONTENT_DATE, VR::DA, "20240101");
+        put(&mut obj, tags::CONTENT_TIME, VR::TM, "120000");
+        put_seq(
+            &mut obj,
+            tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+            vec![self.shared_functional_groups()],
+        );
+        // Frames are stored in InstanceNumber order, so a shuffled order really shuffles them.
+        let mut order: Vec<usize> = (0..self.slices.len()).collect();
+        order.sort_by_key(|&i| self.instance[i]);
+        let per_frame: Vec<InMemDicomObject> = order
+            .iter()
+            .map(|&idx| self.per_frame_functional_groups(idx))
+            .collect();
+        put_seq(
+            &mut obj,
+            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+            per_frame,
+        );
+        let fr: Vec<&Vec<u8>> = order
+            .iter()
+            .map(|&idx| &self.frames[self.slices[idx]])
+            .collect();
+        put_pixels(
+            &mut obj,
+            &fr,
+            self.bits_alloc,
+            opts.syntax,
+            self.nx,
+            self.ny,
+        )?;
+        let path = dir.join(if opts.shuffle_file_names {
+            self.file_name(0, rng)
+        } else {
+            format!("{}_multiframe.dcm", opts.file_prefix)
+        });
+        write_object(obj, &path, opts, ENHANCED_CT_IMAGE_STORAGE, &sop)?;
+        Ok(path)
     }
-    written.sort_by_key(|(k, _)| *k);
-    Ok(written.into_iter().map(|(_, p)| p).collect())
+
+    /// The functional groups every frame shares: pixel measures, orientation, rescale.
+    fn shared_functional_groups(&self) -> InMemDicomObject {
+        let (opts, plan) = (self.opts, &self.plan);
+        item(|g| {
+            put_seq(
+                g,
+                tags::PIXEL_MEASURES_SEQUENCE,
+                vec![item(|m| {
+                    put(
+                        m,
+                        tags::PIXEL_SPACING,
+                        VR::DS,
+                        ds_multi(&plan.pixel_spacing),
+                    );
+                    put(m, tags::SLICE_THICKNESS, VR::DS, ds(plan.thickness));
+                })],
+            );
+            put_seq(
+                g,
+                tags::PLANE_ORIENTATION_SEQUENCE,
+                vec![item(|m| {
+                    put(
+                        m,
+                        tags::IMAGE_ORIENTATION_PATIENT,
+                        VR::DS,
+                        ds_multi(&plan.iop),
+                    );
+                })],
+            );
+            put_seq(
+                g,
+                tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                vec![item(|m| {
+                    put(
+                        m,
+                        tags::RESCALE_INTERCEPT,
+                        VR::DS,
+                        ds(opts.rescale_intercept),
+                    );
+                    put(m, tags::RESCALE_SLOPE, VR::DS, ds(opts.rescale_slope));
+                    put(m, tags::RESCALE_TYPE, VR::LO, "HU");
+                })],
+            );
+        })
+    }
+
+    /// The functional groups of the frame of `slices[idx]`: stack position and position.
+    fn per_frame_functional_groups(&self, idx: usize) -> InMemDicomObject {
+        let k = self.slices[idx];
+        item(|g| {
+            put_seq(
+                g,
+                tags::FRAME_CONTENT_SEQUENCE,
+                vec![item(|m| {
+                    put(m, tags::IN_STACK_POSITION_NUMBER, VR::UL, (idx + 1) as u32);
+                })],
+            );
+            put_seq(
+                g,
+                tags::PLANE_POSITION_SEQUENCE,
+                vec![item(|m| {
+                    put(
+                        m,
+                        tags::IMAGE_POSITION_PATIENT,
+                        VR::DS,
+                        ds_multi(&self.ipp(k)),
+                    );
+                })],
+            );
+        })
+    }
 }
 
 /// Stored little-endian bytes of every slice (k), checked against the storage range.

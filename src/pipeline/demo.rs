@@ -7,7 +7,7 @@
 //! The demo model is a toy trained on synthetic shapes, not a medical model. `run` therefore
 //! decides once whether the model in use is the demo model ([`is_demo_model`]) and then warns
 //! loudly, on stderr whatever `--quiet` says and in the report, for every input that is not a
-//! demo phantom (`crate::train::looks_like_demo_phantom`: the phantom writers stamp
+//! demo phantom (`crate::phantom::looks_like_demo_phantom`: the phantom writers stamp
 //! `PHANTOM_TAG` into the DICOM SeriesDescription and the NIfTI `descrip`).
 
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! Each stage is a thread; the numbers are the bounded channel capacities (0 = hand-over). The
 //! reader reads volume N+1 while N is being segmented; the writer writes N−1 meanwhile. No
 //! stage copies a volume: slices are read through a permuted/flipped view of the stored array
-//! ([`crate::geometry::frame_view`]), and label slices are written through the same view of the label
+//! ([`Reorientation::view`](crate::geometry::Reorientation::view)), and label slices are written through the same view of the label
 //! array on the input grid, so no inverse reorientation copy is needed. In flight at once:
 //! at most two input volumes (current + read-ahead), the label volumes of the current case and
 //! of the one being written, and four batches.

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::labels_sidecar::LabelInfo;
-use crate::geometry::{frame_view, Affine, AxCodes, Reorientation};
+use crate::geometry::{Affine, AxCodes, Reorientation};
 
 /// One mid-slice in display orientation, before resampling.
 #[derive(Clone, Debug)]
@@ -38,8 +38,8 @@ pub fn extract(
     let s = hu.shape();
     let r = Reorientation::to_codes(affine, [s[0], s[1], s[2]], AxCodes::RAS);
     let sp = r.apply_affine(affine).spacing();
-    let hu = frame_view(hu, &r);
-    let lab = frame_view(labels, &r);
+    let hu = r.view(hu);
+    let lab = r.view(labels);
     let (nx, ny, nz) = hu.dim();
     let cut = |rows: usize, cols: usize, at: &dyn Fn(usize, usize) -> [usize; 3]| {
         (

@@ -10,11 +10,10 @@
 //! Checkpoints hold `first_stage_model.*` only (the key layout of a full SDSeg state dict), so
 //! `train --init <autoencoder>.safetensors` picks them up.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 
@@ -24,10 +23,13 @@ use crate::model::vae::AutoencoderKL;
 use crate::pipeline::Pipeline;
 
 use super::checkpoint::{save_tensors, write_config, RunState};
-use super::data::{self, prefetch, rng_for, streams, DataSource, Sampler, SliceSet};
-use super::model::{init_varmap, vars_with_prefix, FIRST};
+use super::data::{self, rng_for, streams, CaseRef, DataSource, HostBatch, Sampler, SliceSet};
+use super::model::{init_varmap, vars_with_prefix, StepLosses, FIRST};
 use super::optim::{AdamW, AdamWConfig, ParamGroup};
-use super::session::Event;
+use super::session::{
+    check_options, due, fresh_state, load_training_slices, open_run, resume_optimizer, run_steps,
+    say, Cadence, Event, RunLog, Trainer,
+};
 use super::TrainError;
 
 #[derive(Clone, Debug)]
@@ -148,278 +150,264 @@ fn ae_loss(
     Ok((loss, r, k))
 }
 
+const LOG_HEADER: &str = "step,loss,rec,kl,elapsed_s,recon_dice,latent_std";
+
 /// Train the autoencoder (module docs).
 pub fn train_autoencoder(
     opts: &AeOptions,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<AeSummary, TrainError> {
-    if opts.batch_size == 0 {
-        return Err(TrainError::Usage("--batch-size must be at least 1".into()));
-    }
-    if opts.pipeline.slicing.size != opts.config.image_size() {
-        return Err(TrainError::Usage(format!(
-            "the pipeline slices at {0}×{0} but the model config expects {1}×{1} images",
-            opts.pipeline.slicing.size,
-            opts.config.image_size()
-        )));
-    }
-    std::fs::create_dir_all(&opts.out).map_err(|source| TrainError::Write {
-        path: opts.out.clone(),
-        source,
-    })?;
-    let msg = |on_event: &mut dyn FnMut(&Event), m: String| on_event(&Event::Message(m));
-    let mut state = if opts.resume {
-        RunState::load(&opts.out)?
-    } else {
-        if RunState::path(&opts.out).exists() {
-            return Err(TrainError::Usage(format!(
-                "{} already holds a run (state.json); pass --resume or choose a new --out",
-                opts.out.display()
-            )));
-        }
-        RunState {
-            step: 0,
-            seed: opts.seed,
-            batch_size: opts.batch_size,
-            base_lr: opts.lr,
-            warmup_steps: 0,
-            pipeline: opts.pipeline.name.clone(),
-            data: opts.data.to_string(),
-            scale_factor: None,
-            best_val_dice: None,
-            checkpoint: "last.safetensors".into(),
-            optimizer_state: "last.state.safetensors".into(),
-        }
-    };
-    let mut warnings = Vec::new();
-    let (train_refs, held) = data::list_cases(&opts.data, &opts.pipeline, &mut warnings)?;
-    let set = Arc::new(SliceSet::build(
-        data::load_cases(&train_refs)?,
+    check_options(opts.batch_size, &opts.pipeline, &opts.config)?;
+    let fresh = fresh_state(
+        opts.seed,
+        opts.batch_size,
+        opts.lr,
+        0,
         &opts.pipeline,
-    )?);
-    msg(
-        on_event,
-        format!("{} training slices at {}²", set.len(), set.size),
+        &opts.data,
     );
-    let val_set = match &opts.val {
-        Some(v) => {
-            let (a, b) = data::list_cases(v, &opts.pipeline, &mut warnings)?;
-            let refs: Vec<_> = a.into_iter().chain(b).collect();
-            Some(SliceSet::build(data::load_cases(&refs)?, &opts.pipeline)?)
-        }
-        None if !held.is_empty() => {
-            Some(SliceSet::build(data::load_cases(&held)?, &opts.pipeline)?)
-        }
-        None => None,
-    };
+    let mut state = open_run(&opts.out, opts.resume, fresh, on_event)?;
+
+    // Data.
+    let mut warnings = Vec::new();
+    let (set, held) = load_training_slices(&opts.data, &opts.pipeline, &mut warnings, on_event)?;
+    let val_set = load_val_slices(opts, held, &mut warnings)?;
     for w in &warnings {
-        msg(on_event, format!("warning: {w}"));
+        say(on_event, format!("warning: {w}"));
     }
 
-    let dev = &opts.device;
-    let fs = opts.config.first_stage();
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
-    let ae = AutoencoderKL::new(&fs.ddconfig, fs.embed_dim, vb.pp(FIRST))?;
-    init_varmap(&varmap, &mut rng_for(state.seed, streams::INIT, 0))?;
-    let params = vars_with_prefix(&varmap, FIRST);
-    let adam = AdamWConfig {
-        beta1: 0.5,
-        beta2: 0.9,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
-    let mut opt = AdamW::new(
-        vec![ParamGroup {
-            name: "autoencoder".into(),
-            lr_scale: 1.0,
-            params: params.clone(),
-        }],
-        state.base_lr,
-        adam,
-    )?;
+    // Model.
+    let mut trainer = AeTrainer::new(opts, &state, val_set, set.clone())?;
     let load_from = if opts.resume {
         Some(opts.out.join(&state.checkpoint))
     } else {
         opts.init.clone()
     };
     if let Some(path) = &load_from {
+        trainer.load_weights(path)?;
+        say(
+            on_event,
+            format!("autoencoder weights from {}", path.display()),
+        );
+    }
+    if opts.resume {
+        resume_optimizer(&mut trainer.opt, &opts.out, &state, &opts.device)?;
+    }
+    say(
+        on_event,
+        format!(
+            "{} autoencoder parameters; Adam lr {:.3e}, kl_weight {:e}",
+            trainer.opt.num_params(),
+            state.base_lr,
+            opts.kl_weight
+        ),
+    );
+    write_config(&opts.out.join("config.json"), &opts.config, None)?;
+
+    // Steps.
+    let log = RunLog::start(&opts.out, LOG_HEADER, opts.resume)?;
+    let cadence = Cadence {
+        log_every: opts.log_every,
+        save_every: opts.save_every,
+    };
+    let end = opts.steps.max(state.step);
+    let steps = run_steps(&mut trainer, set, &mut state, end, cadence, &log, on_event)?;
+    if steps.steps_done == 0 {
+        trainer.save(&state)?;
+    }
+    Ok(AeSummary {
+        steps_done: steps.steps_done,
+        first_loss: steps.first_loss.map(|l| l.loss),
+        recent_loss: steps.recent_loss,
+        steps_per_second: steps.steps_per_second(),
+        recon_dice: trainer.scores.map(|s| s.0),
+        latent_std: trainer.scores.map(|s| s.1),
+        checkpoint: opts.out.join(&state.checkpoint),
+    })
+}
+
+/// The validation slices: `--val`, else the held-out cases of `--data`, else none (the
+/// training slices are scored then).
+fn load_val_slices(
+    opts: &AeOptions,
+    held: Vec<CaseRef>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<SliceSet>, TrainError> {
+    let refs: Vec<CaseRef> = match &opts.val {
+        Some(v) => {
+            let (a, b) = data::list_cases(v, &opts.pipeline, warnings)?;
+            a.into_iter().chain(b).collect()
+        }
+        None if !held.is_empty() => held,
+        None => return Ok(None),
+    };
+    Ok(Some(SliceSet::build(
+        data::load_cases(&refs)?,
+        &opts.pipeline,
+    )?))
+}
+
+/// The autoencoder of a session with its optimiser and scoring slices.
+struct AeTrainer<'a> {
+    opts: &'a AeOptions,
+    ae: AutoencoderKL,
+    params: Vec<(String, Var)>,
+    opt: AdamW,
+    train_set: Arc<SliceSet>,
+    val_set: Option<SliceSet>,
+    /// The latest (reconstruction Dice, latent std).
+    scores: Option<(f64, f64)>,
+}
+
+impl<'a> AeTrainer<'a> {
+    /// The autoencoder of `first_stage_config` with random weights, and its Adam.
+    fn new(
+        opts: &'a AeOptions,
+        state: &RunState,
+        val_set: Option<SliceSet>,
+        train_set: Arc<SliceSet>,
+    ) -> Result<Self, TrainError> {
+        let fs = opts.config.first_stage();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &opts.device);
+        let ae = AutoencoderKL::new(&fs.ddconfig, fs.embed_dim, vb.pp(FIRST))?;
+        init_varmap(&varmap, &mut rng_for(state.seed, streams::INIT, 0))?;
+        let params = vars_with_prefix(&varmap, FIRST);
+        let adam = AdamWConfig {
+            beta1: 0.5,
+            beta2: 0.9,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let group = ParamGroup {
+            name: "autoencoder".into(),
+            lr_scale: 1.0,
+            params: params.clone(),
+        };
+        let opt = AdamW::new(vec![group], state.base_lr, adam)?;
+        Ok(AeTrainer {
+            opts,
+            ae,
+            params,
+            opt,
+            train_set,
+            val_set,
+            scores: None,
+        })
+    }
+
+    /// Set the weights from `path` (`first_stage_model.*` or the bare kl-f8 layout).
+    fn load_weights(&self, path: &Path) -> Result<(), TrainError> {
+        let init_error = |message: String| TrainError::Init {
+            path: path.to_path_buf(),
+            message,
+        };
         let ckpt = Checkpoint::open(path)?;
         let bare = !ckpt
             .keys()
             .keys()
             .any(|k| k.starts_with("first_stage_model."));
-        for (k, v) in &params {
+        for (k, v) in &self.params {
             let stored = if bare {
                 k[FIRST.len() + 1..].to_string()
             } else {
                 k.clone()
             };
             let t = ckpt
-                .tensor_as(&stored, DType::F32, dev)
-                .map_err(|e| TrainError::Init {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+                .tensor_as(&stored, DType::F32, &self.opts.device)
+                .map_err(|e| init_error(e.to_string()))?;
             if t.dims() != v.dims() {
-                return Err(TrainError::Init {
-                    path: path.clone(),
-                    message: format!(
-                        "{stored}: shape {:?}, first_stage_config gives {:?}",
-                        t.dims(),
-                        v.dims()
-                    ),
-                });
+                return Err(init_error(format!(
+                    "{stored}: shape {:?}, first_stage_config gives {:?}",
+                    t.dims(),
+                    v.dims()
+                )));
             }
             v.set(&t)?;
         }
-        msg(
-            on_event,
-            format!("autoencoder weights from {}", path.display()),
-        );
+        Ok(())
     }
-    if opts.resume {
-        let st = opts.out.join(&state.optimizer_state);
-        let tensors = candle_core::safetensors::load(&st, dev).map_err(|e| TrainError::Resume {
-            run_dir: opts.out.clone(),
-            message: format!("{}: {e}", st.display()),
-        })?;
-        opt.load_state(&tensors)?;
-    }
-    msg(
-        on_event,
-        format!(
-            "{} autoencoder parameters; Adam lr {:.3e}, kl_weight {:e}",
-            opt.num_params(),
-            state.base_lr,
-            opts.kl_weight
-        ),
-    );
-    write_config(&opts.out.join("config.json"), &opts.config, None)?;
-    let log_path = opts.out.join("log.csv");
-    if !opts.resume {
-        let _ = std::fs::remove_file(&log_path);
-        append(
-            &log_path,
-            "step,loss,rec,kl,elapsed_s,recon_dice,latent_std",
-        )?;
-    }
-    let save = |state: &RunState, opt: &AdamW| -> Result<(), TrainError> {
-        let tensors = params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect();
-        save_tensors(&opts.out.join(&state.checkpoint), &tensors)?;
-        save_tensors(
-            &opts.out.join(&state.optimizer_state),
-            &opt.state_tensors()?,
-        )?;
-        state.save(&opts.out)
-    };
+}
 
-    let start = state.step;
-    let end = opts.steps.max(start);
-    let sampler = Sampler {
-        seed: state.seed,
-        batch: state.batch_size,
-    };
-    let (rx, producer) = prefetch(set.clone(), sampler, start, end, 2);
-    let s = set.size;
-    let t0 = Instant::now();
-    let (mut first, mut window, mut recent) = (None, Vec::new(), f32::NAN);
-    let mut scores = None;
-    for n in start..end {
-        let b = rx
-            .recv()
-            .map_err(|_| TrainError::Internal("data thread stopped".into()))?;
-        let masks = Tensor::from_vec(b.masks, (b.batch, 3, s, s), dev)?;
+impl Trainer for AeTrainer<'_> {
+    fn step(
+        &mut self,
+        n: u64,
+        batch: HostBatch,
+        state: &mut RunState,
+        _on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(StepLosses, f64), TrainError> {
+        let s = batch.size;
+        let masks = Tensor::from_vec(batch.masks, (batch.batch, 3, s, s), &self.opts.device)?;
         let mut rng = rng_for(state.seed, streams::STEP, n);
-        let (loss, rec, kl) = ae_loss(&ae, &masks, opts.kl_weight, opts.rec_loss, &mut rng)?;
+        let o = self.opts;
+        let (loss, rec, kl) = ae_loss(&self.ae, &masks, o.kl_weight, o.rec_loss, &mut rng)?;
         let l = loss.to_scalar::<f32>()?;
         if !l.is_finite() {
             return Err(TrainError::Diverged { step: n, loss: l });
         }
         let grads = loss.backward()?;
-        opt.step(&grads, 1.0)?;
+        self.opt.step(&grads, 1.0)?;
         drop(grads);
-        state.step = n + 1;
-        first.get_or_insert(l);
-        window.push(l);
-        on_event(&Event::Step {
-            step: n + 1,
-            total: end,
-            losses: super::model::StepLosses {
-                loss: l,
-                loss_simple: rec,
-                loss_seg: kl,
-            },
-            lr: state.base_lr,
-        });
-        let done = n + 1 == end;
-        let mut extra = String::from(",");
-        if (opts.val_every > 0 && (n + 1) % opts.val_every == 0) || done {
-            let sc = reconstruction_scores(&ae, val_set.as_ref().unwrap_or(&set), 64, dev)?;
-            extra = format!("{:.5},{:.4}", sc.0, sc.1);
-            msg(
-                on_event,
-                format!(
-                    "step {}: reconstruction Dice {:.4}, latent std {:.3}",
-                    n + 1,
-                    sc.0,
-                    sc.1
-                ),
-            );
-            scores = Some(sc);
-        }
-        if (n + 1) % opts.log_every.max(1) == 0 || done || extra != "," {
-            recent = window.iter().sum::<f32>() / window.len().max(1) as f32;
-            window.clear();
-            append(
-                &log_path,
-                &format!(
-                    "{},{recent:.6},{rec:.6},{kl:.6},{:.1},{extra}",
-                    n + 1,
-                    t0.elapsed().as_secs_f64()
-                ),
-            )?;
-        }
-        if (opts.save_every > 0 && (n + 1) % opts.save_every == 0) || done {
-            save(&state, &opt)?;
-        }
+        let losses = StepLosses {
+            loss: l,
+            loss_simple: rec,
+            loss_seg: kl,
+        };
+        Ok((losses, state.base_lr))
     }
-    drop(rx);
-    let _ = producer.join();
-    if end == start {
-        save(&state, &opt)?;
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    Ok(AeSummary {
-        steps_done: end - start,
-        first_loss: first,
-        recent_loss: recent,
-        steps_per_second: if elapsed > 0.0 {
-            (end - start) as f64 / elapsed
-        } else {
-            0.0
-        },
-        recon_dice: scores.map(|s| s.0),
-        latent_std: scores.map(|s| s.1),
-        checkpoint: opts.out.join(&state.checkpoint),
-    })
-}
 
-fn append(path: &std::path::Path, line: &str) -> Result<(), TrainError> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| TrainError::Write {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    writeln!(f, "{line}").map_err(|source| TrainError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    /// Reconstruction Dice and latent std every `val_every` steps and after the last one, on
+    /// the validation slices (the training slices without).
+    fn validate(
+        &mut self,
+        step: u64,
+        last: bool,
+        _state: &mut RunState,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<Option<String>, TrainError> {
+        if !(due(self.opts.val_every, step) || last) {
+            return Ok(None);
+        }
+        let set = self.val_set.as_ref().unwrap_or(&self.train_set);
+        let sc = reconstruction_scores(&self.ae, set, 64, &self.opts.device)?;
+        say(
+            on_event,
+            format!(
+                "step {step}: reconstruction Dice {:.4}, latent std {:.3}",
+                sc.0, sc.1
+            ),
+        );
+        self.scores = Some(sc);
+        Ok(Some(format!("{:.5},{:.4}", sc.0, sc.1)))
+    }
+
+    fn log_line(
+        &self,
+        step: u64,
+        recent: f32,
+        losses: &StepLosses,
+        _lr: f64,
+        elapsed_s: f64,
+        val: Option<&str>,
+    ) -> String {
+        let (rec, kl) = (losses.loss_simple, losses.loss_seg);
+        let val = val.unwrap_or(",");
+        format!("{step},{recent:.6},{rec:.6},{kl:.6},{elapsed_s:.1},{val}")
+    }
+
+    fn save(&mut self, state: &RunState) -> Result<(), TrainError> {
+        let out = &self.opts.out;
+        let tensors = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        save_tensors(&out.join(&state.checkpoint), &tensors)?;
+        save_tensors(
+            &out.join(&state.optimizer_state),
+            &self.opt.state_tensors()?,
+        )?;
+        state.save(out)
+    }
 }

@@ -2,12 +2,8 @@
 //! threads ahead of the optimiser.
 //!
 //! Sources ([`DataSource`]):
-//! * a folder in one of the layouts `reproduce` knows, told apart by its sub-folders
-//!   ([`discover`]): BTCV (`[Abdomen/RawData/]Training/img/imgNNNN.nii.gz` +
-//!   `label/labelNNNN.nii.gz`, case id `NNNN`), STS-3D (`[labelled/]image/X.nii.gz` +
-//!   `label/X.nii.gz`, case id `X` without the nnU-Net channel suffix `_0000`), or generic
-//!   (`images/<id>.nii[.gz]` or a DICOM series folder `images/<id>/`, with
-//!   `labels/<id>.nii[.gz]`);
+//! * a folder in one of the dataset layouts of [`crate::dataset`] (BTCV, STS-3D, or generic
+//!   `images/` + `labels/`), told apart by its sub-folders ([`crate::dataset::discover`]);
 //! * `phantom:FIRST-LAST[@IxJxK]`: synthetic abdomen phantoms ([`crate::phantom`]) made in
 //!   memory from seeds FIRST..=LAST (default size 64×64×32), case ids `phantom-<seed>`.
 //!
@@ -29,7 +25,7 @@
 //! same batches as an uninterrupted one.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -39,6 +35,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::dataset::{discover, CaseFiles, DatasetError};
 use crate::io::{read_volume, ReadOptions};
 use crate::phantom::{abdomen_phantom, PhantomParams};
 use crate::pipeline::{LabelSlices, Pipeline, SliceSource};
@@ -46,26 +43,8 @@ use crate::volume::Volume;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error(
-        "{dir}: no training data layout found; expected one of: BTCV \
-         (Training/img/img*.nii.gz + Training/label/label*.nii.gz), STS-3D \
-         (image/*.nii.gz + label/*.nii.gz), or images/ + labels/ (NIfTI files or DICOM series \
-         folders, labels as <case>.nii.gz)"
-    )]
-    NoLayout { dir: PathBuf },
-    #[error("{dir}: cannot list folder: {source}")]
-    Io {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{image}: no label volume for case '{case}' (looked for {expected})")]
-    MissingLabel {
-        case: String,
-        image: PathBuf,
-        expected: PathBuf,
-    },
-    #[error("{dir}: no cases found")]
-    Empty { dir: PathBuf },
+    #[error(transparent)]
+    Layout(#[from] DatasetError),
     #[error("case '{case}': reading {path}: {message}")]
     Read {
         case: String,
@@ -170,23 +149,6 @@ impl std::fmt::Display for DataSource {
     }
 }
 
-/// Dataset folder layouts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    Btcv,
-    Sts3d,
-    Generic,
-}
-
-/// One labelled case on disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CaseFiles {
-    pub id: String,
-    /// NIfTI file or DICOM series folder.
-    pub image: PathBuf,
-    pub label: PathBuf,
-}
-
 /// A case listed by a [`DataSource`]: files to read, or a phantom to generate.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CaseRef {
@@ -200,156 +162,6 @@ impl CaseRef {
             CaseRef::Files(c) => c.id.clone(),
             CaseRef::Phantom { seed, .. } => format!("phantom-{seed}"),
         }
-    }
-}
-
-fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let io = |source| DataError::Io {
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io)? {
-        let p = e.map_err(io)?.path();
-        let hidden = p
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if !hidden {
-            v.push(p);
-        }
-    }
-    v.sort();
-    Ok(v)
-}
-
-/// `name.nii.gz` / `name.nii` → `name`.
-fn nifti_stem(p: &Path) -> Option<String> {
-    let name = p.file_name()?.to_string_lossy().into_owned();
-    let lower = name.to_ascii_lowercase();
-    if lower.ends_with(".nii.gz") {
-        Some(name[..name.len() - 7].to_string())
-    } else if lower.ends_with(".nii") {
-        Some(name[..name.len() - 4].to_string())
-    } else {
-        None
-    }
-}
-
-fn nifti_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
-    Ok(list_dir(dir)?
-        .into_iter()
-        .filter(|p| p.is_file())
-        .filter_map(|p| nifti_stem(&p).map(|s| (s, p)))
-        .collect())
-}
-
-/// Find the labelled cases under `dir` (see the module docs for the layouts).
-pub fn discover(dir: &Path) -> Result<(Layout, Vec<CaseFiles>), DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::NoLayout {
-            dir: dir.to_path_buf(),
-        });
-    }
-    // BTCV
-    for root in [
-        "",
-        "Training",
-        "RawData/Training",
-        "Abdomen/RawData/Training",
-    ] {
-        let r = dir.join(root);
-        if r.join("img").is_dir() && r.join("label").is_dir() {
-            let mut cases = Vec::new();
-            for (stem, image) in nifti_files(&r.join("img"))? {
-                let id = stem.strip_prefix("img").unwrap_or(&stem).to_string();
-                let label = r.join("label").join(format!("label{id}.nii.gz"));
-                let label = existing_nifti(&label);
-                if !label.is_file() {
-                    return Err(DataError::MissingLabel {
-                        case: id,
-                        image,
-                        expected: label,
-                    });
-                }
-                cases.push(CaseFiles { id, image, label });
-            }
-            return non_empty(Layout::Btcv, cases, &r);
-        }
-    }
-    // STS-3D
-    for root in ["", "labelled"] {
-        let r = dir.join(root);
-        if r.join("image").is_dir() && r.join("label").is_dir() {
-            let mut cases = Vec::new();
-            for (stem, image) in nifti_files(&r.join("image"))? {
-                let label = existing_nifti(&r.join("label").join(image.file_name().unwrap()));
-                if !label.is_file() {
-                    return Err(DataError::MissingLabel {
-                        case: stem,
-                        image,
-                        expected: label,
-                    });
-                }
-                let id = stem.strip_suffix("_0000").unwrap_or(&stem).to_string();
-                cases.push(CaseFiles { id, image, label });
-            }
-            return non_empty(Layout::Sts3d, cases, &r);
-        }
-    }
-    // Generic
-    if dir.join("images").is_dir() && dir.join("labels").is_dir() {
-        let mut cases = Vec::new();
-        for image in list_dir(&dir.join("images"))? {
-            let id = if image.is_dir() {
-                image.file_name().unwrap().to_string_lossy().into_owned()
-            } else if let Some(s) = nifti_stem(&image) {
-                s
-            } else {
-                continue;
-            };
-            let label = existing_nifti(&dir.join("labels").join(format!("{id}.nii.gz")));
-            if !label.is_file() {
-                return Err(DataError::MissingLabel {
-                    case: id,
-                    image,
-                    expected: label,
-                });
-            }
-            cases.push(CaseFiles { id, image, label });
-        }
-        return non_empty(Layout::Generic, cases, dir);
-    }
-    Err(DataError::NoLayout {
-        dir: dir.to_path_buf(),
-    })
-}
-
-/// `x.nii.gz` if it exists, else `x.nii` if that exists, else `x.nii.gz`.
-fn existing_nifti(gz: &Path) -> PathBuf {
-    if gz.is_file() {
-        return gz.to_path_buf();
-    }
-    let s = gz.to_string_lossy();
-    if let Some(base) = s.strip_suffix(".gz") {
-        let plain = PathBuf::from(base);
-        if plain.is_file() {
-            return plain;
-        }
-    }
-    gz.to_path_buf()
-}
-
-fn non_empty(
-    layout: Layout,
-    cases: Vec<CaseFiles>,
-    dir: &Path,
-) -> Result<(Layout, Vec<CaseFiles>), DataError> {
-    if cases.is_empty() {
-        Err(DataError::Empty {
-            dir: dir.to_path_buf(),
-        })
-    } else {
-        Ok((layout, cases))
     }
 }
 

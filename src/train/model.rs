@@ -365,55 +365,7 @@ impl TrainModel {
                 None
             };
             if let Some(from_ema) = unet_src {
-                let mut missing = Vec::new();
-                for (k, var) in self.unet_params() {
-                    let stored = if from_ema {
-                        ema_name(&k).expect("UNet keys start with model.")
-                    } else {
-                        k.clone()
-                    };
-                    if !ckpt.contains(&stored) {
-                        if !k.contains(".label_emb.") {
-                            missing.push(stored);
-                        }
-                        continue;
-                    }
-                    let t = ckpt.tensor_as(&stored, DType::F32, &self.device)?;
-                    let t = if t.dims() != var.dims() && k.ends_with("input_blocks.0.0.weight") {
-                        let (o, i, kh, kw) = t.dims4()?;
-                        let want = var.dims()[1];
-                        if [o, kh, kw] != [var.dims()[0], var.dims()[2], var.dims()[3]] || i > want
-                        {
-                            return Err(TrainError::Init {
-                                path: path.clone(),
-                                message: format!(
-                                    "{stored}: shape {:?} cannot be padded to {:?}",
-                                    t.dims(),
-                                    var.dims()
-                                ),
-                            });
-                        }
-                        report
-                            .padded
-                            .push(format!("{k}: {:?} → {:?}", t.dims(), var.dims()));
-                        let zeros = Tensor::zeros((o, want - i, kh, kw), DType::F32, &self.device)?;
-                        Tensor::cat(&[&t, &zeros], 1)?
-                    } else {
-                        t
-                    };
-                    self.set_var(&k, &t, path)?;
-                }
-                if !missing.is_empty() {
-                    return Err(TrainError::Init {
-                        path: path.clone(),
-                        message: format!(
-                            "{} UNet tensor(s) missing (e.g. {}); the checkpoint's UNet does not \
-                             match the model config",
-                            missing.len(),
-                            missing[..missing.len().min(3)].join(", ")
-                        ),
-                    });
-                }
+                self.init_unet(&ckpt, path, from_ema, &mut report)?;
                 took.push(if from_ema {
                     "UNet (from model_ema.*)"
                 } else {
@@ -429,48 +381,13 @@ impl TrainModel {
                 None
             };
             if let Some(prefix) = fs_prefix {
-                let mut tensors = BTreeMap::new();
-                for (k, cur) in &self.first_stage.tensors {
-                    let stored = format!("{prefix}{}", &k[FIRST.len() + 1..]);
-                    if !ckpt.contains(&stored) {
-                        return Err(TrainError::Init {
-                            path: path.clone(),
-                            message: format!(
-                                "autoencoder tensor {stored} is missing; the file's autoencoder \
-                                 does not match first_stage_config"
-                            ),
-                        });
-                    }
-                    let t = ckpt.tensor_as(&stored, DType::F32, &self.device)?;
-                    if t.dims() != cur.dims() {
-                        return Err(TrainError::Init {
-                            path: path.clone(),
-                            message: format!(
-                                "{stored}: shape {:?}, first_stage_config gives {:?}",
-                                t.dims(),
-                                cur.dims()
-                            ),
-                        });
-                    }
-                    tensors.insert(k.clone(), t);
-                }
-                self.first_stage =
-                    FrozenAutoencoder::from_tensors(&self.config, tensors, &self.device)?;
+                self.init_first_stage(&ckpt, path, prefix)?;
                 report.first_stage_loaded = true;
                 took.push("autoencoder");
             }
             // Condition encoder
             if has("cond_stage_model.") {
-                for (k, _) in self.cond_params() {
-                    if !ckpt.contains(&k) {
-                        return Err(TrainError::Init {
-                            path: path.clone(),
-                            message: format!("condition encoder tensor {k} is missing"),
-                        });
-                    }
-                    let t = ckpt.tensor_as(&k, DType::F32, &self.device)?;
-                    self.set_var(&k, &t, path)?;
-                }
+                self.init_cond_stage(&ckpt, path)?;
                 cond_loaded = true;
                 took.push("condition encoder");
             }
@@ -486,40 +403,168 @@ impl TrainModel {
             report.sources.push((path.clone(), took.join(", ")));
         }
         if !cond_loaded && report.first_stage_loaded {
-            let enc_prefix = format!("{FIRST}.encoder.");
-            let mut copied = 0;
-            let mut mismatch = None;
-            for (k, var) in self.cond_params() {
-                let Some(rest) = k.strip_prefix("cond_stage_model.encoder.") else {
-                    continue;
-                };
-                match self.first_stage.tensors.get(&format!("{enc_prefix}{rest}")) {
-                    Some(t) if t.dims() == var.dims() => {
-                        var.set(t)?;
-                        copied += 1;
-                    }
-                    _ => mismatch = Some(k.clone()),
-                }
-            }
-            if let Some(k) = mismatch {
-                report.warnings.push(format!(
-                    "condition encoder left at random init: {k} has no same-shaped twin in the \
-                     first stage's encoder (cond_stage_config differs from first_stage_config)"
-                ));
-                // Undo a partial copy: re-initialise the whole condition encoder.
-                let vm = VarMap::new();
-                let vb = VarBuilder::from_varmap(&vm, DType::F32, &self.device);
-                AEEncoderEmbedder::from_config(self.config.cond_stage(), vb.pp(COND))?;
-                let mut rng = super::data::rng_for(0, super::data::streams::INIT, 1);
-                init_varmap(&vm, &mut rng)?;
-                for (k, v) in vars_with_prefix(&vm, COND) {
-                    self.set_var(&k, v.as_tensor(), Path::new("(random)"))?;
-                }
-            } else if copied > 0 {
-                report.cond_from_first_stage = true;
-            }
+            self.cond_from_first_stage_encoder(&mut report)?;
         }
         Ok(report)
+    }
+
+    /// The UNet from `model.diffusion_model.*` (`from_ema`: `model_ema.*`) of `ckpt`; every
+    /// parameter but `label_emb` must be there; a first conv with fewer input channels is
+    /// zero-padded (noted in `report`).
+    fn init_unet(
+        &mut self,
+        ckpt: &Checkpoint,
+        path: &Path,
+        from_ema: bool,
+        report: &mut InitReport,
+    ) -> std::result::Result<(), TrainError> {
+        let mut missing = Vec::new();
+        for (k, var) in self.unet_params() {
+            let stored = if from_ema {
+                ema_name(&k).expect("UNet keys start with model.")
+            } else {
+                k.clone()
+            };
+            if !ckpt.contains(&stored) {
+                if !k.contains(".label_emb.") {
+                    missing.push(stored);
+                }
+                continue;
+            }
+            let t = ckpt.tensor_as(&stored, DType::F32, &self.device)?;
+            let t = if t.dims() != var.dims() && k.ends_with("input_blocks.0.0.weight") {
+                let (o, i, kh, kw) = t.dims4()?;
+                let want = var.dims()[1];
+                if [o, kh, kw] != [var.dims()[0], var.dims()[2], var.dims()[3]] || i > want {
+                    return Err(TrainError::Init {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "{stored}: shape {:?} cannot be padded to {:?}",
+                            t.dims(),
+                            var.dims()
+                        ),
+                    });
+                }
+                report
+                    .padded
+                    .push(format!("{k}: {:?} → {:?}", t.dims(), var.dims()));
+                let zeros = Tensor::zeros((o, want - i, kh, kw), DType::F32, &self.device)?;
+                Tensor::cat(&[&t, &zeros], 1)?
+            } else {
+                t
+            };
+            self.set_var(&k, &t, path)?;
+        }
+        if !missing.is_empty() {
+            return Err(TrainError::Init {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{} UNet tensor(s) missing (e.g. {}); the checkpoint's UNet does not \
+                     match the model config",
+                    missing.len(),
+                    missing[..missing.len().min(3)].join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The frozen autoencoder from the keys under `prefix` (`first_stage_model.` or the bare
+    /// kl-f8 layout, `""`) of `ckpt`; all of them, shaped as `first_stage_config` says.
+    fn init_first_stage(
+        &mut self,
+        ckpt: &Checkpoint,
+        path: &Path,
+        prefix: &str,
+    ) -> std::result::Result<(), TrainError> {
+        let mut tensors = BTreeMap::new();
+        for (k, cur) in &self.first_stage.tensors {
+            let stored = format!("{prefix}{}", &k[FIRST.len() + 1..]);
+            if !ckpt.contains(&stored) {
+                return Err(TrainError::Init {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "autoencoder tensor {stored} is missing; the file's autoencoder \
+                         does not match first_stage_config"
+                    ),
+                });
+            }
+            let t = ckpt.tensor_as(&stored, DType::F32, &self.device)?;
+            if t.dims() != cur.dims() {
+                return Err(TrainError::Init {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "{stored}: shape {:?}, first_stage_config gives {:?}",
+                        t.dims(),
+                        cur.dims()
+                    ),
+                });
+            }
+            tensors.insert(k.clone(), t);
+        }
+        self.first_stage = FrozenAutoencoder::from_tensors(&self.config, tensors, &self.device)?;
+        Ok(())
+    }
+
+    /// The condition encoder from `cond_stage_model.*` of `ckpt`, every tensor of it.
+    fn init_cond_stage(
+        &mut self,
+        ckpt: &Checkpoint,
+        path: &Path,
+    ) -> std::result::Result<(), TrainError> {
+        for (k, _) in self.cond_params() {
+            if !ckpt.contains(&k) {
+                return Err(TrainError::Init {
+                    path: path.to_path_buf(),
+                    message: format!("condition encoder tensor {k} is missing"),
+                });
+            }
+            let t = ckpt.tensor_as(&k, DType::F32, &self.device)?;
+            self.set_var(&k, &t, path)?;
+        }
+        Ok(())
+    }
+
+    /// Copy the loaded first stage's `encoder.*` into the condition encoder (`out` stays
+    /// random); when a tensor has no same-shaped twin, the whole condition encoder goes back
+    /// to a random init and `report` warns.
+    fn cond_from_first_stage_encoder(
+        &mut self,
+        report: &mut InitReport,
+    ) -> std::result::Result<(), TrainError> {
+        let enc_prefix = format!("{FIRST}.encoder.");
+        let mut copied = 0;
+        let mut mismatch = None;
+        for (k, var) in self.cond_params() {
+            let Some(rest) = k.strip_prefix("cond_stage_model.encoder.") else {
+                continue;
+            };
+            match self.first_stage.tensors.get(&format!("{enc_prefix}{rest}")) {
+                Some(t) if t.dims() == var.dims() => {
+                    var.set(t)?;
+                    copied += 1;
+                }
+                _ => mismatch = Some(k.clone()),
+            }
+        }
+        if let Some(k) = mismatch {
+            report.warnings.push(format!(
+                "condition encoder left at random init: {k} has no same-shaped twin in the \
+                 first stage's encoder (cond_stage_config differs from first_stage_config)"
+            ));
+            // Undo a partial copy: re-initialise the whole condition encoder.
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &self.device);
+            AEEncoderEmbedder::from_config(self.config.cond_stage(), vb.pp(COND))?;
+            let mut rng = super::data::rng_for(0, super::data::streams::INIT, 1);
+            init_varmap(&vm, &mut rng)?;
+            for (k, v) in vars_with_prefix(&vm, COND) {
+                self.set_var(&k, v.as_tensor(), Path::new("(random)"))?;
+            }
+        } else if copied > 0 {
+            report.cond_from_first_stage = true;
+        }
+        Ok(())
     }
 
     /// Restore every weight from one of our checkpoints (for `--resume`): trainable

@@ -225,23 +225,7 @@ impl DicomInput {
         let files_found = sources.len();
         let (headers, skipped) = scan::read_headers(sources);
         if single_file {
-            if let Some(s) = skipped.first() {
-                return Err(DicomError::Unreadable {
-                    path: path.to_path_buf(),
-                    detail: s.reason.clone(),
-                });
-            }
-            if headers[0].n_frames <= 1 {
-                let folder = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."))
-                    .to_path_buf();
-                return Err(DicomError::SingleFrameFile {
-                    path: path.to_path_buf(),
-                    folder,
-                });
-            }
+            check_single_file(path, &headers, &skipped)?;
         }
         let skipped_files: Vec<SkippedFile> = skipped
             .iter()
@@ -273,76 +257,16 @@ impl DicomInput {
                 "{n} file(s) have no DICOM file meta header; read as bare little-endian data sets"
             ));
         }
-
-        // Group by SeriesInstanceUID (files in path order within a group).
-        let mut groups: Vec<Group> = Vec::new();
-        for (i, h) in headers.iter().enumerate() {
-            match groups.iter_mut().find(|g| g.uid == h.series_uid) {
-                Some(g) => g.members.push(i),
-                None => groups.push(Group {
-                    uid: h.series_uid.clone(),
-                    members: vec![i],
-                    geometry: Err(DicomError::NotAVolume {
-                        series: String::new(),
-                        detail: String::new(),
-                    }),
-                }),
-            }
-        }
-        for g in &mut groups {
-            g.geometry = series::geometry(&g.uid, &headers, &g.members);
-        }
-        let slices = |g: &Group| -> usize {
-            g.members
-                .iter()
-                .map(|&m| headers[m].n_frames as usize)
-                .sum()
-        };
-        groups.sort_by(|a, b| {
-            slices(b)
-                .cmp(&slices(a))
-                .then(series_number(&headers, a).cmp(&series_number(&headers, b)))
-                .then(a.uid.cmp(&b.uid))
-        });
-
+        let groups = group_series(&headers);
         let mut infos: Vec<SeriesInfo> = groups.iter().map(|g| series_info(&headers, g)).collect();
-        let mut chosen = choose(path, opts, &headers, &groups, &mut infos);
-        // A file of the chosen series that cannot be read would leave a hole in the volume:
-        // never drop it with a warning.
-        if let Ok(i) = chosen {
-            let uid = &groups[i].uid;
-            if let Some(b) = skipped.iter().find(|s| {
-                !matches!(s.kind, SkipKind::NoImage) && s.series_uid.as_ref() == Some(uid)
-            }) {
-                chosen = Err(DicomError::BrokenMember {
-                    path: b.path.clone(),
-                    series: uid.clone(),
-                    detail: b.reason.clone(),
-                });
-            }
-        }
+        let chosen = choose(path, opts, &headers, &groups, &mut infos)
+            .and_then(|i| check_members_read(&groups[i], &skipped).map(|()| i));
         let choice = match &chosen {
             Ok(i) => infos[*i].reason.clone(),
             Err(e) => e.to_string(),
         };
         if let Ok(i) = chosen {
-            if let Ok(g) = &groups[i].geometry {
-                warnings.extend(override_warnings(g, opts));
-            }
-            let zero: Vec<&Path> = groups[i]
-                .members
-                .iter()
-                .map(|&m| &headers[m])
-                .filter(|h| h.frames.iter().any(|f| f.zero_slope()))
-                .map(|h| h.source.display_path())
-                .collect();
-            if let Some(first) = zero.first() {
-                warnings.push(format!(
-                    "RescaleSlope (0028,1053) is 0 in {} file(s) (first: {}): read as not rescaled (stored values as they are, intercept ignored), as dcm2niix does; these are not Hounsfield units",
-                    zero.len(),
-                    first.display()
-                ));
-            }
+            warnings.extend(chosen_series_warnings(&groups[i], &headers, opts));
         }
         let report = ScanReport {
             input: path.to_path_buf(),
@@ -499,6 +423,112 @@ fn series_info(headers: &[FileHeader], g: &Group) -> SeriesInfo {
     }
 }
 
+/// A single file given as input must be a readable multi-frame image: one slice is not a
+/// volume (its folder may be).
+fn check_single_file(
+    path: &Path,
+    headers: &[FileHeader],
+    skipped: &[scan::Skipped],
+) -> Result<(), DicomError> {
+    if let Some(s) = skipped.first() {
+        return Err(DicomError::Unreadable {
+            path: path.to_path_buf(),
+            detail: s.reason.clone(),
+        });
+    }
+    if headers[0].n_frames <= 1 {
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        return Err(DicomError::SingleFrameFile {
+            path: path.to_path_buf(),
+            folder,
+        });
+    }
+    Ok(())
+}
+
+/// The files grouped by SeriesInstanceUID (files in path order within a group), each group
+/// with its geometry, sorted by slices (desc), SeriesNumber, UID.
+fn group_series(headers: &[FileHeader]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        match groups.iter_mut().find(|g| g.uid == h.series_uid) {
+            Some(g) => g.members.push(i),
+            None => groups.push(Group {
+                uid: h.series_uid.clone(),
+                members: vec![i],
+                geometry: Err(DicomError::NotAVolume {
+                    series: String::new(),
+                    detail: String::new(),
+                }),
+            }),
+        }
+    }
+    for g in &mut groups {
+        g.geometry = series::geometry(&g.uid, headers, &g.members);
+    }
+    let slices = |g: &Group| -> usize {
+        g.members
+            .iter()
+            .map(|&m| headers[m].n_frames as usize)
+            .sum()
+    };
+    groups.sort_by(|a, b| {
+        slices(b)
+            .cmp(&slices(a))
+            .then(series_number(headers, a).cmp(&series_number(headers, b)))
+            .then(a.uid.cmp(&b.uid))
+    });
+    groups
+}
+
+/// A file of the chosen series that cannot be read would leave a hole in the volume: never
+/// drop it with a warning.
+fn check_members_read(group: &Group, skipped: &[scan::Skipped]) -> Result<(), DicomError> {
+    let uid = &group.uid;
+    match skipped
+        .iter()
+        .find(|s| !matches!(s.kind, SkipKind::NoImage) && s.series_uid.as_ref() == Some(uid))
+    {
+        Some(b) => Err(DicomError::BrokenMember {
+            path: b.path.clone(),
+            series: uid.clone(),
+            detail: b.reason.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Warnings about the chosen series: override flags in use, RescaleSlope 0.
+fn chosen_series_warnings(
+    group: &Group,
+    headers: &[FileHeader],
+    opts: &ReadOptions,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Ok(g) = &group.geometry {
+        warnings.extend(override_warnings(g, opts));
+    }
+    let zero: Vec<&Path> = group
+        .members
+        .iter()
+        .map(|&m| &headers[m])
+        .filter(|h| h.frames.iter().any(|f| f.zero_slope()))
+        .map(|h| h.source.display_path())
+        .collect();
+    if let Some(first) = zero.first() {
+        warnings.push(format!(
+            "RescaleSlope (0028,1053) is 0 in {} file(s) (first: {}): read as not rescaled (stored values as they are, intercept ignored), as dcm2niix does; these are not Hounsfield units",
+            zero.len(),
+            first.display()
+        ));
+    }
+    warnings
+}
+
 fn is_localizer(info: &SeriesInfo) -> bool {
     info.image_type
         .iter()
@@ -513,7 +543,15 @@ fn choose(
     groups: &[Group],
     infos: &mut [SeriesInfo],
 ) -> Result<usize, DicomError> {
-    // Why each series can or cannot be read as a volume.
+    explain_series(groups, infos);
+    match opts.series.as_deref().map(str::trim) {
+        Some(want) => choose_requested(path, want, groups, infos),
+        None => choose_largest_ct(path, headers, groups, infos),
+    }
+}
+
+/// Why each series can or cannot be read as a volume (`reason` of every `infos` entry).
+fn explain_series(groups: &[Group], infos: &mut [SeriesInfo]) {
     for (g, info) in groups.iter().zip(infos.iter_mut()) {
         info.reason = match &g.geometry {
             _ if is_localizer(info) => "localizer (ImageType LOCALIZER)".to_string(),
@@ -533,48 +571,63 @@ fn choose(
             }
         };
     }
+}
 
-    if let Some(want) = opts.series.as_deref().map(str::trim) {
-        let Some(i) = groups.iter().position(|g| g.uid == want) else {
-            let available = infos
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{} ({} slices{})",
-                        s.uid,
-                        s.slices,
-                        s.description
-                            .as_deref()
-                            .map(|d| format!(", \"{d}\""))
-                            .unwrap_or_default()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            for info in infos.iter_mut() {
-                info.reason = format!("not the requested series. {}", info.reason);
-            }
-            return Err(DicomError::SeriesNotFound {
-                path: path.to_path_buf(),
-                series: want.to_string(),
-                available,
-            });
-        };
-        for (j, info) in infos.iter_mut().enumerate() {
-            if j != i {
-                info.reason = "not the series requested with --series".to_string();
-            }
+/// The series `--series` asks for.
+fn choose_requested(
+    path: &Path,
+    want: &str,
+    groups: &[Group],
+    infos: &mut [SeriesInfo],
+) -> Result<usize, DicomError> {
+    let Some(i) = groups.iter().position(|g| g.uid == want) else {
+        let available = infos
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({} slices{})",
+                    s.uid,
+                    s.slices,
+                    s.description
+                        .as_deref()
+                        .map(|d| format!(", \"{d}\""))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        for info in infos.iter_mut() {
+            info.reason = format!("not the requested series. {}", info.reason);
         }
-        let note = std::mem::take(&mut infos[i].reason);
-        infos[i].status = SeriesStatus::Chosen;
-        infos[i].reason = if note.is_empty() {
-            "requested with --series".to_string()
-        } else {
-            format!("requested with --series ({note})")
-        };
-        return Ok(i);
+        return Err(DicomError::SeriesNotFound {
+            path: path.to_path_buf(),
+            series: want.to_string(),
+            available,
+        });
+    };
+    for (j, info) in infos.iter_mut().enumerate() {
+        if j != i {
+            info.reason = "not the series requested with --series".to_string();
+        }
     }
+    let note = std::mem::take(&mut infos[i].reason);
+    infos[i].status = SeriesStatus::Chosen;
+    infos[i].reason = if note.is_empty() {
+        "requested with --series".to_string()
+    } else {
+        format!("requested with --series ({note})")
+    };
+    Ok(i)
+}
 
+/// The CT series (or without Modality), not a localizer, that forms a valid stack with the
+/// most slices.
+fn choose_largest_ct(
+    path: &Path,
+    headers: &[FileHeader],
+    groups: &[Group],
+    infos: &mut [SeriesInfo],
+) -> Result<usize, DicomError> {
     // Candidates: CT (or no Modality), not a localizer, a valid stack of >= 2 slices.
     let mut candidates = Vec::new();
     for (i, (g, info)) in groups.iter().zip(infos.iter_mut()).enumerate() {

@@ -2,7 +2,7 @@
 
 use super::codec::{self, CodecError, Frame, Limits};
 use super::scan::{open_object, FileHeader};
-use super::series::Geometry;
+use super::series::{Geometry, SliceRef};
 use super::DicomError;
 use crate::volume::StoredType;
 use dicom_encoding::TransferSyntaxIndex;
@@ -178,31 +178,10 @@ pub(crate) fn decode_stack(
     let (nx, ny, nz) = (geom.cols as usize, geom.rows as usize, geom.slices.len());
     let first = &headers[geom.slices[0].file];
     let stype = stored_type(first)?;
-
-    // Every file must share the pixel format, and its syntax must be decodable.
     let mut files: Vec<usize> = geom.slices.iter().map(|s| s.file).collect();
     files.sort_unstable();
     files.dedup();
-    for &f in &files {
-        let h = &headers[f];
-        check_syntax(&h.transfer_syntax).map_err(|detail| DicomError::UnsupportedSyntax {
-            path: h.source.display_path().to_path_buf(),
-            uid: h.transfer_syntax.clone(),
-            detail,
-        })?;
-        if (h.bits_allocated, h.signed) != (first.bits_allocated, first.signed) {
-            return Err(DicomError::UnsupportedPixels {
-                path: h.source.display_path().to_path_buf(),
-                detail: format!(
-                    "BitsAllocated {} / PixelRepresentation {} differs from {} in the same series",
-                    h.bits_allocated,
-                    u8::from(h.signed),
-                    first.source.display_path().display()
-                ),
-            });
-        }
-        stored_type(h)?;
-    }
+    check_pixel_format(headers, &files, first)?;
 
     // Multi-frame files are opened once and shared by the workers.
     let mut shared: HashMap<usize, Arc<DefaultDicomObject>> = HashMap::new();
@@ -230,87 +209,129 @@ pub(crate) fn decode_stack(
                     &owned
                 }
             };
-            let decode_err = |e: String| DicomError::Decode {
-                path: h.source.display_path().to_path_buf(),
-                syntax: format!(
-                    "{} ({})",
-                    h.transfer_syntax,
-                    syntax_name(&h.transfer_syntax)
-                ),
-                detail: format!("{e}{}", hint(&h.transfer_syntax)),
-            };
-            let native = TransferSyntaxRegistry
-                .get(&h.transfer_syntax)
-                .is_some_and(|ts| !ts.is_encapsulated_pixel_data());
-            let fmt = PixelFormat::of(h, native);
-            let frame_bytes = plane * fmt.bytes;
-            let decoded;
-            let bytes: std::borrow::Cow<[u8]> = if native {
-                native_frame(obj, h, s.frame, frame_bytes).map_err(decode_err)?
-            } else if is_j2k(&h.transfer_syntax) {
-                let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
-                let le = codec::j2k::decode(
-                    &data,
-                    &Limits { max_samples: plane },
-                    (h.cols, h.rows, 1),
-                    fmt.bytes,
-                )
-                .map_err(|e| decode_err(e.to_string()))?;
-                std::borrow::Cow::Owned(le)
-            } else if h.transfer_syntax == RLE_LOSSLESS {
-                let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
-                let le = codec::rle::decode(&data, h.rows, h.cols, 1, fmt.bytes)
-                    .map_err(|e| decode_err(e.to_string()))?;
-                std::borrow::Cow::Owned(le)
-            } else if let Some(decode) = own_decoder(&h.transfer_syntax) {
-                let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
-                let frame = decode(&data, &Limits { max_samples: plane })
-                    .map_err(|e| decode_err(e.to_string()))?;
-                std::borrow::Cow::Owned(frame_to_le(&frame, h, fmt.bytes).map_err(decode_err)?)
-            } else {
-                // A third-party decoder that panics on damaged data must not take the process
-                // down: its panic becomes this file's decode error.
-                let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if h.n_frames > 1 {
-                        obj.decode_pixel_data_frame(s.frame)
-                    } else {
-                        obj.decode_pixel_data()
-                    }
-                }));
-                decoded = match attempt {
-                    Ok(r) => r.map_err(|e| decode_err(e.to_string()))?,
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        return Err(decode_err(format!(
-                            "the decoder failed on this data ({what})"
-                        )));
-                    }
-                };
-                std::borrow::Cow::Borrowed(
-                    decoded
-                        .frame_data(0)
-                        .map_err(|e| decode_err(e.to_string()))?,
-                )
-            };
-            if bytes.len() < frame_bytes {
-                return Err(decode_err(format!(
-                    "frame has {} bytes, expected {} ({}×{} × {} bytes)",
-                    bytes.len(),
-                    frame_bytes,
-                    nx,
-                    ny,
-                    fmt.bytes
-                )));
-            }
-            Ok(convert_frame(&bytes, fmt, s.slope, s.intercept, out))
+            decode_slice(h, obj, s, [nx, ny], out)
         })
         .collect();
     let integral = integral?.into_iter().all(|b| b);
     Ok((data, stype, integral))
+}
+
+/// Every file must share the pixel format, and its syntax must be decodable.
+fn check_pixel_format(
+    headers: &[FileHeader],
+    files: &[usize],
+    first: &FileHeader,
+) -> Result<(), DicomError> {
+    for &f in files {
+        let h = &headers[f];
+        check_syntax(&h.transfer_syntax).map_err(|detail| DicomError::UnsupportedSyntax {
+            path: h.source.display_path().to_path_buf(),
+            uid: h.transfer_syntax.clone(),
+            detail,
+        })?;
+        if (h.bits_allocated, h.signed) != (first.bits_allocated, first.signed) {
+            return Err(DicomError::UnsupportedPixels {
+                path: h.source.display_path().to_path_buf(),
+                detail: format!(
+                    "BitsAllocated {} / PixelRepresentation {} differs from {} in the same series",
+                    h.bits_allocated,
+                    u8::from(h.signed),
+                    first.source.display_path().display()
+                ),
+            });
+        }
+        stored_type(h)?;
+    }
+    Ok(())
+}
+
+/// Decode slice `s` (a frame of `obj`, the file of header `h`) of `nx × ny` pixels into `out`
+/// as rescaled f32; whether all its values are integers that fit i16.
+fn decode_slice(
+    h: &FileHeader,
+    obj: &DefaultDicomObject,
+    s: &SliceRef,
+    [nx, ny]: [usize; 2],
+    out: &mut [f32],
+) -> Result<bool, DicomError> {
+    let plane = nx * ny;
+    let decode_err = |e: String| DicomError::Decode {
+        path: h.source.display_path().to_path_buf(),
+        syntax: format!(
+            "{} ({})",
+            h.transfer_syntax,
+            syntax_name(&h.transfer_syntax)
+        ),
+        detail: format!("{e}{}", hint(&h.transfer_syntax)),
+    };
+    let native = TransferSyntaxRegistry
+        .get(&h.transfer_syntax)
+        .is_some_and(|ts| !ts.is_encapsulated_pixel_data());
+    let fmt = PixelFormat::of(h, native);
+    let frame_bytes = plane * fmt.bytes;
+    let decoded;
+    let bytes: std::borrow::Cow<[u8]> = if native {
+        native_frame(obj, h, s.frame, frame_bytes).map_err(decode_err)?
+    } else if is_j2k(&h.transfer_syntax) {
+        let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
+        let le = codec::j2k::decode(
+            &data,
+            &Limits { max_samples: plane },
+            (h.cols, h.rows, 1),
+            fmt.bytes,
+        )
+        .map_err(|e| decode_err(e.to_string()))?;
+        std::borrow::Cow::Owned(le)
+    } else if h.transfer_syntax == RLE_LOSSLESS {
+        let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
+        let le = codec::rle::decode(&data, h.rows, h.cols, 1, fmt.bytes)
+            .map_err(|e| decode_err(e.to_string()))?;
+        std::borrow::Cow::Owned(le)
+    } else if let Some(decode) = own_decoder(&h.transfer_syntax) {
+        let data = frame_fragments(obj, h, s.frame).map_err(decode_err)?;
+        let frame =
+            decode(&data, &Limits { max_samples: plane }).map_err(|e| decode_err(e.to_string()))?;
+        std::borrow::Cow::Owned(frame_to_le(&frame, h, fmt.bytes).map_err(decode_err)?)
+    } else {
+        // A third-party decoder that panics on damaged data must not take the process
+        // down: its panic becomes this file's decode error.
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if h.n_frames > 1 {
+                obj.decode_pixel_data_frame(s.frame)
+            } else {
+                obj.decode_pixel_data()
+            }
+        }));
+        decoded = match attempt {
+            Ok(r) => r.map_err(|e| decode_err(e.to_string()))?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                return Err(decode_err(format!(
+                    "the decoder failed on this data ({what})"
+                )));
+            }
+        };
+        std::borrow::Cow::Borrowed(
+            decoded
+                .frame_data(0)
+                .map_err(|e| decode_err(e.to_string()))?,
+        )
+    };
+    if bytes.len() < frame_bytes {
+        return Err(decode_err(format!(
+            "frame has {} bytes, expected {} ({}×{} × {} bytes)",
+            bytes.len(),
+            frame_bytes,
+            nx,
+            ny,
+            fmt.bytes
+        )));
+    }
+    Ok(convert_frame(&bytes, fmt, s.slope, s.intercept, out))
 }
 
 fn open_full(h: &FileHeader) -> Result<DefaultDicomObject, DicomError> {

@@ -552,85 +552,143 @@ pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<File
             });
         }
     };
-    let n_frames = match get_number(ds, tags::NUMBER_OF_FRAMES) {
-        Field::Absent => 1,
-        Field::Value(n) if n >= 1.0 && n.fract() == 0.0 && n <= f64::from(u32::MAX) => n as u32,
-        // Some writers put 0 in single-frame files.
-        Field::Value(0.0) => 1,
-        Field::Value(n) => {
-            return Err(broken(format!(
-                "bad NumberOfFrames (0028,0008): {n} (expected a positive integer)"
-            )))
-        }
-        Field::Invalid(raw) => {
-            return Err(broken(format!(
-                "bad NumberOfFrames (0028,0008): invalid value '{raw}'"
-            )))
-        }
-    };
-    let samples_per_pixel = get_int(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    let bits_allocated = get_int(ds, tags::BITS_ALLOCATED).unwrap_or(16);
-    let bits_stored = get_int(ds, tags::BITS_STORED).unwrap_or(bits_allocated);
-    let high_bit = get_int(ds, tags::HIGH_BIT).unwrap_or(bits_stored - 1);
-    if !(1..=4).contains(&samples_per_pixel) {
-        return Err(broken(format!(
-            "bad SamplesPerPixel (0028,0002): {samples_per_pixel} (expected 1, 3 or 4)"
-        )));
-    }
-    if !matches!(bits_allocated, 1 | 8 | 16 | 32 | 64) {
-        return Err(broken(format!(
-            "bad BitsAllocated (0028,0100): {bits_allocated} (expected 1, 8, 16, 32 or 64)"
-        )));
-    }
-    if !(1..=bits_allocated).contains(&bits_stored) {
-        return Err(broken(format!(
-            "bad BitsStored (0028,0101): {bits_stored} (expected 1..={bits_allocated}, the BitsAllocated)"
-        )));
-    }
-    if !(bits_stored - 1..bits_allocated).contains(&high_bit) {
-        return Err(broken(format!(
-            "bad HighBit (0028,0102): {high_bit} (expected {}..={} for BitsStored {bits_stored}, BitsAllocated {bits_allocated})",
-            bits_stored - 1,
-            bits_allocated - 1
-        )));
-    }
+    let n_frames = number_of_frames(ds).map_err(broken)?;
+    let px = PixelModule::read(ds).map_err(broken)?;
+    check_pixel_extent(walked.pixel_data, rows, cols, n_frames, &px).map_err(broken)?;
+    let frames = frame_infos(ds, n_frames);
+    Ok(FileHeader {
+        transfer_syntax: clean(obj.meta().transfer_syntax()),
+        has_meta,
+        series_uid,
+        series_description: get_str(ds, tags::SERIES_DESCRIPTION),
+        series_number: get_int(ds, tags::SERIES_NUMBER).map(|v| v as i32),
+        modality: get_str(ds, tags::MODALITY),
+        image_type: value(ds, tags::IMAGE_TYPE)
+            .map(|v| v.to_multi_str().iter().map(|s| clean(s)).collect())
+            .unwrap_or_default(),
+        rows,
+        cols,
+        samples_per_pixel: px.samples_per_pixel as u16,
+        photometric: get_str(ds, tags::PHOTOMETRIC_INTERPRETATION),
+        bits_allocated: px.bits_allocated as u16,
+        bits_stored: px.bits_stored as u16,
+        high_bit: px.high_bit as u16,
+        signed: get_int(ds, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1,
+        n_frames,
+        frames,
+        source: src,
+    })
+}
 
-    // Sizes from the header must fit the Pixel Data that is really there, before anything
-    // sized by them is allocated.
+/// NumberOfFrames (1 when absent); why it is bad otherwise.
+fn number_of_frames(ds: &InMemDicomObject) -> Result<u32, String> {
+    match get_number(ds, tags::NUMBER_OF_FRAMES) {
+        Field::Absent => Ok(1),
+        Field::Value(n) if n >= 1.0 && n.fract() == 0.0 && n <= f64::from(u32::MAX) => Ok(n as u32),
+        // Some writers put 0 in single-frame files.
+        Field::Value(0.0) => Ok(1),
+        Field::Value(n) => Err(format!(
+            "bad NumberOfFrames (0028,0008): {n} (expected a positive integer)"
+        )),
+        Field::Invalid(raw) => Err(format!(
+            "bad NumberOfFrames (0028,0008): invalid value '{raw}'"
+        )),
+    }
+}
+
+/// The sample layout of the Image Pixel module, checked for consistency.
+struct PixelModule {
+    samples_per_pixel: i64,
+    bits_allocated: i64,
+    bits_stored: i64,
+    high_bit: i64,
+}
+
+impl PixelModule {
+    /// Read with the defaults of a CT (1 sample of 16 bits, all stored, high bit last); why
+    /// it is bad otherwise.
+    fn read(ds: &InMemDicomObject) -> Result<PixelModule, String> {
+        let samples_per_pixel = get_int(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        let bits_allocated = get_int(ds, tags::BITS_ALLOCATED).unwrap_or(16);
+        let bits_stored = get_int(ds, tags::BITS_STORED).unwrap_or(bits_allocated);
+        let high_bit = get_int(ds, tags::HIGH_BIT).unwrap_or(bits_stored - 1);
+        if !(1..=4).contains(&samples_per_pixel) {
+            return Err(format!(
+                "bad SamplesPerPixel (0028,0002): {samples_per_pixel} (expected 1, 3 or 4)"
+            ));
+        }
+        if !matches!(bits_allocated, 1 | 8 | 16 | 32 | 64) {
+            return Err(format!(
+                "bad BitsAllocated (0028,0100): {bits_allocated} (expected 1, 8, 16, 32 or 64)"
+            ));
+        }
+        if !(1..=bits_allocated).contains(&bits_stored) {
+            return Err(format!(
+                "bad BitsStored (0028,0101): {bits_stored} (expected 1..={bits_allocated}, the BitsAllocated)"
+            ));
+        }
+        if !(bits_stored - 1..bits_allocated).contains(&high_bit) {
+            return Err(format!(
+                "bad HighBit (0028,0102): {high_bit} (expected {}..={} for BitsStored {bits_stored}, BitsAllocated {bits_allocated})",
+                bits_stored - 1,
+                bits_allocated - 1
+            ));
+        }
+        Ok(PixelModule {
+            samples_per_pixel,
+            bits_allocated,
+            bits_stored,
+            high_bit,
+        })
+    }
+}
+
+/// Sizes from the header must fit the Pixel Data that is really there, before anything sized
+/// by them is allocated; why they do not otherwise.
+fn check_pixel_extent(
+    pixel_data: Option<PixelExtent>,
+    rows: u32,
+    cols: u32,
+    n_frames: u32,
+    px: &PixelModule,
+) -> Result<(), String> {
+    let (samples_per_pixel, bits_allocated) = (px.samples_per_pixel, px.bits_allocated);
     let frame_bits =
         u64::from(rows) * u64::from(cols) * samples_per_pixel as u64 * bits_allocated as u64;
     let frame_bytes = frame_bits.div_ceil(8);
     let total = frame_bytes.saturating_mul(u64::from(n_frames));
-    match walked.pixel_data {
-        None => {
-            return Err(broken(
-                "no Pixel Data (7FE0,0010) although Rows and Columns are set".into(),
-            ))
-        }
+    match pixel_data {
+        None => Err("no Pixel Data (7FE0,0010) although Rows and Columns are set".into()),
         Some(PixelExtent::Native { len }) => {
             if total > len {
-                return Err(broken(format!(
+                return Err(format!(
                     "Pixel Data (7FE0,0010) holds {len} bytes, but NumberOfFrames {n_frames} × Rows {rows} × Columns {cols} × SamplesPerPixel {samples_per_pixel} × BitsAllocated {bits_allocated} / 8 needs {total}"
-                )));
+                ));
             }
+            Ok(())
         }
         Some(PixelExtent::Encapsulated { items, bytes }) => {
             // Item 1 is the Basic Offset Table; every frame has at least one fragment.
             let fragments = items.saturating_sub(1) as u64;
             if u64::from(n_frames) > fragments {
-                return Err(broken(format!(
+                return Err(format!(
                     "NumberOfFrames (0028,0008) is {n_frames} but the encapsulated Pixel Data has {fragments} fragment(s)"
-                )));
+                ));
             }
             if total > EXPANSION_FLOOR.max(bytes.saturating_mul(MAX_EXPANSION)) {
-                return Err(broken(format!(
+                return Err(format!(
                     "NumberOfFrames {n_frames} × Rows {rows} × Columns {cols} × SamplesPerPixel {samples_per_pixel} would decode to {} MiB from {bytes} bytes of compressed data (more than {MAX_EXPANSION}× expansion)",
                     total >> 20
-                )));
+                ));
             }
+            Ok(())
         }
     }
+}
 
+/// Position, orientation, spacing and rescale of every frame: the top level, overridden by
+/// the shared functional groups, then by each frame's own.
+fn frame_infos(ds: &InMemDicomObject, n_frames: u32) -> Vec<FrameInfo> {
     let mut base = FrameInfo {
         ipp: get_floats::<3>(ds, tags::IMAGE_POSITION_PATIENT),
         iop: get_floats::<6>(ds, tags::IMAGE_ORIENTATION_PATIENT),
@@ -646,7 +704,7 @@ pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<File
         .ok()
         .flatten()
         .and_then(|e| e.items());
-    let frames: Vec<FrameInfo> = match per_frame {
+    match per_frame {
         Some(items) => (0..n_frames as usize)
             .map(|i| {
                 let mut f = base.clone();
@@ -657,30 +715,7 @@ pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<File
             })
             .collect(),
         None => vec![base; n_frames as usize],
-    };
-
-    Ok(FileHeader {
-        transfer_syntax: clean(obj.meta().transfer_syntax()),
-        has_meta,
-        series_uid,
-        series_description: get_str(ds, tags::SERIES_DESCRIPTION),
-        series_number: get_int(ds, tags::SERIES_NUMBER).map(|v| v as i32),
-        modality: get_str(ds, tags::MODALITY),
-        image_type: value(ds, tags::IMAGE_TYPE)
-            .map(|v| v.to_multi_str().iter().map(|s| clean(s)).collect())
-            .unwrap_or_default(),
-        rows,
-        cols,
-        samples_per_pixel: samples_per_pixel as u16,
-        photometric: get_str(ds, tags::PHOTOMETRIC_INTERPRETATION),
-        bits_allocated: bits_allocated as u16,
-        bits_stored: bits_stored as u16,
-        high_bit: high_bit as u16,
-        signed: get_int(ds, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1,
-        n_frames,
-        frames,
-        source: src,
-    })
+    }
 }
 
 /// A readable name for the SOP classes met in CT exports.

@@ -120,9 +120,60 @@ pub(crate) fn geometry(
     members: &[usize],
 ) -> Result<Geometry, DicomError> {
     let first = &headers[members[0]];
-    let shown = |i: usize| headers[i].source.display_path().display().to_string();
+    check_image_pixels(uid, headers, members)?;
+    let Positioned {
+        mut slices,
+        iop,
+        pixel_spacing,
+    } = positioned_slices(uid, headers, members)?;
+    let row = [iop[0], iop[1], iop[2]];
+    let col = [iop[3], iop[4], iop[5]];
+    if (norm(row) - 1.0).abs() > 1e-2
+        || (norm(col) - 1.0).abs() > 1e-2
+        || dot(row, col).abs() > 1e-2
+    {
+        return Err(DicomError::BadValue {
+            path: first.source.display_path().to_path_buf(),
+            tag: "ImageOrientationPatient (0020,0037)",
+            detail: format!("{iop:?} is not two orthogonal unit vectors"),
+        });
+    }
+    let mut normal = cross(row, col);
+    let nn = norm(normal);
+    normal = normal.map(|x| x / nn);
+    for s in &mut slices {
+        s.pos = dot(s.ipp, normal);
+    }
+    // Sort along the normal; equal positions keep file order (reported as duplicates below).
+    slices.sort_by(|a, b| a.pos.total_cmp(&b.pos));
+    if slices.len() < 2 {
+        return Err(DicomError::NotAVolume {
+            series: uid.to_string(),
+            detail: "it has a single image (2D), not a stack of slices".into(),
+        });
+    }
+    check_duplicate_positions(uid, headers, &slices)?;
+    let gaps = spacing_gaps(&slices);
+    let tilt = stack_tilt(&slices, normal);
+    Ok(Geometry {
+        slices,
+        rows: first.rows,
+        cols: first.cols,
+        pixel_spacing,
+        iop,
+        normal,
+        gaps,
+        tilt,
+    })
+}
 
-    // One image size.
+/// One image size, and single-channel greyscale pixels, in every file of the series.
+fn check_image_pixels(
+    uid: &str,
+    headers: &[FileHeader],
+    members: &[usize],
+) -> Result<(), DicomError> {
+    let shown = |i: usize| headers[i].source.display_path().display().to_string();
     let mut sizes: Vec<((u32, u32), usize, usize)> = Vec::new();
     for &m in members {
         let h = &headers[m];
@@ -168,8 +219,26 @@ pub(crate) fn geometry(
             });
         }
     }
+    Ok(())
+}
 
-    // Slices with positions, one orientation and one pixel spacing.
+/// The frames of a series with their positions, and the orientation and pixel spacing they
+/// share.
+struct Positioned {
+    /// In file order; positions along the normal still 0.
+    slices: Vec<SliceRef>,
+    iop: [f64; 6],
+    pixel_spacing: [f64; 2],
+}
+
+/// Every frame of the series as a slice with its position and rescale, checked for one
+/// orientation and one pixel spacing.
+fn positioned_slices(
+    uid: &str,
+    headers: &[FileHeader],
+    members: &[usize],
+) -> Result<Positioned, DicomError> {
+    let shown = |i: usize| headers[i].source.display_path().display().to_string();
     let mut slices = Vec::new();
     let mut iop0: Option<[f64; 6]> = None;
     let mut ps0: Option<[f64; 2]> = None;
@@ -240,33 +309,19 @@ pub(crate) fn geometry(
     }
     let iop = iop0.expect("at least one slice");
     let pixel_spacing = ps0.expect("at least one slice");
-    let row = [iop[0], iop[1], iop[2]];
-    let col = [iop[3], iop[4], iop[5]];
-    if (norm(row) - 1.0).abs() > 1e-2
-        || (norm(col) - 1.0).abs() > 1e-2
-        || dot(row, col).abs() > 1e-2
-    {
-        return Err(DicomError::BadValue {
-            path: first.source.display_path().to_path_buf(),
-            tag: "ImageOrientationPatient (0020,0037)",
-            detail: format!("{iop:?} is not two orthogonal unit vectors"),
-        });
-    }
-    let mut normal = cross(row, col);
-    let nn = norm(normal);
-    normal = normal.map(|x| x / nn);
-    for s in &mut slices {
-        s.pos = dot(s.ipp, normal);
-    }
-    // Sort along the normal; equal positions keep file order (reported as duplicates below).
-    slices.sort_by(|a, b| a.pos.total_cmp(&b.pos));
+    Ok(Positioned {
+        slices,
+        iop,
+        pixel_spacing,
+    })
+}
 
-    if slices.len() < 2 {
-        return Err(DicomError::NotAVolume {
-            series: uid.to_string(),
-            detail: "it has a single image (2D), not a stack of slices".into(),
-        });
-    }
+/// Two slices (sorted along the normal) at the same position are an error naming both.
+fn check_duplicate_positions(
+    uid: &str,
+    headers: &[FileHeader],
+    slices: &[SliceRef],
+) -> Result<(), DicomError> {
     for w in slices.windows(2) {
         if (w[1].pos - w[0].pos).abs() < 1e-3 {
             let file = |s: &SliceRef| {
@@ -288,8 +343,11 @@ pub(crate) fn geometry(
             });
         }
     }
+    Ok(())
+}
 
-    // Spacing along the normal.
+/// Spacings along the normal off the median (at least 2 sorted slices), if any.
+fn spacing_gaps(slices: &[SliceRef]) -> Option<Gaps> {
     let diffs: Vec<f64> = slices.windows(2).map(|w| w[1].pos - w[0].pos).collect();
     let mut sorted = diffs.clone();
     sorted.sort_by(f64::total_cmp);
@@ -301,7 +359,7 @@ pub(crate) fn geometry(
         .filter(|(_, d)| (**d - median).abs() > tol)
         .map(|(w, d)| (w[0].pos, w[1].pos, *d))
         .collect();
-    let gaps = (!off.is_empty()).then(|| {
+    (!off.is_empty()).then(|| {
         let p0 = slices[0].pos;
         let max_displacement = slices
             .iter()
@@ -313,19 +371,21 @@ pub(crate) fn geometry(
             off,
             max_displacement,
         }
-    });
+    })
+}
 
-    // In-plane drift of positions (gantry tilt / shear).
+/// In-plane drift of the positions (gantry tilt / shear) beyond rounding, if any.
+fn stack_tilt(slices: &[SliceRef], normal: [f64; 3]) -> Option<Tilt> {
     let p0 = slices[0].ipp;
     let extent = slices.last().unwrap().pos - slices[0].pos;
     let mut max_offset: f64 = 0.0;
-    for s in &slices {
+    for s in slices {
         let d = sub(s.ipp, p0);
         let along = dot(d, normal);
         let inplane = sub(d, normal.map(|x| x * along));
         max_offset = max_offset.max(norm(inplane));
     }
-    let tilt = (max_offset > 0.02 + 1e-4 * extent).then(|| {
+    (max_offset > 0.02 + 1e-4 * extent).then(|| {
         let last = slices.last().unwrap();
         let d = sub(last.ipp, p0);
         let along = dot(d, normal);
@@ -336,17 +396,6 @@ pub(crate) fn geometry(
             angle_deg: norm(shear_per_mm).atan().to_degrees(),
             max_offset,
         }
-    });
-
-    Ok(Geometry {
-        slices,
-        rows: first.rows,
-        cols: first.cols,
-        pixel_spacing,
-        iop,
-        normal,
-        gaps,
-        tilt,
     })
 }
 

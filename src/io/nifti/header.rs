@@ -1,11 +1,12 @@
 //! The 348-byte NIfTI-1 header: parsing (either byte order), validation into a [`NiftiInfo`],
-//! and serialisation (always little-endian). The affine rule lives in `xform`.
+//! a fresh header for an affine ([`header_from_affine`]) and serialisation (always
+//! little-endian). The affine rule and the quaternion arithmetic live in `xform`.
 //!
 //! We parse the header ourselves rather than through `nifti::NiftiHeader::from_reader` so that
 //! every problem becomes a [`NiftiError`] naming the file and the field; the parsed values are
 //! still kept in a `nifti::NiftiHeader`, the type `volume::NiftiSource` carries.
 
-use super::xform::{best_affine, AffineSource};
+use super::xform::{best_affine, quatern_from_affine, AffineSource};
 use super::NiftiError;
 use crate::geometry::Affine;
 use crate::volume::StoredType;
@@ -383,6 +384,46 @@ pub(crate) fn set_shape(h: &mut NiftiHeader, shape: [usize; 3]) {
     }
 }
 
+/// A fresh header carrying `affine` as sform and qform, both with code 1 (scanner), pixdim from
+/// the column lengths: what dcm2niix writes for a DICOM series.
+pub(crate) fn header_from_affine(affine: &Affine, shape: [usize; 3]) -> NiftiHeader {
+    let q = quatern_from_affine(affine);
+    let row = |r: usize| affine.0[r].map(|v| v as f32);
+    let mut h = NiftiHeader {
+        dim: [3, 1, 1, 1, 1, 1, 1, 1],
+        pixdim: [
+            q.qfac as f32,
+            q.zooms[0] as f32,
+            q.zooms[1] as f32,
+            q.zooms[2] as f32,
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+        ],
+        vox_offset: MIN_VOX_OFFSET as f32,
+        scl_slope: 1.0,
+        scl_inter: 0.0,
+        xyzt_units: UNITS_MM_SEC,
+        qform_code: XFORM_SCANNER,
+        sform_code: XFORM_SCANNER,
+        quatern_b: q.b as f32,
+        quatern_c: q.c as f32,
+        quatern_d: q.d as f32,
+        quatern_x: q.offset[0] as f32,
+        quatern_y: q.offset[1] as f32,
+        quatern_z: q.offset[2] as f32,
+        srow_x: row(0),
+        srow_y: row(1),
+        srow_z: row(2),
+        magic: *nifti::header::MAGIC_CODE_NIP1,
+        endianness: Endianness::Little,
+        ..NiftiHeader::default()
+    };
+    set_shape(&mut h, shape);
+    h
+}
+
 /// Serialise as a little-endian single-file header followed by an empty extension flag
 /// (`MIN_VOX_OFFSET` bytes). `vox_offset` is forced to 352 and the magic to `n+1`.
 pub(crate) fn to_bytes(h: &NiftiHeader) -> [u8; MIN_VOX_OFFSET] {
@@ -456,7 +497,6 @@ pub(crate) fn descrip(text: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::nifti::xform::header_from_affine;
 
     fn affine() -> Affine {
         Affine([

@@ -271,7 +271,7 @@ pub fn write_volume(path: &Path, volume: &Volume, dtype: VolumeDtype) -> Result<
 }
 
 /// [`write_volume`] with the header's `descrip` set to `descrip` (the phantom writer stamps
-/// `train::PHANTOM_TAG` this way, so `run` can tell phantoms from real CT).
+/// `phantom::PHANTOM_TAG` this way, so `run` can tell phantoms from real CT).
 pub fn write_volume_described(
     path: &Path,
     volume: &Volume,

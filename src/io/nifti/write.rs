@@ -100,7 +100,7 @@ pub fn write_array_on<T: NiftiElement>(
 }
 
 /// [`write_array_on`] with `descrip` set to `text` when given (truncated to 80 bytes): how the
-/// phantom writer stamps its tag (`train::PHANTOM_TAG`).
+/// phantom writer stamps its tag (`phantom::PHANTOM_TAG`).
 pub fn write_array_described<T: NiftiElement>(
     path: &Path,
     data: ArrayView3<'_, T>,
@@ -127,7 +127,7 @@ pub fn write_array_with_affine<T: NiftiElement>(
     affine: &Affine,
     role: ArrayRole,
 ) -> Result<(), NiftiError> {
-    let h = xform::header_from_affine(affine, dim3(&data));
+    let h = header::header_from_affine(affine, dim3(&data));
     write_with_header(path, h, data, role, None)
 }
 
@@ -156,7 +156,7 @@ fn dim3<T>(a: &ArrayView3<'_, T>) -> [usize; 3] {
 /// The header that carries `grid`'s geometry: its own NIfTI header when that header still
 /// describes the grid, else a fresh one from the affine.
 fn geometry_header(grid: Grid<'_>) -> NiftiHeader {
-    let fresh = || xform::header_from_affine(grid.affine, grid.shape);
+    let fresh = || header::header_from_affine(grid.affine, grid.shape);
     let Source::Nifti(src) = grid.source else {
         return fresh();
     };

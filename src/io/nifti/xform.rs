@@ -1,9 +1,8 @@
 //! The affine rule of NIfTI readers (nibabel's, exactly) and the qform of an affine for
 //! writing (nifti1_io's `nifti_mat44_to_quatern`, as dcm2niix uses).
 
-use super::header::{set_shape, MIN_VOX_OFFSET, UNITS_MM_SEC, XFORM_SCANNER};
 use crate::geometry::Affine;
-use nifti::{Endianness, NiftiHeader};
+use nifti::NiftiHeader;
 
 /// Which header field defined the affine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,49 +348,10 @@ fn polar(a: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
     z
 }
 
-/// A fresh header carrying `affine` as sform and qform, both with code 1 (scanner), pixdim from
-/// the column lengths: what dcm2niix writes for a DICOM series.
-pub(crate) fn header_from_affine(affine: &Affine, shape: [usize; 3]) -> NiftiHeader {
-    let q = quatern_from_affine(affine);
-    let row = |r: usize| affine.0[r].map(|v| v as f32);
-    let mut h = NiftiHeader {
-        dim: [3, 1, 1, 1, 1, 1, 1, 1],
-        pixdim: [
-            q.qfac as f32,
-            q.zooms[0] as f32,
-            q.zooms[1] as f32,
-            q.zooms[2] as f32,
-            1.0,
-            1.0,
-            1.0,
-            1.0,
-        ],
-        vox_offset: MIN_VOX_OFFSET as f32,
-        scl_slope: 1.0,
-        scl_inter: 0.0,
-        xyzt_units: UNITS_MM_SEC,
-        qform_code: XFORM_SCANNER,
-        sform_code: XFORM_SCANNER,
-        quatern_b: q.b as f32,
-        quatern_c: q.c as f32,
-        quatern_d: q.d as f32,
-        quatern_x: q.offset[0] as f32,
-        quatern_y: q.offset[1] as f32,
-        quatern_z: q.offset[2] as f32,
-        srow_x: row(0),
-        srow_y: row(1),
-        srow_z: row(2),
-        magic: *nifti::header::MAGIC_CODE_NIP1,
-        endianness: Endianness::Little,
-        ..NiftiHeader::default()
-    };
-    set_shape(&mut h, shape);
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::nifti::header::header_from_affine;
 
     fn rot(axis: usize, deg: f64) -> [[f64; 3]; 3] {
         let (s, c) = deg.to_radians().sin_cos();

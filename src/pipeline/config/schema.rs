@@ -162,14 +162,45 @@ fn parse_id_table(
     Ok(out)
 }
 
+/// Validate a raw pipeline section by section; the first error names its field.
 pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, PipelineError> {
     let o = &origin;
     if raw.name.trim().is_empty() {
         return Err(invalid(o, "name", "must not be empty"));
     }
+    check_window(o, &raw.window)?;
+    check_normalise(o, &raw.normalise)?;
+    let slicing = build_slicing(o, &raw.slicing)?;
+    let model = build_model(o, &raw.model)?;
+    let labels = build_labels(o, &raw.labels, model.num_classes)?;
+    check_splits(o, &raw.splits)?;
+    if raw.train.min_object_size == Some(0) {
+        return Err(invalid(
+            o,
+            "train.min_object_size",
+            "must be ≥ 1 (omit it to keep all objects)",
+        ));
+    }
+    let variants = build_variants(o, &raw.variants)?;
+    Ok(Pipeline {
+        name: raw.name.clone(),
+        description: raw.description.clone(),
+        origin,
+        variant: None,
+        window: raw.window,
+        normalise: raw.normalise,
+        slicing,
+        labels,
+        model,
+        splits: raw.splits.clone(),
+        train: raw.train.clone(),
+        variants,
+        raw,
+    })
+}
 
-    // [window]
-    let w = raw.window;
+/// `[window]`: finite bounds, `hu_min < hu_max`.
+fn check_window(o: &Origin, w: &Window) -> Result<(), PipelineError> {
     if !w.hu_min.is_finite() || !w.hu_max.is_finite() {
         return Err(invalid(
             o,
@@ -187,9 +218,12 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
             ),
         ));
     }
+    Ok(())
+}
 
-    // [normalise]
-    match raw.normalise {
+/// `[normalise]`: finite parameters, `eps ≥ 0`, `scale > 0`.
+fn check_normalise(o: &Origin, n: &Normalise) -> Result<(), PipelineError> {
+    match *n {
         Normalise::MinMax { eps } => {
             if !eps.is_finite() || eps < 0.0 {
                 return Err(invalid(
@@ -212,12 +246,15 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
             }
         }
     }
+    Ok(())
+}
 
-    // [slicing]
-    let frame = if raw.slicing.frame.trim().eq_ignore_ascii_case("native") {
+/// `[slicing]`: the frame (`native` or orientation letters) and a size the VAE can take.
+fn build_slicing(o: &Origin, raw: &RawSlicing) -> Result<Slicing, PipelineError> {
+    let frame = if raw.frame.trim().eq_ignore_ascii_case("native") {
         SliceFrame::Native
     } else {
-        SliceFrame::Oriented(raw.slicing.frame.parse::<AxCodes>().map_err(|e| {
+        SliceFrame::Oriented(raw.frame.parse::<AxCodes>().map_err(|e| {
             invalid(
                 o,
                 "slicing.frame",
@@ -225,24 +262,27 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
             )
         })?)
     };
-    if raw.slicing.size < 8 || !raw.slicing.size.is_multiple_of(8) {
+    if raw.size < 8 || !raw.size.is_multiple_of(8) {
         return Err(invalid(
             o,
             "slicing.size",
             format!(
                 "must be a positive multiple of 8 (the VAE downsamples by 8); got {}",
-                raw.slicing.size
+                raw.size
             ),
         ));
     }
-    let slicing = Slicing {
+    Ok(Slicing {
         frame,
-        size: raw.slicing.size,
-        resize: raw.slicing.resize,
-    };
+        size: raw.size,
+        resize: raw.resize,
+    })
+}
 
-    // [model]
-    let num_classes = raw.model.num_classes;
+/// `[model]`: at least 2 classes (as many as a known preset has), weights relative to the
+/// pipeline file.
+fn build_model(o: &Origin, raw: &RawModel) -> Result<ModelSection, PipelineError> {
+    let num_classes = raw.num_classes;
     if num_classes < 2 {
         return Err(invalid(
             o,
@@ -253,35 +293,38 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
     if num_classes > u16::MAX as usize {
         return Err(invalid(o, "model.num_classes", "too large"));
     }
-    if raw.model.preset.trim().is_empty() {
+    if raw.preset.trim().is_empty() {
         return Err(invalid(o, "model.preset", "must not be empty"));
     }
-    if let Some((_, k)) = KNOWN_PRESETS.iter().find(|(n, _)| *n == raw.model.preset) {
+    if let Some((_, k)) = KNOWN_PRESETS.iter().find(|(n, _)| *n == raw.preset) {
         if *k != num_classes {
             return Err(invalid(
                 o,
                 "model.num_classes",
                 format!(
                     "preset '{}' has {k} classes but num_classes = {num_classes}",
-                    raw.model.preset
+                    raw.preset
                 ),
             ));
         }
     }
-    let weights = match raw.model.weights.as_deref().map(str::trim) {
+    let weights = match raw.weights.as_deref().map(str::trim) {
         None => None,
         Some("") => return Err(invalid(o, "model.weights", "must not be empty")),
-        Some(w) => Some(origin.resolve(w)),
+        Some(w) => Some(o.resolve(w)),
     };
-    let model = ModelSection {
-        preset: raw.model.preset.clone(),
+    Ok(ModelSection {
+        preset: raw.preset.clone(),
         num_classes,
         weights,
-    };
+    })
+}
 
-    // [labels]
-    let source = parse_id_table(o, "labels.source", &raw.labels.source)?;
-    let classes = parse_id_table(o, "labels.classes", &raw.labels.classes)?;
+/// `[labels]`: classes named exactly `0..num_classes`, every source label remapped to a
+/// class, foreground classes among `1..num_classes` (default: all of them).
+fn build_labels(o: &Origin, raw: &RawLabels, num_classes: usize) -> Result<Labels, PipelineError> {
+    let source = parse_id_table(o, "labels.source", &raw.source)?;
+    let classes = parse_id_table(o, "labels.classes", &raw.classes)?;
     let expected: BTreeSet<u16> = (0..num_classes as u16).collect();
     let got: BTreeSet<u16> = classes.keys().copied().collect();
     if got != expected {
@@ -296,7 +339,6 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
         ));
     }
     let remap = raw
-        .labels
         .remap
         .as_ref()
         .map(|r| Remap {
@@ -317,7 +359,7 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
             ));
         }
     }
-    let foreground = match &raw.labels.foreground {
+    let foreground = match &raw.foreground {
         Some(f) => {
             let mut f = f.clone();
             f.sort_unstable();
@@ -339,16 +381,18 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
         }
         None => (1..num_classes as u16).collect(),
     };
-    let labels = Labels {
+    Ok(Labels {
         source,
         remap,
         classes,
         foreground,
-    };
+    })
+}
 
-    // [splits]
+/// `[splits]`: non-empty case ids, each listed once across test and train.
+fn check_splits(o: &Origin, splits: &Splits) -> Result<(), PipelineError> {
     let mut seen = BTreeSet::new();
-    for (list, ids) in [("test", &raw.splits.test), ("train", &raw.splits.train)] {
+    for (list, ids) in [("test", &splits.test), ("train", &splits.train)] {
         for id in ids.iter() {
             if id.trim().is_empty() {
                 return Err(invalid(o, &format!("splits.{list}"), "empty case id"));
@@ -362,19 +406,16 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
             }
         }
     }
+    Ok(())
+}
 
-    // [train]
-    if raw.train.min_object_size == Some(0) {
-        return Err(invalid(
-            o,
-            "train.min_object_size",
-            "must be ≥ 1 (omit it to keep all objects)",
-        ));
-    }
-
-    // [variants.*]
+/// `[variants.*]`: named overrides, kept raw (applied by [`apply_variant`]).
+fn build_variants(
+    o: &Origin,
+    raw: &BTreeMap<String, RawVariant>,
+) -> Result<BTreeMap<String, Variant>, PipelineError> {
     let mut variants = BTreeMap::new();
-    for (name, v) in &raw.variants {
+    for (name, v) in raw {
         if name.trim().is_empty() {
             return Err(invalid(o, "variants", "empty variant name"));
         }
@@ -389,20 +430,5 @@ pub(super) fn build(raw: RawPipeline, origin: Origin) -> Result<Pipeline, Pipeli
             },
         );
     }
-
-    Ok(Pipeline {
-        name: raw.name.clone(),
-        description: raw.description.clone(),
-        origin,
-        variant: None,
-        window: raw.window,
-        normalise: raw.normalise,
-        slicing,
-        labels,
-        model,
-        splits: raw.splits.clone(),
-        train: raw.train.clone(),
-        variants,
-        raw,
-    })
+    Ok(variants)
 }

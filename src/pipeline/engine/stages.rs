@@ -10,7 +10,6 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::prep::VolumePlan;
-use crate::geometry::{frame_view, frame_view_mut};
 use super::{CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
 use crate::pipeline::postprocess::PostprocessError;
 use crate::pipeline::preview::{self, PreviewSlices};
@@ -185,7 +184,7 @@ fn read_one(
     details.spacing = Some(volume.spacing());
     details.orientation = Some(volume.axcodes().to_string());
     details.warnings = volume.provenance().warnings.clone();
-    if engine.options.demo_model && !crate::train::looks_like_demo_phantom(&volume) {
+    if engine.options.demo_model && !crate::phantom::looks_like_demo_phantom(&volume) {
         details
             .warnings
             .push(crate::pipeline::demo::report_warning());
@@ -270,7 +269,7 @@ fn prepare(
         for first in (0..n).step_by(batch) {
             let b = batch.min(n - first);
             let t = Instant::now();
-            let view = frame_view(volume.data().view(), &plan.geometry.reorientation);
+            let view = plan.geometry.reorientation.view(volume.data().view());
             let mut images = vec![0f32; b * slice];
             images
                 .par_chunks_mut(slice)
@@ -483,8 +482,8 @@ fn finish_batch(
     let plan = &c.loaded.plan;
     let size = engine.slicer.model_size();
     let r = &plan.geometry.reorientation;
-    let hu = frame_view(c.loaded.volume.data().view(), r);
-    let mut lab = frame_view_mut(c.labels.view_mut(), r);
+    let hu = r.view(c.loaded.volume.data().view());
+    let mut lab = r.view_mut(c.labels.view_mut());
     let mut sub = lab.slice_axis_mut(Axis(2), Slice::from(first..first + b));
     let accs: Vec<Result<LabelAccumulator, PostprocessError>> = sub
         .axis_iter_mut(Axis(2))
