@@ -1,7 +1,7 @@
 //! Real-world corpus: every DICOM and NIfTI test file shipped in the pydicom and nibabel
 //! packages, and series assembled from them, through `import` of the shipped binary.
 //!
-//! `tests/corpus/corpus.py` does the work (its docstring lists the inputs, the references
+//! `tests/it/corpus.py` does the work (its docstring lists the inputs, the references
 //! and the outcomes CORRECT, REFUSED, WRONG, CRASH, HANG, RSS); this test finds the
 //! interpreter, runs the script with the binary and a work folder, streams its output (one
 //! line per input, then tables by outcome and transfer syntax, the refusal reasons and the
@@ -15,8 +15,7 @@
 //! plugin). `SDSEG_CORPUS_OUT=DIR` (new or empty) keeps the work folder: the assembled series,
 //! each run's stdout, stderr and output, and `results.json`.
 
-#[path = "shipped/mod.rs"]
-mod shipped;
+use crate::support::shipped;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -58,7 +57,7 @@ fn pydicom_and_nibabel_test_files_through_import() {
     let work = std::env::var_os("SDSEG_CORPUS_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| tmp.path().join("work"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/corpus.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/corpus.py");
     let mut child = Command::new(python())
         .arg("-u")
         .arg(&script)

@@ -3,7 +3,7 @@
 //! STS-3D (`labelled/image/Teeth_NNNN_0000.nii.gz`, `labelled/label/...`), with the tiny
 //! fixture checkpoint (`../shared/fixtures/tiny-binary`) or the threshold test model.
 
-mod run_util;
+use crate::support::run_util;
 
 use ndarray::Array3;
 use run_util::*;

@@ -196,7 +196,7 @@ fn builtin_sts3d_has_the_official_values() {
 #[test]
 fn pipeline_files_load_by_path_and_resolve_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let text = include_str!("../pipelines/sts3d.toml").replace(
+    let text = include_str!("../../pipelines/sts3d.toml").replace(
         "num_classes = 2",
         "num_classes = 2\nweights = \"models/teeth.safetensors\"",
     );
@@ -221,7 +221,7 @@ fn pipeline_files_load_by_path_and_resolve_weights() {
 /// Parse the BTCV file with one edit and return the error message.
 fn btcv_error(from: &str, to: &str) -> (PipelineError, String) {
     let dir = tempfile::tempdir().unwrap();
-    let text = include_str!("../pipelines/btcv.toml");
+    let text = include_str!("../../pipelines/btcv.toml");
     assert!(text.contains(from), "test edit '{from}' not found");
     let path = dir.path().join("edited.toml");
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();

@@ -4,8 +4,7 @@
 //! names the file and the field — or, where the README says so, read with a warning. No
 //! crash, no allocation sized by an unchecked header, no silent garbage.
 
-#[path = "shipped/mod.rs"]
-mod shipped;
+use crate::support::shipped;
 
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_object::open_file;

@@ -3,7 +3,7 @@
 //! covered by the model tests; this file covers cases, outputs, resume, sharding, failures,
 //! reports and previews.
 
-mod run_util;
+use crate::support::run_util;
 
 use run_util::*;
 use std::path::Path;

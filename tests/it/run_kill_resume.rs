@@ -3,7 +3,7 @@
 //! batch (`--test-segmenter threshold:2:MS`) so the kill lands while cases are in flight; the
 //! sleep changes no output.
 
-mod run_util;
+use crate::support::run_util;
 
 use run_util::*;
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! an input that is not a demo phantom, and the usage errors. The demo model's weights are
 //! trained elsewhere; these tests write a randomly initialised `sdseg-demo` model.
 
-mod run_util;
+use crate::support::run_util;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! the official key layout (names and shapes equal to the official fixture's for the same
 //! config), losses that fall over a few steps, and `run` loading what `train` wrote.
 
-mod run_util;
+use crate::support::run_util;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

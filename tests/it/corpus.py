@@ -4,7 +4,7 @@ packages, and series assembled from them, through `sdseg-volume import` (the shi
 
     corpus.py BINARY WORKDIR [--only SUBSTRING] [--timeout 60] [--rss-limit-mib 1024]
 
-Driven by tests/corpus.rs. Every input is classified:
+Driven by tests/it/corpus.rs. Every input is classified:
 
     CORRECT     exit 0 and the output NIfTI equals the reference read (below)
     REFUSED     exit 2; the reason (stderr) is recorded and listed, grouped, at the end
