@@ -8,57 +8,42 @@
 //! failures) and fails when the script exits non-zero: an input was WRONG, CRASHed, HUNG or
 //! went over the RSS limit.
 //!
-//! The interpreter is `$SDSEG_PYTHON` (default `python3`) with numpy, pydicom and nibabel,
-//! plus pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg and pylibjpeg-rle so that pydicom
-//! decodes the compressed files (`.ci/run` pins them). Without pydicom or nibabel the
-//! test is skipped with a notice, unless `CI` is set: then it fails (as does a missing
-//! plugin). `SDSEG_CORPUS_OUT=DIR` (new or empty) keeps the work folder: the assembled series,
-//! each run's stdout, stderr and output, and `results.json`.
+//! The interpreter (`support::python`) needs numpy, pydicom and nibabel, plus pylibjpeg,
+//! pylibjpeg-libjpeg, pylibjpeg-openjpeg and pylibjpeg-rle so that pydicom decodes the
+//! compressed files (`.ci/run` pins them); a missing one fails the test unless
+//! `SDSEG_ALLOW_MISSING_TOOLS=1`. `SDSEG_CORPUS_OUT=DIR` (new or empty) keeps the work folder:
+//! the assembled series, each run's stdout, stderr and output, and `results.json`.
 
-use crate::support::shipped;
+use crate::support::python::require_python;
+use crate::support::{repo, shipped, tempdir};
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn python() -> String {
-    std::env::var("SDSEG_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// True when numpy, pydicom and nibabel import; false (after a notice) when not and CI is unset.
-fn have_python_modules() -> bool {
-    let ok = Command::new(python())
-        .args(["-c", "import numpy, pydicom, nibabel"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "CI is set but `{} -c 'import numpy, pydicom, nibabel'` fails: install them (see .ci/run)",
-                python()
-            );
-        }
-        eprintln!(
-            "SKIPPED: numpy, pydicom or nibabel not importable by {} (set SDSEG_PYTHON); CI would fail here",
-            python()
-        );
-    }
-    ok
-}
+/// Import names of the packages the script needs: the references and pydicom's decoder plugins.
+const MODULES: &[&str] = &[
+    "numpy",
+    "pydicom",
+    "nibabel",
+    "pylibjpeg",
+    "libjpeg",
+    "openjpeg",
+    "rle",
+];
 
 #[test]
 fn pydicom_and_nibabel_test_files_through_import() {
-    if !have_python_modules() {
+    let Some(python) = require_python(MODULES) else {
         return;
-    }
+    };
     let binary = shipped::binary();
-    let tmp = tempfile::tempdir().expect("temporary folder");
+    let tmp = tempdir();
     let work = std::env::var_os("SDSEG_CORPUS_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| tmp.path().join("work"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/corpus.py");
-    let mut child = Command::new(python())
+    let script = repo().join("tests/it/corpus.py");
+    let mut child = Command::new(&python)
         .arg("-u")
         .arg(&script)
         .arg(binary)
@@ -67,7 +52,7 @@ fn pydicom_and_nibabel_test_files_through_import() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {} {}: {e}", python(), script.display()));
+        .unwrap_or_else(|e| panic!("start {} {}: {e}", python.display(), script.display()));
     let stderr = child.stderr.take().expect("piped stderr");
     let relay = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
