@@ -5,12 +5,14 @@
 
 mod support;
 
+mod architecture;
 mod bench_cli;
 mod corpus;
 mod demo_run;
 mod dicom;
 mod eval;
 mod fuzz_regressions;
+mod installed;
 mod interop_dcm2niix;
 mod interop_nibabel;
 mod metrics;

@@ -2,10 +2,10 @@
 //! the binary, so the bundled demo model must come from the binary itself, whatever folder the
 //! user is in and whether or not the source tree still exists.
 
-mod shipped;
-
 use std::path::Path;
 use std::process::{Command, Output};
+
+use crate::support::{repo, shipped, tempdir};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -46,8 +46,8 @@ fn run(bin: &Path, cwd: &Path, home: &Path, hide: Option<&Path>, args: &[&str]) 
 
 #[test]
 fn the_installed_binary_runs_the_demo_from_any_folder_without_the_source_tree() {
-    let tree = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let d = tempfile::tempdir().unwrap();
+    let tree = repo();
+    let d = tempdir();
     assert!(
         !d.path().starts_with(tree),
         "the temp folder must lie outside the source tree"

@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::support::repo;
+
 /// (from, to) → one file that makes the edge.
 type Edges = BTreeMap<(String, String), PathBuf>;
 
 #[test]
 fn top_level_modules_form_no_cycle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut edges = Edges::new();
     for file in rust_files(&src) {
         let rel = file.strip_prefix(&src).unwrap();
@@ -46,7 +48,7 @@ fn top_level_modules_form_no_cycle() {
 
 #[test]
 fn sibling_submodules_form_no_cycle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut checked = 0;
     for top in std::fs::read_dir(&src).unwrap() {
         let dir = top.unwrap().path();
@@ -101,7 +103,7 @@ fn sibling_submodules_form_no_cycle() {
 
 /// Files under `src/<dir>` (code only) that mention any of `needles`, except `allowed`.
 fn offenders(dir: &str, needles: &[&str], allowed: &[&str]) -> Vec<String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut out = Vec::new();
     let root = src.join(dir);
     let files = if root.is_file() {
@@ -439,7 +441,7 @@ fn describe(what: &str, cycle: &[String], edges: &Edges) -> String {
     lines.join("\n")
 }
 
-/// `SDSEG_PRINT_MODULE_GRAPH=1 cargo test --test architecture -- --nocapture` prints the graph.
+/// `SDSEG_PRINT_MODULE_GRAPH=1 cargo test --test it architecture -- --nocapture` prints the graph.
 fn print_graph(edges: &Edges) {
     let mut by_from: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (f, t) in edges.keys() {
