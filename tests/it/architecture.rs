@@ -94,7 +94,10 @@ fn sibling_submodules_form_no_cycle() {
             print_graph(&edges);
         }
         if let Some(cycle) = find_cycle(&edges) {
-            panic!("{}", describe(&format!("submodules of `{top}`"), &cycle, &edges));
+            panic!(
+                "{}",
+                describe(&format!("submodules of `{top}`"), &cycle, &edges)
+            );
         }
         checked += 1;
     }
@@ -114,8 +117,15 @@ fn offenders(dir: &str, needles: &[&str], allowed: &[&str]) -> Vec<String> {
         vec![]
     };
     for file in files {
-        let rel = file.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
-        if allowed.iter().any(|a| rel == *a || rel.starts_with(&format!("{a}/"))) {
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        if allowed
+            .iter()
+            .any(|a| rel == *a || rel.starts_with(&format!("{a}/")))
+        {
             continue;
         }
         let code = code_only(&std::fs::read_to_string(&file).unwrap());
@@ -129,8 +139,18 @@ fn offenders(dir: &str, needles: &[&str], allowed: &[&str]) -> Vec<String> {
 #[test]
 fn the_pipeline_never_sees_candle_except_through_the_segmenter_seam() {
     let found = offenders("pipeline", &["candle"], &["pipeline/segmenter.rs"]);
-    assert!(found.is_empty(), "candle outside pipeline::segmenter: {found:?}");
-    for dir in ["io", "metrics", "geometry.rs", "volume.rs", "eval.rs", "eval"] {
+    assert!(
+        found.is_empty(),
+        "candle outside pipeline::segmenter: {found:?}"
+    );
+    for dir in [
+        "io",
+        "metrics",
+        "geometry.rs",
+        "volume.rs",
+        "eval.rs",
+        "eval",
+    ] {
         let found = offenders(dir, &["candle"], &[]);
         assert!(found.is_empty(), "{dir} uses candle: {found:?}");
     }
@@ -143,7 +163,10 @@ fn file_access_stays_where_the_map_says() {
     assert!(found.is_empty(), "metrics opens files: {found:?}");
     // The model reads weights (checkpoint/) and configs (config.rs), nothing else.
     let found = offenders("model", FS, &["model/checkpoint", "model/config.rs"]);
-    assert!(found.is_empty(), "model opens files outside checkpoint/config: {found:?}");
+    assert!(
+        found.is_empty(),
+        "model opens files outside checkpoint/config: {found:?}"
+    );
 }
 
 #[test]
@@ -153,10 +176,16 @@ fn the_scanner_sees_grouped_imports_and_ignores_comments() {
          let s = \"crate::eval\"; let c = 'x';\nfn f() { crate::metrics::dice(); }\n\
          use super::super::cases::Case;",
     );
-    let heads: BTreeSet<String> = crate_paths(&code).into_iter().map(|p| p[0].clone()).collect();
+    let heads: BTreeSet<String> = crate_paths(&code)
+        .into_iter()
+        .map(|p| p[0].clone())
+        .collect();
     assert_eq!(
         heads,
-        ["io", "metrics", "model"].map(String::from).into_iter().collect()
+        ["io", "metrics", "model"]
+            .map(String::from)
+            .into_iter()
+            .collect()
     );
     assert_eq!(super_paths(&code), vec![(2, "cases".to_string())]);
     let edges: Edges = [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]
@@ -186,7 +215,12 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 /// The module a file belongs to, one level below `rel`'s root: `io/dicom/scan.rs` → `io`,
 /// `eval.rs` → `eval`; the crate roots (`lib.rs`, `main.rs`) belong to none.
 fn top_module(rel: &Path) -> Option<String> {
-    let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
+    let first = rel
+        .components()
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     let name = first.strip_suffix(".rs").unwrap_or(&first).to_string();
     (!matches!(name.as_str(), "lib" | "main")).then_some(name)
 }
@@ -225,8 +259,7 @@ fn code_only(text: &str) -> String {
                     i += 1;
                 }
             }
-        } else if b[i] == b'r' && (b[i + 1..].starts_with(b"\"") || b[i + 1..].starts_with(b"#"))
-        {
+        } else if b[i] == b'r' && (b[i + 1..].starts_with(b"\"") || b[i + 1..].starts_with(b"#")) {
             // Raw string r"…" / r#"…"#.
             let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
             if b.get(i + 1 + hashes) != Some(&b'"') {
