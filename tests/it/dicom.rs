@@ -43,8 +43,6 @@ fn assert_same(read: &Volume, expected: &Volume, tol_hu: f32) {
     assert!(max <= tol_hu, "voxels differ by up to {max} HU");
 }
 
-/// A volume with a different affine but the same voxels.
-
 #[test]
 fn round_trip_plain_axial() {
     let v = phantom([40, 40, 12], 1);

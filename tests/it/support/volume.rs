@@ -9,7 +9,7 @@ pub fn phantom(shape: [usize; 3], seed: u64) -> Volume {
     abdomen_phantom(&PhantomParams::new(shape), seed).volume
 }
 
-/// `v`'s voxels at affine `a`.
+/// A volume with a different affine but the same voxels.
 pub fn with_affine(v: &Volume, a: Affine) -> Volume {
     Volume::new(v.data().clone(), a, Provenance::synthetic()).unwrap()
 }
