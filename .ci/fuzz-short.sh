@@ -4,7 +4,7 @@
 # target finds a crash (panic, abort, timeout, or an allocation over the limits). Each
 # reproducer is printed with its base64, so the CI log alone is enough to replay it:
 #
-#   echo '<base64>' | base64 -d > crash && cargo test --test fuzz_regressions  (after
+#   echo '<base64>' | base64 -d > crash && cargo test --test it fuzz_regressions  (after
 #   copying it to testdata/fuzz-regressions/<target>/), or
 #   cargo +nightly fuzz run -s none <target> crash
 #

@@ -7,7 +7,7 @@
 # Usage (as root, from the repository root):  .ci/slurm-test.sh [path/to/sdseg-volume]
 #   default binary: $SDSEG_BIN, else target/release/sdseg-volume
 # Model: SDSEG_SLURM_MODEL=fixture uses the tiny fixture checkpoint
-#   (../shared/fixtures/tiny-binary/checkpoint.safetensors + config.json); =fake uses the
+#   (testdata/fixtures/tiny-binary/checkpoint.safetensors + config.json); =fake uses the
 #   threshold test model; =auto (default) uses the fixture when this build can load it and
 #   says so loudly when it falls back to the test model.
 # Volumes: `sdseg-volume phantom --format nifti` when the binary has it, else nibabel from
@@ -19,7 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$(realpath "${1:-${SDSEG_BIN:-$ROOT/target/release/sdseg-volume}}")
 PY=${SDSEG_PYTHON:-python3}
 MODE=${SDSEG_SLURM_MODEL:-auto}
-FIX=$(realpath -m "$ROOT/../shared/fixtures/tiny-binary")
+FIX=$ROOT/testdata/fixtures/tiny-binary
 SLURM_TMP=/tmp/slurm-sdseg-ci
 WORK=$(mktemp -d /tmp/sdseg-slurm-test.XXXXXX)
 export DEBIAN_FRONTEND=noninteractive

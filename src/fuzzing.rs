@@ -1,5 +1,5 @@
 //! Fuzz entry points: one function per reader of untrusted input, shared by the cargo-fuzz
-//! targets in `fuzz/` and by the stable regression replay in `tests/fuzz_regressions.rs`.
+//! targets in `fuzz/` and by the stable regression replay in `tests/it/fuzz_regressions.rs`.
 //!
 //! Each function feeds arbitrary bytes to the same code the CLI runs on a user's file and
 //! ignores `Err`: a malformed input must be refused with an error. A panic, an abort, a hang

@@ -2,16 +2,11 @@
 //! the official key layout (names and shapes equal to the official fixture's for the same
 //! config), losses that fall over a few steps, and `run` loading what `train` wrote.
 
-mod run_util;
-
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use run_util::*;
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-binary")
-}
+use crate::support::run_util::*;
+use crate::support::{fixture, tempdir, TINY_BINARY};
 
 /// name → shape of every tensor in a safetensors file.
 fn key_shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
@@ -47,8 +42,8 @@ fn ok(dir: &Path, args: &[&str]) -> String {
 /// `cond_stage_model.*`, `scale_factor` and the schedule buffers.
 #[test]
 fn train_writes_the_official_key_layout() {
-    let d = tempfile::tempdir().unwrap();
-    let cfg = fixture_dir().join("config.json");
+    let d = tempdir();
+    let cfg = fixture(TINY_BINARY).join("config.json");
     let out = d.path().join("run");
     ok(
         d.path(),
@@ -70,7 +65,7 @@ fn train_writes_the_official_key_layout() {
         ],
     );
     let ours = key_shapes(&out.join("last.safetensors"));
-    let theirs = key_shapes(&fixture_dir().join("checkpoint.safetensors"));
+    let theirs = key_shapes(&fixture(TINY_BINARY).join("checkpoint.safetensors"));
     let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
     let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
     assert!(
@@ -94,7 +89,7 @@ fn train_writes_the_official_key_layout() {
 /// segments a phantom with the trained checkpoint (config.json beside it).
 #[test]
 fn autoencoder_then_sdseg_losses_fall_and_run_loads_the_result() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let ae = d.path().join("ae");
     let sd = d.path().join("sd");
     let common = |out: &Path| -> Vec<String> {

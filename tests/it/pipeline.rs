@@ -10,8 +10,11 @@ use sdseg_volume::pipeline::{
     Normalise, Pipeline, PipelineError, Reassembler, ResizeBack, SliceFrame, SliceSource,
 };
 use sdseg_volume::{Affine, Provenance, Volume};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+use crate::support::python::require_python;
+use crate::support::{fixture, tempdir, TINY_BINARY};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -42,28 +45,6 @@ fn with_slicing(base: &str, frame: &str, size: usize) -> Pipeline {
     };
     p.slicing.size = size;
     p
-}
-
-/// The interpreter for reference checks, or None (test skipped) when it lacks `module` and
-/// `CI` is unset. In CI a missing module fails the test.
-fn python_with(module: &str) -> Option<PathBuf> {
-    let py = PathBuf::from(std::env::var("SDSEG_PYTHON").unwrap_or_else(|_| "python3".into()));
-    let ok = Command::new(&py)
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
-    } else if std::env::var_os("CI").is_some() {
-        panic!("CI is set but {} cannot import {module}", py.display());
-    } else {
-        eprintln!(
-            "SKIPPED: {} cannot import {module} (set SDSEG_PYTHON to an interpreter with it)",
-            py.display()
-        );
-        None
-    }
 }
 
 fn run_python(py: &Path, script: &str, dir: &Path) {
@@ -195,8 +176,8 @@ fn builtin_sts3d_has_the_official_values() {
 
 #[test]
 fn pipeline_files_load_by_path_and_resolve_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = include_str!("../pipelines/sts3d.toml").replace(
+    let dir = tempdir();
+    let text = include_str!("../../pipelines/sts3d.toml").replace(
         "num_classes = 2",
         "num_classes = 2\nweights = \"models/teeth.safetensors\"",
     );
@@ -220,8 +201,8 @@ fn pipeline_files_load_by_path_and_resolve_weights() {
 
 /// Parse the BTCV file with one edit and return the error message.
 fn btcv_error(from: &str, to: &str) -> (PipelineError, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = include_str!("../pipelines/btcv.toml");
+    let dir = tempdir();
+    let text = include_str!("../../pipelines/btcv.toml");
     assert!(text.contains(from), "test edit '{from}' not found");
     let path = dir.path().join("edited.toml");
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
@@ -369,10 +350,10 @@ fn model_input_is_nchw_with_replicated_channels() {
 /// it: a float64 array (1, X, Y, Z), zoom (1, out/X, out/Y, 1), order 1 and order 0.
 #[test]
 fn zoom_matches_scipy() {
-    let Some(py) = python_with("scipy") else {
+    let Some(py) = require_python(&["scipy"]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     // (X, Y) → (out_x, out_y); Z = 2 slices each.
     let cases: &[([usize; 2], [usize; 2])] = &[
         ([512, 512], [256, 256]),
@@ -453,10 +434,10 @@ fn zoom_matches_scipy() {
 /// 4D array, `image[:, :, idx]`) in numpy/scipy against `SliceSource`.
 #[test]
 fn preprocessing_matches_official_numpy() {
-    let Some(py) = python_with("scipy") else {
+    let Some(py) = require_python(&["scipy"]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let mut rng = Rng(42);
     let (x, y, z) = (300usize, 200usize, 3usize);
     // Integer HU, like nibabel's get_fdata of an int16 BTCV file.
@@ -608,7 +589,7 @@ fn label_slices_remap_and_zoom_like_scipy_order0() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// shared fixture (made with the official code)
+// official fixture (made with the official code)
 // ---------------------------------------------------------------------------------------------
 
 fn fixture_f32(st: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f32>) {
@@ -627,8 +608,8 @@ fn fixture_f32(st: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<usize>, Ve
 /// volume; its `mask` is `mask_prob > 0.5`, i.e. postprocessing at native size 256.
 #[test]
 fn btcv_preprocessing_and_threshold_match_the_fixture() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-binary");
-    let bytes = std::fs::read(dir.join("case.safetensors")).expect("shared fixture present");
+    let dir = fixture(TINY_BINARY);
+    let bytes = std::fs::read(dir.join("case.safetensors")).expect("fixture present");
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (shape, hu) = fixture_f32(&st, "image_hu");
     let (_, image) = fixture_f32(&st, "image");

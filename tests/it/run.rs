@@ -3,10 +3,10 @@
 //! covered by the model tests; this file covers cases, outputs, resume, sharding, failures,
 //! reports and previews.
 
-mod run_util;
-
-use run_util::*;
 use std::path::Path;
+
+use crate::support::run_util::*;
+use crate::support::{fixture, tempdir, TINY_BINARY};
 
 /// The threshold test model on the btcv pipeline (256² slices; the default pipeline is the
 /// 64² demo, covered by `tests/demo_run.rs`).
@@ -36,7 +36,7 @@ fn read_labels(p: &Path) -> (nifti::NiftiHeader, Vec<u8>, [u16; 3]) {
 
 #[test]
 fn nifti_inputs_keep_shape_affine_and_get_labels() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let inputs = dataset(&d.path().join("data"), 2);
     let o = run(d.path(), &args(&["data", "--out", "out"]));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -66,7 +66,7 @@ fn nifti_inputs_keep_shape_affine_and_get_labels() {
 
 #[test]
 fn single_file_out_and_single_failure_exit_2() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let inputs = dataset(&d.path().join("data"), 1);
     let inp = inputs[0].to_str().unwrap();
     let o = run(d.path(), &args(&[inp, "--out", "seg/labels.nii.gz"]));
@@ -81,7 +81,7 @@ fn single_file_out_and_single_failure_exit_2() {
 
 #[test]
 fn resume_skips_existing_outputs_and_overwrite_redoes_them() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     dataset(&d.path().join("data"), 3);
     let o = run(d.path(), &args(&["data", "--out", "out"]));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -119,7 +119,7 @@ fn resume_skips_existing_outputs_and_overwrite_redoes_them() {
 
 #[test]
 fn a_failing_case_is_reported_and_the_others_are_written() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     dataset(&d.path().join("data"), 2);
     std::fs::write(d.path().join("data/broken.nii.gz"), b"\x1f\x8btruncated").unwrap();
     let o = run(
@@ -167,7 +167,7 @@ fn a_failing_case_is_reported_and_the_others_are_written() {
 
 #[test]
 fn shards_partition_the_cases_and_their_union_is_the_single_run() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     dataset(&d.path().join("data"), 5);
     let o = run(
         d.path(),
@@ -208,7 +208,7 @@ fn shards_partition_the_cases_and_their_union_is_the_single_run() {
 
 #[test]
 fn slurm_array_variables_select_the_shard() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     dataset(&d.path().join("data"), 4);
     // --array=3-4 → task ids 3 and 4, min 3: task 4 is shard 1/2.
     let env = [
@@ -256,7 +256,7 @@ fn slurm_array_variables_select_the_shard() {
 
 #[test]
 fn manifest_with_outputs_and_case_ids() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     dataset(&d.path().join("data"), 3);
     std::fs::write(
         d.path().join("list.csv"),
@@ -291,7 +291,7 @@ fn manifest_with_outputs_and_case_ids() {
 
 #[test]
 fn usage_errors_exit_2_before_any_work() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     dataset(&d.path().join("data"), 2);
     std::fs::create_dir_all(d.path().join("p2")).unwrap();
     std::fs::copy(
@@ -331,7 +331,7 @@ fn usage_errors_exit_2_before_any_work() {
 #[test]
 fn report_records_provenance_timings_and_statistics() {
     use sha2::Digest;
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let inputs = dataset(&d.path().join("data"), 2);
     let o = run(
         d.path(),
@@ -399,7 +399,7 @@ fn report_records_provenance_timings_and_statistics() {
 
 #[test]
 fn preview_png_decodes_and_shows_the_overlay() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let inputs = dataset(&d.path().join("data"), 1);
     let o = run(
         d.path(),
@@ -435,7 +435,7 @@ fn preview_png_decodes_and_shows_the_overlay() {
 
 #[test]
 fn slurm_script_tasks_cover_every_case_once() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     dataset(&d.path().join("data"), 5);
     let o = run(d.path(), &args(&["data", "--out", "single"]));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -548,10 +548,10 @@ fn slurm_script_tasks_cover_every_case_once() {
 #[test]
 fn run_with_the_tiny_fixture_equals_trace_and_ignores_batch_size() {
     use sdseg_volume::pipeline::{binary_slice_to_native, Pipeline, ResizeBack, SliceSource};
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-binary");
+    let fixture = fixture(TINY_BINARY);
     let weights = fixture.join("checkpoint.safetensors");
     let w = weights.to_str().unwrap();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     std::fs::create_dir_all(d.path().join("ph")).unwrap();
     let input = d.path().join("ph/phantom.nii.gz");
     write_nifti(&input, &phantom([48, 40, 3], 2), diag([0.9, 0.9, 3.0]));

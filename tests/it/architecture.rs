@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::support::repo;
+
 /// (from, to) → one file that makes the edge.
 type Edges = BTreeMap<(String, String), PathBuf>;
 
 #[test]
 fn top_level_modules_form_no_cycle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut edges = Edges::new();
     for file in rust_files(&src) {
         let rel = file.strip_prefix(&src).unwrap();
@@ -46,7 +48,7 @@ fn top_level_modules_form_no_cycle() {
 
 #[test]
 fn sibling_submodules_form_no_cycle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut checked = 0;
     for top in std::fs::read_dir(&src).unwrap() {
         let dir = top.unwrap().path();
@@ -92,7 +94,10 @@ fn sibling_submodules_form_no_cycle() {
             print_graph(&edges);
         }
         if let Some(cycle) = find_cycle(&edges) {
-            panic!("{}", describe(&format!("submodules of `{top}`"), &cycle, &edges));
+            panic!(
+                "{}",
+                describe(&format!("submodules of `{top}`"), &cycle, &edges)
+            );
         }
         checked += 1;
     }
@@ -101,7 +106,7 @@ fn sibling_submodules_form_no_cycle() {
 
 /// Files under `src/<dir>` (code only) that mention any of `needles`, except `allowed`.
 fn offenders(dir: &str, needles: &[&str], allowed: &[&str]) -> Vec<String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo().join("src");
     let mut out = Vec::new();
     let root = src.join(dir);
     let files = if root.is_file() {
@@ -112,8 +117,15 @@ fn offenders(dir: &str, needles: &[&str], allowed: &[&str]) -> Vec<String> {
         vec![]
     };
     for file in files {
-        let rel = file.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
-        if allowed.iter().any(|a| rel == *a || rel.starts_with(&format!("{a}/"))) {
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        if allowed
+            .iter()
+            .any(|a| rel == *a || rel.starts_with(&format!("{a}/")))
+        {
             continue;
         }
         let code = code_only(&std::fs::read_to_string(&file).unwrap());
@@ -127,8 +139,18 @@ fn offenders(dir: &str, needles: &[&str], allowed: &[&str]) -> Vec<String> {
 #[test]
 fn the_pipeline_never_sees_candle_except_through_the_segmenter_seam() {
     let found = offenders("pipeline", &["candle"], &["pipeline/segmenter.rs"]);
-    assert!(found.is_empty(), "candle outside pipeline::segmenter: {found:?}");
-    for dir in ["io", "metrics", "geometry.rs", "volume.rs", "eval.rs", "eval"] {
+    assert!(
+        found.is_empty(),
+        "candle outside pipeline::segmenter: {found:?}"
+    );
+    for dir in [
+        "io",
+        "metrics",
+        "geometry.rs",
+        "volume.rs",
+        "eval.rs",
+        "eval",
+    ] {
         let found = offenders(dir, &["candle"], &[]);
         assert!(found.is_empty(), "{dir} uses candle: {found:?}");
     }
@@ -141,7 +163,10 @@ fn file_access_stays_where_the_map_says() {
     assert!(found.is_empty(), "metrics opens files: {found:?}");
     // The model reads weights (checkpoint/) and configs (config.rs), nothing else.
     let found = offenders("model", FS, &["model/checkpoint", "model/config.rs"]);
-    assert!(found.is_empty(), "model opens files outside checkpoint/config: {found:?}");
+    assert!(
+        found.is_empty(),
+        "model opens files outside checkpoint/config: {found:?}"
+    );
 }
 
 #[test]
@@ -151,10 +176,16 @@ fn the_scanner_sees_grouped_imports_and_ignores_comments() {
          let s = \"crate::eval\"; let c = 'x';\nfn f() { crate::metrics::dice(); }\n\
          use super::super::cases::Case;",
     );
-    let heads: BTreeSet<String> = crate_paths(&code).into_iter().map(|p| p[0].clone()).collect();
+    let heads: BTreeSet<String> = crate_paths(&code)
+        .into_iter()
+        .map(|p| p[0].clone())
+        .collect();
     assert_eq!(
         heads,
-        ["io", "metrics", "model"].map(String::from).into_iter().collect()
+        ["io", "metrics", "model"]
+            .map(String::from)
+            .into_iter()
+            .collect()
     );
     assert_eq!(super_paths(&code), vec![(2, "cases".to_string())]);
     let edges: Edges = [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]
@@ -184,7 +215,12 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 /// The module a file belongs to, one level below `rel`'s root: `io/dicom/scan.rs` → `io`,
 /// `eval.rs` → `eval`; the crate roots (`lib.rs`, `main.rs`) belong to none.
 fn top_module(rel: &Path) -> Option<String> {
-    let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
+    let first = rel
+        .components()
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     let name = first.strip_suffix(".rs").unwrap_or(&first).to_string();
     (!matches!(name.as_str(), "lib" | "main")).then_some(name)
 }
@@ -223,8 +259,7 @@ fn code_only(text: &str) -> String {
                     i += 1;
                 }
             }
-        } else if b[i] == b'r' && (b[i + 1..].starts_with(b"\"") || b[i + 1..].starts_with(b"#"))
-        {
+        } else if b[i] == b'r' && (b[i + 1..].starts_with(b"\"") || b[i + 1..].starts_with(b"#")) {
             // Raw string r"…" / r#"…"#.
             let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
             if b.get(i + 1 + hashes) != Some(&b'"') {
@@ -439,7 +474,7 @@ fn describe(what: &str, cycle: &[String], edges: &Edges) -> String {
     lines.join("\n")
 }
 
-/// `SDSEG_PRINT_MODULE_GRAPH=1 cargo test --test architecture -- --nocapture` prints the graph.
+/// `SDSEG_PRINT_MODULE_GRAPH=1 cargo test --test it architecture -- --nocapture` prints the graph.
 fn print_graph(edges: &Edges) {
     let mut by_from: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (f, t) in edges.keys() {

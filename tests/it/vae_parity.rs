@@ -1,13 +1,12 @@
 //! Golden tests for the autoencoder side of SDSeg and for the latent-estimation op.
 //!
-//! Fixtures: `../shared/fixtures/tiny-{binary,multiclass}` (README.md there says how the official
+//! Fixtures: `testdata/fixtures/tiny-{binary,multiclass}` (README.md there says how the official
 //! PyTorch code produced each tensor). The checkpoint is read from `checkpoint.safetensors` with a
 //! plain mmaped `VarBuilder`; the `.ckpt` loader and the EMA mapping are tested with the
 //! assembled model. This file deliberately avoids the UNet: `unet_output` from the fixture is
 //! the input of the latent step, so every stage here is checked on the official inputs.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
@@ -18,11 +17,7 @@ use sdseg_volume::model::cond::{AEEncoderEmbedder, AEEncoderEmbedderConfig};
 use sdseg_volume::model::latent::{latent_estimate, latent_estimate_reference};
 use sdseg_volume::model::vae::{AutoencoderKL, AutoencoderKLDecoder, DdConfig};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name)
-}
+use crate::support::fixture;
 
 struct Fixture {
     case: std::collections::HashMap<String, Tensor>,

@@ -1,18 +1,21 @@
 //! Cross-check against independent implementations: medpy (`dc`, `jc`, `hd95`, `assd` with
 //! `voxelspacing`) and, for the symmetric HD95 and NSD, a few lines of numpy on scipy's
 //! `distance_transform_edt` (MONAI's recipe). Random blob pairs are generated here, written
-//! as raw bytes + a JSON description, and scored by `$SDSEG_PYTHON` (default `python3`).
+//! as raw bytes + a JSON description, and scored by the interpreter of `support::python`.
 //!
 //! Tolerances: Dice/IoU 1e-6 (absolute) as required; HD95/ASSD/NSD also 1e-6 (absolute, mm):
 //! the definitions are identical (same 6-connected boundary, exact EDT, numpy's linear
 //! percentile), so the only differences are floating-point summation order (~1e-13).
 //!
-//! Skips (with a notice) only when that python lacks numpy/scipy/medpy and `CI` is unset.
+//! A missing numpy/scipy/medpy fails the test unless `SDSEG_ALLOW_MISSING_TOOLS=1`.
 
 use ndarray::Array3;
 use rand::{Rng, SeedableRng};
 use sdseg_volume::metrics::{evaluate_masks, Hd95Mode, MetricOptions, Protocol};
 use std::process::Command;
+
+use crate::support::python::require_python;
+use crate::support::tempdir;
 
 const SCRIPT: &str = r#"
 import json, sys
@@ -44,32 +47,6 @@ for c in cases:
     })
 print(json.dumps(out))
 "#;
-
-fn python() -> String {
-    std::env::var("SDSEG_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// True when the interpreter has the modules; otherwise skip locally, fail in CI.
-fn have_reference() -> bool {
-    let ok = Command::new(python())
-        .args(["-c", "import numpy, scipy, medpy.metric.binary"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "CI is set but {} lacks numpy/scipy/medpy (pip install numpy scipy medpy)",
-                python()
-            );
-        }
-        eprintln!(
-            "SKIPPED metrics_reference: {} lacks numpy/scipy/medpy; set SDSEG_PYTHON",
-            python()
-        );
-    }
-    ok
-}
 
 /// A union of 1–3 random ellipsoids, sometimes cut by the array border.
 fn blob(rng: &mut impl Rng, dim: (usize, usize, usize)) -> Array3<bool> {
@@ -134,10 +111,10 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn agrees_with_medpy_and_scipy() {
-    if !have_reference() {
+    let Some(python) = require_python(&["numpy", "scipy", "medpy.metric.binary"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
+    let dir = tempdir();
     let cases = cases();
     let mut desc = Vec::new();
     for c in &cases {
@@ -158,7 +135,7 @@ fn agrees_with_medpy_and_scipy() {
         serde_json::to_vec(&desc).unwrap(),
     )
     .unwrap();
-    let out = Command::new(python())
+    let out = Command::new(&python)
         .args(["-c", SCRIPT])
         .arg(dir.path())
         .output()

@@ -1,11 +1,10 @@
-//! Real-world input through the binary users install (`tests/shipped`): every committed
+//! Real-world input through the binary users install (`support::shipped`): every committed
 //! transfer syntax imports, and each class of bad input the readers once mishandled (found on
 //! files other software wrote and on mutated files) is refused with exit 2 and a message that
 //! names the file and the field — or, where the README says so, read with a warning. No
 //! crash, no allocation sized by an unchecked header, no silent garbage.
 
-#[path = "shipped/mod.rs"]
-mod shipped;
+use crate::support::{shipped, tempdir, testdata};
 
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_object::open_file;
@@ -13,12 +12,6 @@ use sdseg_volume::io::nifti::read_nifti;
 use sdseg_volume::io::{read_volume, ReadOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn testdata(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(p)
-}
 
 /// Exit code, stderr and peak resident memory (MiB) of one run of the shipped binary.
 // The child is reaped by wait4 (which also gives its peak RSS), not `Child::wait`.
@@ -68,7 +61,7 @@ fn import(input: &Path, out: &Path) -> (i32, String, u64) {
 
 /// Import must refuse `input` (exit 2) with a message containing every one of `needles`.
 fn assert_refused(input: &Path, needles: &[&str]) -> String {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let out = tmp.path().join("out.nii.gz");
     let (code, err, rss) = import(input, &out);
     assert_eq!(
@@ -87,7 +80,7 @@ fn assert_refused(input: &Path, needles: &[&str]) -> String {
 
 /// A copy of the 6-slice uncompressed test series in a temp folder.
 fn series_copy() -> (tempfile::TempDir, Vec<PathBuf>) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let mut files = Vec::new();
     for i in 1..=6 {
         let name = format!("IM000{i}.dcm");
@@ -120,7 +113,7 @@ const IMAGE_POSITION: Tag = Tag(0x0020, 0x0032);
 fn shipped_binary_imports_every_committed_syntax() {
     let reference =
         read_volume(&testdata("dicom-syntaxes/explicit-le"), &Default::default()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     for (dir, tol) in [
         ("explicit-le", 0.0),
         ("signed", 0.0),
@@ -163,7 +156,7 @@ fn shipped_binary_runs_every_committed_syntax() {
     // `run` with the bundled demo model: lossless syntaxes give the labels of the
     // uncompressed original exactly; lossy ones a label volume on the same grid.
     use sdseg_volume::io::nifti::read_labels;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let run = |dir: &str| {
         let out = tmp.path().join(format!("{dir}.labels.nii.gz"));
         let input = testdata(&format!("dicom-syntaxes/{dir}"));
@@ -311,7 +304,7 @@ fn non_numeric_geometry_says_invalid_not_missing() {
 fn non_finite_nifti_scaling_and_affines_are_refused() {
     use sdseg_volume::io::nifti::{write_volume, VolumeDtype};
     let v = read_volume(&testdata("dicom-syntaxes/explicit-le"), &Default::default()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let good = tmp.path().join("good.nii");
     write_volume(&good, &v, VolumeDtype::I16).unwrap();
     let base = std::fs::read(&good).unwrap();
@@ -354,7 +347,7 @@ fn nifti_dimensions_beyond_the_data_are_refused_before_allocating() {
     use sdseg_volume::io::nifti::{write_volume, VolumeDtype};
     use std::io::Write;
     let v = read_volume(&testdata("dicom-syntaxes/explicit-le"), &Default::default()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let good = tmp.path().join("good.nii");
     write_volume(&good, &v, VolumeDtype::I16).unwrap();
     let mut b = std::fs::read(&good).unwrap();
@@ -488,7 +481,7 @@ fn slice_32bit(big: bool, z: f64, sop: &str, values: [u32; 4]) -> Vec<u8> {
 fn big_endian_32_bit_samples_read_like_their_little_endian_twin() {
     // pydicom's rtdose_expb_1frame.dcm: bytes 00 13 0e e8 must read 1249000.
     let values = [1_249_000, 1, 65_536, 0xFFFF];
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let mut outs = Vec::new();
     for big in [false, true] {
         let dir = tmp.path().join(if big { "be" } else { "le" });
@@ -559,7 +552,7 @@ fn a_compressed_stream_cut_short_inside_a_well_formed_file_is_an_error() {
         ("jpeg-extended-12bit", "IM0003.dcm"),
         ("j2k-lossless", "IM0003.dcm"),
     ] {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tempdir();
         for e in std::fs::read_dir(testdata(&format!("dicom-syntaxes/{dir}"))).unwrap() {
             let e = e.unwrap();
             std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
@@ -587,7 +580,7 @@ fn a_compressed_stream_cut_short_inside_a_well_formed_file_is_an_error() {
 
 #[test]
 fn nifti_pairs_are_named_as_unsupported() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let hdr = tmp.path().join("brain.hdr");
     let mut h = vec![0u8; 348];
     h[..4].copy_from_slice(&348i32.to_le_bytes());
@@ -602,7 +595,7 @@ fn nifti_pairs_are_named_as_unsupported() {
 
 #[test]
 fn a_single_truncated_file_says_truncated() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let f = tmp.path().join("cut.dcm");
     let bytes = std::fs::read(testdata("dicom-syntaxes/explicit-le/IM0001.dcm")).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() - 10]).unwrap();
@@ -615,7 +608,7 @@ fn the_library_reads_what_the_binary_reads() {
     // The in-process reader and the shipped binary agree on a compressed series.
     let dir = testdata("dicom-syntaxes/j2k-lossless");
     let lib = read_volume(&dir, &ReadOptions::default()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let out = tmp.path().join("x.nii");
     let (code, err, _) = import(&dir, &out);
     assert_eq!(code, 0, "{err}");

@@ -1,15 +1,10 @@
 //! Helpers for the `run` integration tests: synthetic NIfTI inputs written with the nifti
 //! crate (independent of our writer), and the real binary run in a temp folder.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ndarray::Array3;
-
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sdseg-volume"))
-}
 
 /// A CT-like phantom: a bright ball (soft tissue + contrast) in a darker ramp, so the
 /// threshold test model gives non-trivial labels; `seed` shifts the ball.
@@ -83,7 +78,7 @@ pub fn run(dir: &Path, args: &[&str]) -> Output {
 }
 
 pub fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(bin());
+    let mut cmd = super::bin();
     cmd.current_dir(dir).args(args);
     for k in [
         "SLURM_ARRAY_TASK_ID",

@@ -1,6 +1,6 @@
 //! Golden tests of the assembled SDSeg model against the official PyTorch code.
 //!
-//! Fixtures: `../shared/fixtures/tiny-{binary,multiclass}` (their README.md says how each
+//! Fixtures: `testdata/fixtures/tiny-{binary,multiclass}` (their README.md says how each
 //! tensor was produced by the unmodified official code, float32 on CPU). Each test loads the
 //! checkpoint in one of the two formats (Lightning `.ckpt`, `.safetensors`) through
 //! `Sdseg::load` (strict key accounting, EMA rename) and compares stage by stage:
@@ -10,7 +10,7 @@
 //! Also here: config.json loads as is, key accounting and its errors, the full-size presets'
 //! parameter counts (reference §3, built on broadcast zeros, no weights allocated), converted
 //! checkpoints, and the `trace` CLI. Deliberately not here: the VAE and the latent op in
-//! isolation (tests/vae_parity.rs).
+//! isolation (`vae_parity`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,14 +25,8 @@ use sdseg_volume::model::config::{SdsegConfig, Task, PRESETS};
 use sdseg_volume::model::sdseg::{Output, Sdseg, Trace};
 use sdseg_volume::pipeline::segmenter::{NoiseMode, NoiseSource};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name)
-}
-
-const BINARY: &str = "tiny-binary";
-const MULTI: &str = "tiny-multiclass";
+use crate::support::{bin, fixture, tempdir};
+use crate::support::{TINY_BINARY as BINARY, TINY_MULTICLASS as MULTI};
 
 struct Fixture {
     dir: PathBuf,
@@ -412,7 +406,7 @@ fn edited_checkpoint(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)
 
 #[test]
 fn missing_misshaped_and_unexpected_keys_are_listed() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let p = edited_checkpoint(tmp.path(), |ts| {
         ts.remove("cond_stage_model.out.bias");
         let w = ts.remove("model_ema.diffusion_modelout2weight").unwrap();
@@ -468,7 +462,7 @@ fn wrong_config_and_wrong_ema_choice_say_so() {
         .unexpected
         .contains_key("model_ema.diffusion_modellabel_embweight"));
     // An EMA-only file (converted) loaded with --no-ema: every UNet key missing, with a hint.
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let out = tmp.path().join("ema.safetensors");
     convert_checkpoint(&fx.weights("ckpt"), &out, None, true, None).unwrap();
     let err = Sdseg::load(&out, &fx.config, &Device::Cpu, DType::F32, false).unwrap_err();
@@ -486,7 +480,7 @@ fn wrong_config_and_wrong_ema_choice_say_so() {
 #[test]
 fn converted_checkpoint_gives_the_same_output() {
     let fx = Fixture::new(BINARY);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let out = tmp.path().join("lean.safetensors");
     let cfg = fx.config.clone();
     let verify = move |p: &Path| Sdseg::load(p, &cfg, &Device::Cpu, DType::F32, true).map(|_| ());
@@ -704,14 +698,14 @@ fn generic_unet_sizes_run() {
 
 #[test]
 fn trace_cli_writes_every_name() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     for (name, weights) in [
         (BINARY, "checkpoint.ckpt"),
         (MULTI, "checkpoint.safetensors"),
     ] {
         let dir = fixture(name);
         let out = tmp.path().join(format!("{name}.safetensors"));
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_sdseg-volume"))
+        let status = bin()
             .args(["--quiet", "trace", "--weights"])
             .arg(dir.join(weights))
             .arg("--input")
@@ -767,7 +761,7 @@ fn trace_cli_writes_every_name() {
     }
     // Bad input: exit code 2, no output written.
     let out = tmp.path().join("never.safetensors");
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_sdseg-volume"))
+    let st = bin()
         .args(["--quiet", "trace", "--weights"])
         .arg(fixture(BINARY).join("checkpoint.ckpt"))
         .arg("--input")

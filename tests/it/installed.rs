@@ -2,10 +2,10 @@
 //! the binary, so the bundled demo model must come from the binary itself, whatever folder the
 //! user is in and whether or not the source tree still exists.
 
-mod shipped;
-
 use std::path::Path;
 use std::process::{Command, Output};
+
+use crate::support::{repo, shipped, tempdir};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -28,9 +28,15 @@ fn run(bin: &Path, cwd: &Path, home: &Path, hide: Option<&Path>, args: &[&str]) 
     let mut cmd = match hide {
         Some(tree) => {
             let mut c = Command::new("unshare");
-            c.args(["-r", "-m", "sh", "-c", r#"mount -t tmpfs tmpfs "$0" && exec "$@""#])
-                .arg(tree)
-                .arg(bin);
+            c.args([
+                "-r",
+                "-m",
+                "sh",
+                "-c",
+                r#"mount -t tmpfs tmpfs "$0" && exec "$@""#,
+            ])
+            .arg(tree)
+            .arg(bin);
             c
         }
         None => Command::new(bin),
@@ -46,8 +52,8 @@ fn run(bin: &Path, cwd: &Path, home: &Path, hide: Option<&Path>, args: &[&str]) 
 
 #[test]
 fn the_installed_binary_runs_the_demo_from_any_folder_without_the_source_tree() {
-    let tree = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let d = tempfile::tempdir().unwrap();
+    let tree = repo();
+    let d = tempdir();
     assert!(
         !d.path().starts_with(tree),
         "the temp folder must lie outside the source tree"
@@ -69,13 +75,25 @@ fn the_installed_binary_runs_the_demo_from_any_folder_without_the_source_tree() 
     if hide.is_none() {
         eprintln!("note: no `unshare -r -m` here; the source tree stays visible to the run");
     }
-    let o = run(&bin, &work, &home, hide, &["run", "ct", "--out", "labels.nii.gz"]);
+    let o = run(
+        &bin,
+        &work,
+        &home,
+        hide,
+        &["run", "ct", "--out", "labels.nii.gz"],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     if let Some(tree) = hide {
         // The namespace really hid the tree: the same listing inside it is empty.
         let ls = Command::new("unshare")
-            .args(["-r", "-m", "sh", "-c", r#"mount -t tmpfs tmpfs "$0" && ls -A "$0""#])
+            .args([
+                "-r",
+                "-m",
+                "sh",
+                "-c",
+                r#"mount -t tmpfs tmpfs "$0" && ls -A "$0""#,
+            ])
             .arg(tree)
             .output()
             .unwrap();
@@ -92,7 +110,13 @@ fn the_installed_binary_runs_the_demo_from_any_folder_without_the_source_tree() 
     );
 
     // The same labels as the binary gives with the source tree in place, and README's score.
-    let o = run(&bin, &work, &home, None, &["run", "ct", "--out", "again.nii.gz"]);
+    let o = run(
+        &bin,
+        &work,
+        &home,
+        None,
+        &["run", "ct", "--out", "again.nii.gz"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         std::fs::read(work.join("labels.nii.gz")).unwrap(),

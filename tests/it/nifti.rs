@@ -19,7 +19,8 @@ use sdseg_volume::volume::StoredType;
 use sdseg_volume::{Affine, AxCodes, Provenance, Volume};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use crate::support::{bin, tempdir};
 
 // === A NIfTI-1 header written field by field ===
 
@@ -137,10 +138,6 @@ fn le_f32(b: &[u8], off: usize) -> f32 {
     f32::from_le_bytes(b[off..off + 4].try_into().unwrap())
 }
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
-}
-
 /// Fortran-order (i fastest) voxel values for a `shape`, from `f(i, j, k)`.
 fn fortran_values<T>(shape: [usize; 3], f: impl Fn(usize, usize, usize) -> T) -> Vec<T> {
     let mut v = Vec::with_capacity(shape.iter().product());
@@ -163,7 +160,7 @@ macro_rules! datatype_case {
     ($name:ident, $t:ty, $code:expr, $stored:expr, $value:expr) => {
         #[test]
         fn $name() {
-            let dir = tmp();
+            let dir = tempdir();
             for big in [false, true] {
                 for ext in ["nii", "nii.gz"] {
                     let vals: Vec<$t> = fortran_values(SHAPE, $value);
@@ -299,7 +296,7 @@ fn int16_header(big: bool) -> Hdr {
 
 #[test]
 fn skips_extensions_to_vox_offset() {
-    let dir = tmp();
+    let dir = tempdir();
     for (big, name) in [(false, "ext.nii"), (true, "ext.nii.gz")] {
         let mut h = int16_header(big);
         // One 48-byte comment extension (esize, ecode, 40 bytes of text): data at 352 + 48.
@@ -325,7 +322,7 @@ fn skips_extensions_to_vox_offset() {
 
 #[test]
 fn applies_scl_slope_and_inter() {
-    let dir = tmp();
+    let dir = tempdir();
     type Case = (f32, f32, fn(f32) -> f32, bool);
     let cases: [Case; 5] = [
         (0.5, -1024.0, |x| x * 0.5 - 1024.0, false), // odd raw values give .5
@@ -353,7 +350,7 @@ fn applies_scl_slope_and_inter() {
 
 #[test]
 fn trailing_singleton_dims_are_dropped_and_4d_is_refused() {
-    let dir = tmp();
+    let dir = tempdir();
     for dims in [&[3i16, 4, 5, 1][..], &[3, 4, 5, 1, 1, 1, 1]] {
         let mut h = Hdr::new(false, dims);
         h.datatype(4, 16);
@@ -380,7 +377,7 @@ fn assert_affine(got: &Affine, want: [[f64; 4]; 3], tol: f64) {
 
 #[test]
 fn qform_only_with_qfac_minus_one() {
-    let dir = tmp();
+    let dir = tempdir();
     let mut h = int16_header(true);
     // 90° about z: a = cos 45°, d = sin 45°; qfac -1 flips k.
     let s = std::f32::consts::FRAC_1_SQRT_2;
@@ -405,7 +402,7 @@ fn qform_only_with_qfac_minus_one() {
 
 #[test]
 fn pixdim_only_uses_nibabels_base_affine() {
-    let dir = tmp();
+    let dir = tempdir();
     let mut h = Hdr::new(false, &[4, 5, 6]);
     h.datatype(2, 8);
     h.pixdim([1.0, 2.0, 3.0, 4.0]);
@@ -435,7 +432,7 @@ fn oblique_sform() -> [[f32; 4]; 3] {
 
 #[test]
 fn sform_wins_over_qform_and_invalid_codes_count_as_zero() {
-    let dir = tmp();
+    let dir = tempdir();
     let mut h = int16_header(false);
     h.sform(2, oblique_sform());
     h.qform(1, [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]);
@@ -479,7 +476,7 @@ fn expect_err(p: &Path, what: &str, check: impl Fn(&NiftiError) -> bool) {
 
 #[test]
 fn malformed_files_are_errors_naming_the_file() {
-    let dir = tmp();
+    let dir = tempdir();
     let d = dir.path();
     let (good, _) = i16_file(d, "good.nii", &int16_header(false), &[]);
     let bytes = std::fs::read(&good).unwrap();
@@ -578,13 +575,9 @@ fn malformed_files_are_errors_naming_the_file() {
     });
 }
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sdseg-volume"))
-}
-
 #[test]
 fn binary_exits_2_on_bad_nifti_and_writes_nothing() {
-    let dir = tmp();
+    let dir = tempdir();
     let (good, _) = i16_file(dir.path(), "good.nii", &int16_header(false), &[]);
     let bytes = std::fs::read(&good).unwrap();
     let bad = dir.path().join("cut.nii");
@@ -613,7 +606,7 @@ fn binary_exits_2_on_bad_nifti_and_writes_nothing() {
 
 #[test]
 fn read_labels_checks_values() {
-    let dir = tmp();
+    let dir = tempdir();
     let d = dir.path();
     // uint8 with slope 2: labels are the scaled values.
     let mut h = Hdr::new(false, &DIMS);
@@ -691,7 +684,7 @@ fn labels_for(shape: [usize; 3], max: u16) -> Array3<u16> {
 
 #[test]
 fn label_writer_picks_uint8_or_uint16() {
-    let dir = tmp();
+    let dir = tempdir();
     let like = synthetic(SHAPE, oblique_affine());
     for (max, code, bitpix) in [(255u16, 2i16, 8i16), (256, 512, 16), (65535, 512, 16)] {
         let p = dir.path().join(format!("lab{max}.nii.gz"));
@@ -711,7 +704,7 @@ fn label_writer_picks_uint8_or_uint16() {
 
 #[test]
 fn labels_for_synthetic_input_get_scanner_sform_and_qform() {
-    let dir = tmp();
+    let dir = tempdir();
     // Left-handed (k towards inferior) and tilted 10° about x, like a DICOM series in RAS.
     let (s, c) = 10f64.to_radians().sin_cos();
     let affine = Affine([
@@ -752,7 +745,7 @@ fn labels_for_synthetic_input_get_scanner_sform_and_qform() {
 
 #[test]
 fn labels_for_nifti_input_keep_its_header_geometry() {
-    let dir = tmp();
+    let dir = tempdir();
     let mut h = int16_header(true); // big-endian input; output is little-endian
     h.sform(2, oblique_sform());
     let s = std::f32::consts::FRAC_1_SQRT_2;
@@ -783,7 +776,7 @@ fn labels_for_nifti_input_keep_its_header_geometry() {
 #[test]
 fn labels_on_a_kept_grid_match_labels_like_the_volume() {
     // The engine drops the voxels after preprocessing and keeps shape, affine and provenance.
-    let dir = tmp();
+    let dir = tempdir();
     let mut h = int16_header(false);
     h.sform(2, oblique_sform());
     h.qform(1, [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]);
@@ -807,7 +800,7 @@ fn labels_on_a_kept_grid_match_labels_like_the_volume() {
 
 #[test]
 fn labels_for_a_reoriented_nifti_volume_use_its_affine() {
-    let dir = tmp();
+    let dir = tempdir();
     let mut h = int16_header(false);
     h.sform(2, oblique_sform());
     let (p, _) = i16_file(dir.path(), "ct.nii", &h, &[]);
@@ -827,7 +820,7 @@ fn labels_for_a_reoriented_nifti_volume_use_its_affine() {
 
 #[test]
 fn writes_are_atomic_and_checked() {
-    let dir = tmp();
+    let dir = tempdir();
     let like = synthetic(SHAPE, oblique_affine());
     let leftovers = |d: &Path| -> Vec<String> {
         std::fs::read_dir(d)
@@ -882,7 +875,7 @@ fn writes_are_atomic_and_checked() {
 
 #[test]
 fn write_volume_chooses_int16_only_when_lossless() {
-    let dir = tmp();
+    let dir = tempdir();
     let int = synthetic([5, 6, 7], oblique_affine());
     let (d, a, p) = int.clone().into_parts();
     let frac = Volume::new(d.mapv(|v| v + 0.25), a, p).unwrap();
@@ -905,7 +898,7 @@ fn write_volume_chooses_int16_only_when_lossless() {
 
 #[test]
 fn writes_uncompressed_nii_and_gzip_nii_gz() {
-    let dir = tmp();
+    let dir = tempdir();
     let like = synthetic(SHAPE, oblique_affine());
     let plain = dir.path().join("a.nii");
     let gz = dir.path().join("a.nii.gz");
@@ -918,7 +911,7 @@ fn writes_uncompressed_nii_and_gzip_nii_gz() {
 
 #[test]
 fn import_writes_the_volume_the_pipeline_reads() {
-    let dir = tmp();
+    let dir = tempdir();
     let mut h = int16_header(true);
     h.sform(1, oblique_sform());
     h.scl(1.0, -1024.0);

@@ -7,46 +7,28 @@
 //! 2. We write label and HU files; nibabel reads them and must see the reference grid's affine,
 //!    shape, datatype, codes and voxels.
 //!
-//! The interpreter is `$SDSEG_PYTHON` (default `python3`). Without nibabel the tests are skipped
-//! with a notice, unless `CI` is set: then a missing nibabel is a failure.
+//! The interpreter (`support::python`) needs nibabel and numpy; a missing one fails the tests
+//! unless `SDSEG_ALLOW_MISSING_TOOLS=1`.
 
 use ndarray::{Array3, ShapeBuilder};
 use sdseg_volume::io::nifti::{read_nifti, write_labels, write_volume, VolumeDtype};
 use sdseg_volume::{Affine, Provenance, Volume};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn python() -> String {
-    std::env::var("SDSEG_PYTHON").unwrap_or_else(|_| "python3".into())
+use crate::support::python::require_python;
+use crate::support::tempdir;
+
+/// The interpreter, when it has nibabel (see `support::python`).
+fn nibabel() -> Option<PathBuf> {
+    require_python(&["nibabel", "numpy"])
 }
 
-/// True when nibabel is importable; false (after a notice) when it is not and CI is unset.
-fn have_nibabel() -> bool {
-    let ok = Command::new(python())
-        .args(["-c", "import nibabel, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "CI is set but `{} -c 'import nibabel'` fails: install nibabel (see .ci/run)",
-                python()
-            );
-        }
-        eprintln!(
-            "SKIPPED: nibabel not importable by {} (set SDSEG_PYTHON); CI would fail here",
-            python()
-        );
-    }
-    ok
-}
-
-fn run_python(script: &str, dir: &Path) -> Value {
+fn run_python(python: &Path, script: &str, dir: &Path) -> Value {
     let file = dir.join("script.py");
     std::fs::write(&file, script).unwrap();
-    let out = Command::new(python())
+    let out = Command::new(python)
         .arg(&file)
         .arg(dir)
         .output()
@@ -163,11 +145,11 @@ print(json.dumps(cases))
 
 #[test]
 fn nibabel_written_files_read_the_same() {
-    if !have_nibabel() {
+    let Some(python) = nibabel() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let cases = run_python(WRITE_CASES, dir.path());
+    };
+    let dir = tempdir();
+    let cases = run_python(&python, WRITE_CASES, dir.path());
     let cases = cases.as_object().unwrap();
     assert!(cases.len() >= 17, "python wrote {} cases", cases.len());
     for (name, c) in cases {
@@ -235,13 +217,13 @@ fn oblique_lps() -> Affine {
 
 #[test]
 fn nibabel_reads_our_files_on_the_reference_grid() {
-    if !have_nibabel() {
+    let Some(python) = nibabel() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
+    let dir = tempdir();
     let d = dir.path();
     // A NIfTI reference written by nibabel: sform code 2 and a different qform (code 1).
-    let cases = run_python(WRITE_CASES, d);
+    let cases = run_python(&python, WRITE_CASES, d);
     let nifti_like = read_nifti(&d.join("sform_and_qform.nii")).unwrap();
     let nifti_ref = &cases["sform_and_qform.nii"];
     let shape = nifti_like.shape();
@@ -261,7 +243,7 @@ fn nibabel_reads_our_files_on_the_reference_grid() {
     let frac = Volume::new(dd.mapv(|v| v * 0.5 + 0.25), aa, pp).unwrap();
     write_volume(&d.join("ours_syn_f32.nii"), &frac, VolumeDtype::Auto).unwrap();
 
-    let seen = run_python(READ_OURS, d);
+    let seen = run_python(&python, READ_OURS, d);
     let check = |name: &str,
                  like: &Volume,
                  dtype: &str,

@@ -1,35 +1,20 @@
 //! `sdseg-volume reproduce` and `stability` end to end on small synthetic datasets laid out
 //! exactly like BTCV (`Training/img/imgNNNN.nii.gz`, `Training/label/labelNNNN.nii.gz`) and
 //! STS-3D (`labelled/image/Teeth_NNNN_0000.nii.gz`, `labelled/label/...`), with the tiny
-//! fixture checkpoint (`../shared/fixtures/tiny-binary`) or the threshold test model.
-
-mod run_util;
+//! fixture checkpoint (`testdata/fixtures/tiny-binary`) or the threshold test model.
 
 use ndarray::Array3;
-use run_util::*;
 use std::path::{Path, PathBuf};
+
+use crate::support::run_util::*;
+use crate::support::{fixture, tempdir, TINY_BINARY};
 
 const BTCV_TEST: [&str; 12] = [
     "0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038",
 ];
 
-/// `../shared` beside the checkout (main), or two levels up (a worktree under `wt/`).
-fn fixture() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for up in ["../shared", "../../shared"] {
-        let d = manifest.join(up).join("fixtures/tiny-binary");
-        if d.join("checkpoint.safetensors").is_file() {
-            return d;
-        }
-    }
-    panic!(
-        "no shared/fixtures/tiny-binary beside {}",
-        manifest.display()
-    );
-}
-
 fn weights() -> String {
-    fixture()
+    fixture(TINY_BINARY)
         .join("checkpoint.safetensors")
         .to_string_lossy()
         .into_owned()
@@ -106,7 +91,7 @@ fn section<'a>(md: &'a str, protocol: &str) -> &'a str {
 
 #[test]
 fn reproduce_btcv_with_the_tiny_fixture_prints_both_tables_and_resumes() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     // One slice per volume: the fixture model costs seconds per slice in the test profile.
     let raw = write_btcv(d.path(), [40, 40, 1]);
     let w = weights();
@@ -202,7 +187,7 @@ fn reproduce_btcv_with_the_tiny_fixture_prints_both_tables_and_resumes() {
 
 #[test]
 fn reproduce_missing_case_is_exit_2_and_overwrite_redoes_predictions() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let raw = write_btcv(d.path(), [24, 20, 2]);
     let base = [
         "reproduce",
@@ -290,7 +275,7 @@ fn reproduce_missing_case_is_exit_2_and_overwrite_redoes_predictions() {
 
 #[test]
 fn reproduce_sts3d_layout() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let root = d.path().join("sts");
     for dir in ["labelled/image", "labelled/label"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
@@ -349,7 +334,7 @@ fn reproduce_sts3d_layout() {
 
 #[test]
 fn stability_with_the_tiny_fixture_three_runs() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let shape = [40, 36, 2];
     let aff = diag([0.8, 0.8, 2.5]);
     write_nifti(&d.path().join("img.nii.gz"), &phantom(shape, 1), aff);
@@ -444,7 +429,7 @@ fn stability_with_the_tiny_fixture_three_runs() {
 
 #[test]
 fn stability_on_a_dataset_split() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let raw = write_btcv(d.path(), [24, 20, 2]);
     let o = run(
         d.path(),

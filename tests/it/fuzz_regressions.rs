@@ -1,14 +1,22 @@
 //! Replays the minimized fuzzer findings in `testdata/fuzz-regressions/<target>/` through the
 //! same entry points the cargo-fuzz targets call (`sdseg_volume::fuzzing`), on stable, on
-//! every `cargo test`. A finding that panics again fails its target's test; one that aborts
-//! (or exhausts the address-space bound below) fails the whole test binary.
-//! `testdata/fuzz-regressions/README.md` says what each file once triggered.
+//! every `cargo test`. A finding that panics, aborts or exhausts the address-space bound below
+//! again fails its target's test. `testdata/fuzz-regressions/README.md` says what each file
+//! once triggered.
+//!
+//! Each target replays in a child process (this test binary again, running just that test):
+//! the address-space bound and the panic hook `sdseg_volume::fuzzing` installs are
+//! process-wide, and must not reach the other tests of this binary; an abort then fails one
+//! test, not the whole binary.
 //!
 //! `SDSEG_FUZZ_REPLAY=DIR` replays every file under `DIR/<target>/` as well (a fuzz corpus,
 //! or `fuzz/findings`), to check a fix against everything the fuzzer has seen.
 
 use sdseg_volume::fuzzing;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::testdata;
 
 /// A fuzz target: the function `fuzz/fuzz_targets/<name>.rs` calls.
 type Target = (&'static str, fn(&[u8]));
@@ -22,13 +30,16 @@ const TARGETS: &[Target] = &[
     ("pipeline_toml", fuzzing::pipeline_toml),
 ];
 
-/// The address space this test binary may use, like the fuzzers' `-rss_limit_mb`: a reader
+/// The address space a replaying child may use, like the fuzzers' `-rss_limit_mb`: a reader
 /// that allocates gigabytes for a small input fails here instead of swapping the machine.
 #[cfg(target_os = "linux")]
 const ADDRESS_SPACE_LIMIT: u64 = 4 << 30;
 
+/// Set in the child process that replays one target.
+const CHILD: &str = "SDSEG_FUZZ_REPLAY_CHILD";
+
 fn regressions_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fuzz-regressions")
+    testdata("fuzz-regressions")
 }
 
 /// Lower this process's soft address-space limit to [`ADDRESS_SPACE_LIMIT`] (once).
@@ -72,7 +83,40 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// In the test process: run this test again in a child that replays `target`, and fail with
+/// its output unless it replayed everything. In the child: replay.
 fn replay(target: &str) {
+    if std::env::var_os(CHILD).is_some() {
+        replay_here(target);
+        return;
+    }
+    // The test's name as libtest knows it: the module path without the crate name.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let test = format!("{module}::{target}");
+    let out = Command::new(std::env::current_exe().expect("test executable path"))
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("start the test binary again");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "replaying {target} failed ({}):\n{stderr}\n{stdout}",
+        out.status
+    );
+    // A filter that matched no test would pass silently: the child must have replayed.
+    let done = format!("{target}: ");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&done) && l.ends_with(" input(s) replayed")),
+        "the child did not replay {target}:\n{stderr}\n{stdout}"
+    );
+    eprint!("{stderr}");
+}
+
+fn replay_here(target: &str) {
     limit_memory();
     let (_, run) = TARGETS.iter().find(|(n, _)| *n == target).unwrap();
     let mut dirs = vec![regressions_root().join(target)];

@@ -5,62 +5,36 @@
 //! f32 + affine JSON. Voxels must be equal and affines within 1e-3 mm. A label file we
 //! write for the DICOM input (on our grid) must overlay dcm2niix's output voxel for voxel.
 //!
-//! Tools: `$SDSEG_PYTHON` (default `python3`) with nibabel + numpy, and `dcm2niix` from that
-//! interpreter's bin folder or PATH. Skipped with a notice only when they are absent and `CI`
-//! is unset; in CI a missing tool fails the test.
+//! Tools (`support::python`): the interpreter with nibabel + numpy, and `dcm2niix` from that
+//! interpreter's bin folder or PATH; a missing one fails the tests unless
+//! `SDSEG_ALLOW_MISSING_TOOLS=1`.
 
-use sdseg_volume::geometry::Affine;
 use sdseg_volume::io::dicom::read_dicom;
 use sdseg_volume::io::nifti::write_labels;
 use sdseg_volume::io::ReadOptions;
 use sdseg_volume::phantom::{
-    abdomen_phantom, write_dicom_series, DicomWriteOptions, FrameLayout, InstanceOrder,
-    PhantomParams, WriteSyntax,
+    write_dicom_series, DicomWriteOptions, FrameLayout, InstanceOrder, WriteSyntax,
 };
-use sdseg_volume::volume::{Provenance, Volume};
+use sdseg_volume::volume::Volume;
 use sdseg_volume::AxCodes;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::support::python::{require_dcm2niix, require_python};
+use crate::support::tempdir;
+use crate::support::volume::{phantom, rotated, with_affine};
 
 struct Tools {
     python: PathBuf,
     dcm2niix: PathBuf,
 }
 
+/// Both tools, or `None` when one is missing and the run allows that (see `support::python`).
 fn tools() -> Option<Tools> {
-    let python = PathBuf::from(std::env::var("SDSEG_PYTHON").unwrap_or_else(|_| "python3".into()));
-    let in_ci = std::env::var_os("CI").is_some();
-    let py_ok = Command::new(&python)
-        .args(["-c", "import nibabel, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    // dcm2niix next to the interpreter (a venv's bin/), else on PATH.
-    let beside = python
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(|p| p.join("dcm2niix"))
-        .filter(|p| p.exists());
-    let dcm2niix = beside.unwrap_or_else(|| PathBuf::from("dcm2niix"));
-    let d_ok = Command::new(&dcm2niix)
-        .arg("-v")
-        .output()
-        .map(|o| !o.stdout.is_empty() || o.status.success())
-        .unwrap_or(false);
-    if py_ok && d_ok {
-        return Some(Tools { python, dcm2niix });
-    }
-    let msg = format!(
-        "interop_dcm2niix: missing tools (python {} with nibabel+numpy: {py_ok}; dcm2niix {}: {d_ok})",
-        python.display(),
-        dcm2niix.display()
-    );
-    if in_ci {
-        panic!("{msg}; CI must have them (see .ci/run)");
-    }
-    eprintln!("SKIPPED {msg}");
-    None
+    let python = require_python(&["nibabel", "numpy"])?;
+    let dcm2niix = require_dcm2niix()?;
+    Some(Tools { python, dcm2niix })
 }
 
 const COMPARE: &str = r#"
@@ -107,7 +81,7 @@ fn dump_ras(v: &Volume, dir: &Path) {
 }
 
 fn check_case(t: &Tools, name: &str, v: &Volume, o: &DicomWriteOptions) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let series = tmp.path().join("series");
     let niix = tmp.path().join("niix");
     std::fs::create_dir_all(&niix).unwrap();
@@ -144,45 +118,6 @@ fn check_case(t: &Tools, name: &str, v: &Volume, o: &DicomWriteOptions) {
         String::from_utf8_lossy(&cmp.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
-}
-
-fn phantom(shape: [usize; 3], seed: u64) -> Volume {
-    abdomen_phantom(&PhantomParams::new(shape), seed).volume
-}
-
-fn with_affine(v: &Volume, a: Affine) -> Volume {
-    Volume::new(v.data().clone(), a, Provenance::synthetic()).unwrap()
-}
-
-/// Rotation about an axis (unit vector) by `deg`, applied to the 3×3 part of `a`.
-#[allow(clippy::needless_range_loop)]
-fn rotated(a: &Affine, axis: [f64; 3], deg: f64) -> Affine {
-    let (s, c) = deg.to_radians().sin_cos();
-    let [x, y, z] = axis;
-    let r = [
-        [
-            c + x * x * (1.0 - c),
-            x * y * (1.0 - c) - z * s,
-            x * z * (1.0 - c) + y * s,
-        ],
-        [
-            y * x * (1.0 - c) + z * s,
-            c + y * y * (1.0 - c),
-            y * z * (1.0 - c) - x * s,
-        ],
-        [
-            z * x * (1.0 - c) - y * s,
-            z * y * (1.0 - c) + x * s,
-            c + z * z * (1.0 - c),
-        ],
-    ];
-    let mut out = *a;
-    for row in 0..3 {
-        for col in 0..3 {
-            out.0[row][col] = (0..3).map(|k| r[row][k] * a.0[k][col]).sum();
-        }
-    }
-    out
 }
 
 #[test]

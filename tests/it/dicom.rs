@@ -2,7 +2,6 @@
 //! transfer syntaxes, series choice, bad input. CLI tests run the real binary.
 
 use ndarray::Array3;
-use sdseg_volume::geometry::Affine;
 use sdseg_volume::io::dicom::{read_dicom, scan, DicomError, SeriesStatus};
 use sdseg_volume::io::ReadOptions;
 use sdseg_volume::phantom::{
@@ -12,11 +11,9 @@ use sdseg_volume::phantom::{
 use sdseg_volume::volume::{Provenance, Source, StoredType, Volume};
 use sdseg_volume::AxCodes;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn phantom(shape: [usize; 3], seed: u64) -> Volume {
-    abdomen_phantom(&PhantomParams::new(shape), seed).volume
-}
+use crate::support::volume::{phantom, rotated, with_affine};
+use crate::support::{bin, tempdir, testdata};
 
 fn opts() -> ReadOptions {
     ReadOptions::default()
@@ -46,15 +43,10 @@ fn assert_same(read: &Volume, expected: &Volume, tol_hu: f32) {
     assert!(max <= tol_hu, "voxels differ by up to {max} HU");
 }
 
-/// A volume with a different affine but the same voxels.
-fn with_affine(v: &Volume, a: Affine) -> Volume {
-    Volume::new(v.data().clone(), a, Provenance::synthetic()).unwrap()
-}
-
 #[test]
 fn round_trip_plain_axial() {
     let v = phantom([40, 40, 12], 1);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let files = write(&v, dir.path(), &DicomWriteOptions::default());
     assert_eq!(files.len(), 12);
     let r = read_dicom(dir.path(), &opts()).unwrap();
@@ -77,7 +69,7 @@ fn round_trip_plain_axial() {
 #[test]
 fn shuffled_names_and_instance_numbers_do_not_change_order() {
     let v = phantom([32, 32, 10], 2);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &v,
         dir.path(),
@@ -95,43 +87,12 @@ fn shuffled_names_and_instance_numbers_do_not_change_order() {
 // ---------------------------------------------------------------------------------------
 // Geometry: oblique, feet-first, tilt, gaps, duplicates.
 
-/// Rotation about a unit axis by `deg`, applied to the 3×3 part of `a`.
-#[allow(clippy::needless_range_loop)]
-fn rotated(a: &Affine, axis: [f64; 3], deg: f64) -> Affine {
-    let (s, c) = deg.to_radians().sin_cos();
-    let [x, y, z] = axis;
-    let r = [
-        [
-            c + x * x * (1.0 - c),
-            x * y * (1.0 - c) - z * s,
-            x * z * (1.0 - c) + y * s,
-        ],
-        [
-            y * x * (1.0 - c) + z * s,
-            c + y * y * (1.0 - c),
-            y * z * (1.0 - c) - x * s,
-        ],
-        [
-            z * x * (1.0 - c) - y * s,
-            z * y * (1.0 - c) + x * s,
-            c + z * z * (1.0 - c),
-        ],
-    ];
-    let mut out = *a;
-    for row in 0..3 {
-        for col in 0..3 {
-            out.0[row][col] = (0..3).map(|k| r[row][k] * a.0[k][col]).sum();
-        }
-    }
-    out
-}
-
 #[test]
 fn oblique_orientation_keeps_affine() {
     let v = phantom([30, 34, 8], 3);
     let n = (1.0f64 / 3.0).sqrt();
     let v = with_affine(&v, rotated(v.affine(), [n, -n, n], 31.0));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(&v, dir.path(), &DicomWriteOptions::default());
     let r = read_dicom(dir.path(), &opts()).unwrap();
     assert_same(&r, &v, 0.0);
@@ -144,7 +105,7 @@ fn feet_first_sorts_along_the_normal() {
     a.0[0][0] = -a.0[0][0]; // rows run toward patient right (IOP row = -x in LPS)
     a.0[2][2] = -a.0[2][2]; // slices run head → feet
     let v = with_affine(&v, a);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &v,
         dir.path(),
@@ -165,7 +126,7 @@ fn feet_first_sorts_along_the_normal() {
 #[test]
 fn missing_slice_is_refused_then_accepted_with_allow_gaps() {
     let v = phantom([24, 24, 10], 5);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &v,
         dir.path(),
@@ -220,7 +181,7 @@ fn missing_slice_is_refused_then_accepted_with_allow_gaps() {
 #[test]
 fn duplicate_positions_are_refused() {
     let v = phantom([24, 24, 8], 6);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &v,
         dir.path(),
@@ -244,7 +205,7 @@ fn gantry_tilt_is_refused_then_read_with_a_sheared_affine() {
     // Each slice moves 0.35 × its spacing anteriorly: a ~19° tilt.
     a.0[1][2] = 0.35 * a.0[2][2];
     let v = with_affine(&v, a);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(&v, dir.path(), &DicomWriteOptions::default());
     let err = read_dicom(dir.path(), &opts()).unwrap_err();
     assert!(matches!(err, DicomError::Tilt { .. }), "{err}");
@@ -268,7 +229,7 @@ fn gantry_tilt_is_refused_then_read_with_a_sheared_affine() {
 
 #[test]
 fn mixed_sizes_and_orientations_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let a = phantom([24, 24, 6], 8);
     let o = DicomWriteOptions {
         series_uid: Some("1.2.3.4.5".into()),
@@ -303,7 +264,7 @@ fn mixed_sizes_and_orientations_are_refused() {
     assert!(matches!(err, DicomError::MixedSizes { .. }), "{err}");
     assert!(err.to_string().contains("24×24 (6 slices"), "{err}");
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(&a, dir.path(), &o);
     let c = with_affine(&a, {
         let mut m = rotated(a.affine(), [0.0, 0.0, 1.0], 10.0);
@@ -334,7 +295,7 @@ fn mixed_sizes_and_orientations_are_refused() {
 
 #[test]
 fn two_series_and_a_localizer_in_one_folder() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let big = phantom([32, 32, 14], 10);
     let small = phantom([28, 28, 9], 11);
     write(
@@ -418,7 +379,7 @@ fn two_series_and_a_localizer_in_one_folder() {
 #[test]
 fn non_ct_series_needs_series_flag() {
     let v = phantom([20, 20, 6], 13);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &v,
         dir.path(),
@@ -448,7 +409,7 @@ fn non_ct_series_needs_series_flag() {
 #[test]
 fn junk_files_are_skipped_and_named() {
     let v = phantom([24, 20, 7], 14);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &v,
         dir.path(),
@@ -475,7 +436,7 @@ fn junk_files_are_skipped_and_named() {
 
 #[test]
 fn empty_or_non_dicom_folder_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     std::fs::write(dir.path().join("a.txt"), "hello").unwrap();
     let err = read_dicom(dir.path(), &opts()).unwrap_err();
     assert!(matches!(err, DicomError::NoImages { .. }), "{err}");
@@ -485,7 +446,7 @@ fn empty_or_non_dicom_folder_is_an_error() {
 #[test]
 fn single_frame_file_asks_for_its_folder() {
     let v = phantom([16, 16, 4], 15);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let files = write(&v, dir.path(), &DicomWriteOptions::default());
     let err = read_dicom(&files[0], &opts()).unwrap_err();
     assert!(matches!(err, DicomError::SingleFrameFile { .. }), "{err}");
@@ -499,7 +460,7 @@ fn single_frame_file_asks_for_its_folder() {
 #[test]
 fn multi_frame_file_with_shuffled_frames() {
     let v = phantom([26, 22, 9], 16);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let files = write(
         &v,
         dir.path(),
@@ -521,7 +482,7 @@ fn multi_frame_file_with_shuffled_frames() {
 fn zip_of_a_folder() {
     use std::io::Write;
     let v = phantom([20, 20, 6], 17);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let series = dir.path().join("series");
     let files = write(
         &v,
@@ -553,7 +514,7 @@ fn zip_of_a_folder() {
 #[test]
 fn files_without_meta_header() {
     let v = phantom([20, 18, 5], 18);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &v,
         dir.path(),
@@ -578,7 +539,7 @@ fn files_without_meta_header() {
 #[test]
 fn signed_storage_with_slope_half() {
     let v = phantom([30, 20, 5], 19);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &v,
         dir.path(),
@@ -612,7 +573,7 @@ fn signed_twelve_bits_stored_and_fractional_hu() {
         Provenance::synthetic(),
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &quarter,
         dir.path(),
@@ -641,7 +602,7 @@ fn lossless_syntaxes_written_here_decode_exactly() {
         (WriteSyntax::Rle, FrameLayout::MultiFrame),
     ] {
         for signed in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = tempdir();
             let o = DicomWriteOptions {
                 syntax,
                 layout,
@@ -669,7 +630,7 @@ fn jpeg_baseline_eight_bit_is_close() {
         .data()
         .mapv(|x| (x.clamp(-1024.0, 3056.0) / 16.0).round() * 16.0);
     let q = Volume::new(q, *v.affine(), Provenance::synthetic()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(
         &q,
         dir.path(),
@@ -692,12 +653,6 @@ fn jpeg_baseline_eight_bit_is_close() {
         .sum::<f32>()
         / q.data().len() as f32;
     assert!(mean_err < 16.0 * 3.0, "mean error {mean_err}");
-}
-
-fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name)
 }
 
 #[test]
@@ -754,13 +709,9 @@ fn demo_series_reads() {
 // ---------------------------------------------------------------------------------------
 // The real binary: exit codes and messages.
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sdseg-volume"))
-}
-
 #[test]
 fn cli_inspect_json_and_series_flag() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let a = phantom([24, 24, 8], 30);
     let b = phantom([20, 20, 5], 31);
     write(
@@ -828,7 +779,7 @@ fn cli_inspect_json_and_series_flag() {
 #[test]
 fn cli_exit_2_on_bad_input() {
     let v = phantom([16, 16, 6], 32);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let files = write(
         &v,
         dir.path(),
@@ -870,7 +821,7 @@ fn cli_exit_2_on_bad_input() {
 fn cli_unsupported_syntax_is_named() {
     // A file whose meta header claims MPEG-2: parses, but the pixel data cannot be decoded.
     let v = phantom([16, 16, 3], 33);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let files = write(&v, dir.path(), &DicomWriteOptions::default());
     for f in &files {
         let mut obj = dicom_object::open_file(f).unwrap();
@@ -888,7 +839,7 @@ fn cli_unsupported_syntax_is_named() {
 
 #[test]
 fn cli_phantom_writes_a_readable_series() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let out_dir = dir.path().join("ph");
     let out = bin()
         .args([
@@ -918,7 +869,7 @@ fn cli_phantom_writes_a_readable_series() {
 #[test]
 fn reader_is_used_by_read_volume() {
     let v = phantom([16, 16, 4], 34);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(&v, dir.path(), &DicomWriteOptions::default());
     let r = sdseg_volume::io::read_volume(dir.path(), &opts()).unwrap();
     assert_same(&r, &v, 0.0);
@@ -927,7 +878,7 @@ fn reader_is_used_by_read_volume() {
 
 #[test]
 fn cli_phantom_nifti_and_labels() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let out_dir = dir.path().join("ph");
     let out = bin()
         .args([
@@ -957,7 +908,7 @@ fn labels_written_for_a_dicom_input_keep_its_grid() {
     let ph = abdomen_phantom(&PhantomParams::new([22, 26, 7]), 35);
     let n = (0.5f64).sqrt();
     let v = with_affine(&ph.volume, rotated(ph.volume.affine(), [n, 0.0, n], 17.0));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     write(&v, &dir.path().join("ct"), &DicomWriteOptions::default());
     let r = read_dicom(&dir.path().join("ct"), &opts()).unwrap();
     let out = dir.path().join("labels.nii.gz");

@@ -4,12 +4,12 @@
 //! an input that is not a demo phantom, and the usage errors. The demo model's weights are
 //! trained elsewhere; these tests write a randomly initialised `sdseg-demo` model.
 
-mod run_util;
-
 use std::path::{Path, PathBuf};
 
-use run_util::*;
 use sdseg_volume::model::config::SdsegConfig;
+
+use crate::support::run_util::*;
+use crate::support::{fixture, repo, tempdir, testdata, TINY_BINARY};
 
 /// A random-init `sdseg-demo` model in the official key layout (UNet + EMA copy, condition
 /// encoder, first stage, scale factor, schedule buffers), as `train` writes it: `dir/model.
@@ -75,7 +75,7 @@ const BANNER: &str = "WARNING: DEMO MODEL ON AN INPUT THAT IS NOT A DEMO PHANTOM
 
 #[test]
 fn phantom_writers_stamp_the_tag_and_the_demo_series_has_it() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let dicom = phantom_cli(d.path(), "dcm", &["--size", "16x16x3"]);
     let multi = phantom_cli(d.path(), "mf", &["--size", "16x16x3", "--multiframe"]);
     let nii = phantom_cli(d.path(), "nii", &["--size", "16x16x3", "--format", "nifti"]);
@@ -92,7 +92,7 @@ fn phantom_writers_stamp_the_tag_and_the_demo_series_has_it() {
             p.display()
         );
     }
-    let demo_ct = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/demo-ct");
+    let demo_ct = testdata("demo-ct");
     assert!(sdseg_volume::phantom::looks_like_demo_phantom(&read(
         &demo_ct
     )));
@@ -109,7 +109,7 @@ fn phantom_writers_stamp_the_tag_and_the_demo_series_has_it() {
 /// back) come out on their own grids, binary, without the warning.
 #[test]
 fn demo_pipeline_runs_at_64_on_phantoms_of_any_size() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let weights = random_demo_model(&d.path().join("model"), true);
     let w = weights.to_str().unwrap();
     let dcm = phantom_cli(d.path(), "ph64", &["--size", "64x64x6", "--seed", "3"]);
@@ -170,7 +170,7 @@ fn demo_pipeline_runs_at_64_on_phantoms_of_any_size() {
 /// a phantom, not for a phantom in the same run. Config from the pipeline's preset here.
 #[test]
 fn demo_model_warns_loudly_on_inputs_that_are_not_phantoms() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let weights = random_demo_model(&d.path().join("model"), false);
     let w = weights.to_str().unwrap();
     let data = d.path().join("data");
@@ -278,9 +278,7 @@ fn demo_model_warns_loudly_on_inputs_that_are_not_phantoms() {
 
 /// A copy of pipelines/demo.toml with `f` applied to its text.
 fn demo_toml_copy(dir: &Path, name: &str, f: impl Fn(&str) -> String) -> PathBuf {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.toml"))
-            .unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, f(&text)).unwrap();
     p
@@ -289,7 +287,7 @@ fn demo_toml_copy(dir: &Path, name: &str, f: impl Fn(&str) -> String) -> PathBuf
 /// (c) Missing default weights: exit 2 naming the file and how the demo model is built.
 #[test]
 fn missing_default_weights_are_a_usage_error_naming_the_file() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let input = d.path().join("ct.nii.gz");
     write_nifti(&input, &phantom([64, 64, 2], 0), diag([1.0, 1.0, 2.0]));
     let toml = demo_toml_copy(d.path(), "demo-missing.toml", |t| {
@@ -340,8 +338,8 @@ fn missing_default_weights_are_a_usage_error_naming_the_file() {
 /// real Dice (0.94 when it was committed; docs/demo-model.md).
 #[test]
 fn no_flags_use_the_demo_pipeline_and_its_weights() {
-    let d = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempdir();
+    let root = repo();
     let demo_ct = root.join("testdata/demo-ct");
     assert!(
         root.join("testdata/demo-model/model.safetensors").is_file(),
@@ -378,7 +376,7 @@ fn no_flags_use_the_demo_pipeline_and_its_weights() {
 /// multiple of 8), 72 by the model check for a model whose factor is 16.
 #[test]
 fn slice_sizes_the_model_cannot_take_are_usage_errors() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let weights = random_demo_model(&d.path().join("model"), true);
     let input = d.path().join("ct.nii.gz");
     write_nifti(&input, &phantom([64, 64, 2], 0), diag([1.0, 1.0, 2.0]));
@@ -405,7 +403,7 @@ fn slice_sizes_the_model_cannot_take_are_usage_errors() {
     assert!(stderr(&o).contains("slicing.size"), "{}", stderr(&o));
 
     // The tiny fixture: KL-f8 condition encoder × UNet [1, 2] = 16.
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-binary");
+    let fixture = fixture(TINY_BINARY);
     let p72 = size(72);
     let o = run(
         d.path(),

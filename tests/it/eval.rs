@@ -8,7 +8,8 @@ use sdseg_volume::eval::{
 use sdseg_volume::metrics::{Hd95Mode, MetricOptions, Protocol};
 use sdseg_volume::Affine;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use crate::support::{bin, tempdir};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
@@ -243,7 +244,7 @@ fn btcv_scheme_remaps_the_ground_truth() {
 
 #[test]
 fn folders_pair_by_case_id() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let (p, g) = (d.path().join("pred"), d.path().join("gt"));
     std::fs::create_dir_all(&p).unwrap();
     std::fs::create_dir_all(&g).unwrap();
@@ -279,10 +280,6 @@ fn folders_pair_by_case_id() {
 // ---------------------------------------------------------------------------------------
 // Command line
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sdseg-volume"))
-}
-
 fn dataset(root: &Path) -> (PathBuf, PathBuf) {
     let (p, g) = (root.join("pred"), root.join("gt"));
     std::fs::create_dir_all(&p).unwrap();
@@ -296,7 +293,7 @@ fn dataset(root: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn cli_writes_every_format() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let (p, g) = dataset(d.path());
     for ext in ["json", "csv", "md"] {
         let out = d.path().join(format!("scores.{ext}"));
@@ -365,7 +362,7 @@ fn cli_writes_every_format() {
 
 #[test]
 fn cli_rejects_bad_input_with_exit_code_2() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let (p, g) = dataset(d.path());
     let mut moved = affine();
     moved.0[0][3] += 3.0;

@@ -1,18 +1,7 @@
 //! `sdseg-volume bench` on the tiny fixture: the JSON it prints has the promised fields, and
 //! they are consistent with each other. Not a timing test: no speed is asserted.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sdseg-volume"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny-binary")
-        .join(name)
-}
+use crate::support::{bin, fixture, TINY_BINARY};
 
 fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
     let mut x = v;
@@ -25,8 +14,8 @@ fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
 
 #[test]
 fn json_has_every_field_per_configuration() {
-    let config = fixture("config.json");
-    let out = Command::new(bin())
+    let config = fixture(TINY_BINARY).join("config.json");
+    let out = bin()
         .args(["bench", "--preset"])
         .arg(&config)
         .args([
@@ -79,9 +68,9 @@ fn json_has_every_field_per_configuration() {
 
 #[test]
 fn zero_batch_is_a_usage_error() {
-    let out = Command::new(bin())
+    let out = bin()
         .args(["bench", "--preset"])
-        .arg(fixture("config.json"))
+        .arg(fixture(TINY_BINARY).join("config.json"))
         .args(["--batch-size", "4,0", "--quiet"])
         .output()
         .unwrap();
@@ -94,9 +83,9 @@ fn zero_batch_is_a_usage_error() {
 /// With AMX turned off (`SDSEG_AMX=0`, as on a CPU without it) the run warns and is the f32 run.
 #[test]
 fn bf16_agreement_is_reported_and_the_fallback_warns() {
-    let config = fixture("config.json");
+    let config = fixture(TINY_BINARY).join("config.json");
     for amx_off in [false, true] {
-        let mut cmd = Command::new(bin());
+        let mut cmd = bin();
         cmd.args(["bench", "--preset"]).arg(&config).args([
             "--batch-size",
             "2",

@@ -3,11 +3,11 @@
 //! batch (`--test-segmenter threshold:2:MS`) so the kill lands while cases are in flight; the
 //! sleep changes no output.
 
-mod run_util;
-
-use run_util::*;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use crate::support::run_util::*;
+use crate::support::{bin, tempdir};
 
 const CASES: usize = 6;
 
@@ -36,7 +36,7 @@ fn run_args(out: &str, model: &str) -> Vec<String> {
 
 #[test]
 fn kill_9_mid_run_then_rerun_equals_an_uninterrupted_run() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     dataset(&d.path().join("data"), CASES);
 
     let o = run(
@@ -50,7 +50,7 @@ fn kill_9_mid_run_then_rerun_equals_an_uninterrupted_run() {
     let reference = outputs(&d.path().join("ref"));
     assert_eq!(reference.len(), CASES);
 
-    let mut child = Command::new(bin())
+    let mut child = bin()
         .current_dir(d.path())
         .args(run_args("out", "threshold:2:150"))
         .stdout(Stdio::null())

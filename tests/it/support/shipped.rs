@@ -8,10 +8,8 @@
 //! `cargo build --release --locked`); otherwise the first caller builds it into the same target
 //! folder as the tests.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 /// Path of the release binary, built on first use.
@@ -39,7 +37,7 @@ pub fn binary() -> &'static Path {
             .args(["build", "--release", "--locked", "--bin", "sdseg-volume"])
             .arg("--target-dir")
             .arg(&target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(super::repo())
             .status()
             .expect("start cargo to build the release binary");
         assert!(status.success(), "cargo build --release failed");
@@ -47,33 +45,4 @@ pub fn binary() -> &'static Path {
         assert!(bin.is_file(), "{} missing after the build", bin.display());
         bin
     })
-}
-
-/// Run the shipped binary with `args`; stdout and stderr captured.
-pub fn run<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Command::new(binary())
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("start the shipped binary")
-}
-
-/// The process's exit code; a signal (crash) fails the test with the output.
-pub fn exit_code(out: &Output) -> i32 {
-    match out.status.code() {
-        Some(c) => c,
-        None => panic!(
-            "the shipped binary was killed by a signal ({:?}); stderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-}
-
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }

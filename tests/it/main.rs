@@ -1,0 +1,28 @@
+//! The integration tests: one test binary (one link instead of one per file), one module per
+//! area, and the helpers they share in [`support`]: the binary under test, the shipped release
+//! binary, fixtures and test data, temporary folders, and the Python tools the
+//! interoperability tests compare against.
+
+mod support;
+
+mod architecture;
+mod bench_cli;
+mod corpus;
+mod demo_run;
+mod dicom;
+mod eval;
+mod fuzz_regressions;
+mod installed;
+mod interop_dcm2niix;
+mod interop_nibabel;
+mod metrics;
+mod metrics_reference;
+mod nifti;
+mod parity;
+mod pipeline;
+mod real_world;
+mod reproduce;
+mod run;
+mod run_kill_resume;
+mod train;
+mod vae_parity;
