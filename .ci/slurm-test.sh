@@ -7,7 +7,7 @@
 # Usage (as root, from the repository root):  .ci/slurm-test.sh [path/to/sdseg-volume]
 #   default binary: $SDSEG_BIN, else target/release/sdseg-volume
 # Model: SDSEG_SLURM_MODEL=fixture uses the tiny fixture checkpoint
-#   (testdata/fixtures/tiny-binary/checkpoint.safetensors + config.json); =fake uses the
+#   (testdata/fixtures/tiny-binary/checkpoint.ckpt + config.json); =fake uses the
 #   threshold test model; =auto (default) uses the fixture when this build can load it and
 #   says so loudly when it falls back to the test model.
 # Volumes: `sdseg-volume phantom --format nifti` when the binary has it, else nibabel from
@@ -139,7 +139,7 @@ fi
 
 # --- 5. the model --------------------------------------------------------------------------
 # --pipeline btcv: the tiny fixture is a 256² model (run's default pipeline is the 64² demo).
-FIXTURE=(--weights "$FIX/checkpoint.safetensors" --model-config "$FIX/config.json" --pipeline btcv)
+FIXTURE=(--weights "$FIX/checkpoint.ckpt" --model-config "$FIX/config.json" --pipeline btcv)
 FAKE=(--test-segmenter threshold --pipeline btcv)
 case "$MODE" in
   fixture) MODEL=("${FIXTURE[@]}") ;;

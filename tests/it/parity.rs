@@ -287,8 +287,9 @@ fn unet_stage_parity_ema_and_raw() {
                     assert_close(&format!("{name} {key}"), &eps, &fx.get(key), 1e-4);
                 }
                 Some(ids) => {
+                    let batch = x.dim(0).unwrap();
                     for (i, k) in ids.iter().enumerate() {
-                        let y = Tensor::new(&[*k, *k], &Device::Cpu).unwrap();
+                        let y = Tensor::new(vec![*k; batch], &Device::Cpu).unwrap();
                         let eps = model.unet(&x, &t, Some(&y)).unwrap();
                         let want = fx.get(key).get(i).unwrap();
                         assert_close(&format!("{name} {key} class {k}"), &eps, &want, 1e-4);
@@ -346,14 +347,14 @@ fn config_json_loads_as_is() {
     assert_eq!(b.task(), Task::Binary);
     assert_eq!(b.params.conditioning_key, "concat");
     assert_eq!(b.unet().model_channels, 32);
-    assert_eq!(b.unet().channel_mult, vec![1, 2]);
+    assert_eq!(b.unet().channel_mult, vec![1, 1]);
     assert_eq!(b.unet().attention_resolutions, vec![1, 2]);
     assert_eq!(b.unet().num_heads, 2);
     assert!(b.unet().use_scale_shift_norm && b.unet().resblock_updown);
-    assert_eq!(b.first_stage().ddconfig.ch_mult, vec![1, 2, 2, 2]);
+    assert_eq!(b.first_stage().ddconfig.ch_mult, vec![1, 1, 1, 1]);
     assert_eq!(b.cond_stage().embed_dim, 4);
     assert_eq!(b.latent_shape(), [4, 32, 32]);
-    assert_eq!(b.scale_factor, Some(0.34071651101112366));
+    assert_eq!(b.scale_factor, Some(0.33875253796577454));
     let m = Fixture::new(MULTI).config;
     assert_eq!(m.task(), Task::MultiClass { num_classes: 4 });
     assert_eq!(m.unet().num_classes, Some(4));
@@ -557,7 +558,8 @@ fn half_precision_run_stays_close() {
         .filter(|(a, b)| **a != *b)
         .count();
     eprintln!("f16: {flips} mask pixels differ");
-    assert!(flips < 131072 / 200, "{flips} pixels differ");
+    let pixels = values(&fx.get("mask")).len();
+    assert!(flips < pixels / 200, "{flips} of {pixels} pixels differ");
     // bf16 on the CPU loads as f32 tensors with bf16 convolutions
     // (`bf16_decisions_agree_with_f32`).
     let m = Sdseg::load(&w, &fx.config, &Device::Cpu, DType::BF16, true).unwrap();
@@ -782,7 +784,7 @@ fn trace_cli_writes_every_name() {
 /// `--dtype bf16` on the CPU (issue 7): the model keeps f32 tensors and computes its convs in
 /// split bf16 where the CPU has AMX-BF16. Decisions agree with f32 on ≥ 99.9 % of pixels and
 /// on every pixel whose official decision margin is ≥ 1e-2. `bf16-fast` (plain bf16 products)
-/// is looser (99.68 % and 98.95 % measured on the two fixtures): ≥ 98.5 %. Without AMX-BF16 both are the f32 run (checked bit for bit).
+/// is looser (99.76 % and 99.05 % measured on the two fixtures at batch 2): ≥ 98.5 %. Without AMX-BF16 both are the f32 run (checked bit for bit).
 #[test]
 fn bf16_decisions_agree_with_f32() {
     use sdseg_volume::model::conv::bf16_available;

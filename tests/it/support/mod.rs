@@ -26,10 +26,47 @@ pub fn testdata(rel: &str) -> PathBuf {
 }
 
 /// The folder of an official fixture ([`TINY_BINARY`], [`TINY_MULTICLASS`]):
-/// `checkpoint.ckpt`, `checkpoint.safetensors`, `case.safetensors`, `config.json`, made by the
-/// unmodified official PyTorch code (the README.md beside them says how).
+/// `checkpoint.ckpt`, `checkpoint.safetensors`, `case.safetensors`, `config.json`. All but
+/// `checkpoint.safetensors` are the files in `testdata/fixtures/<name>` made by the unmodified
+/// official PyTorch code (the README.md there says how); the safetensors copy of the same
+/// `state_dict` is not committed (it would double the fixtures' size) but written here, once
+/// per test run, from the `.ckpt`: every tensor, its key, dtype and bytes as stored.
 pub fn fixture(name: &str) -> PathBuf {
-    testdata("fixtures").join(name)
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock};
+    static MADE: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let mut made = MADE.get_or_init(Default::default).lock().unwrap();
+    if let Some(dir) = made.get(name) {
+        return dir.clone();
+    }
+    let committed = testdata("fixtures").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("fixtures")
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("fixture folder");
+    for f in ["checkpoint.ckpt", "case.safetensors", "config.json", "README.md"] {
+        std::fs::copy(committed.join(f), dir.join(f))
+            .unwrap_or_else(|e| panic!("{}: {e}", committed.join(f).display()));
+    }
+    write_safetensors_copy(&dir.join("checkpoint.ckpt"), &dir.join("checkpoint.safetensors"));
+    made.insert(name.to_string(), dir.clone());
+    dir
+}
+
+/// Every tensor of a torch checkpoint, as stored (key, dtype, shape, bytes), into a
+/// `.safetensors` file: what `safetensors.torch.save_file(state_dict)` writes.
+fn write_safetensors_copy(ckpt: &Path, out: &Path) {
+    let ck = sdseg_volume::model::checkpoint::Checkpoint::open(ckpt).expect("fixture checkpoint");
+    let mut tensors = std::collections::HashMap::new();
+    for key in ck.keys().keys() {
+        let t = ck
+            .tensor(key)
+            .unwrap_or_else(|e| panic!("{}: {key}: {e}", ckpt.display()));
+        tensors.insert(key.clone(), t);
+    }
+    let tmp = out.with_extension("part");
+    candle_core::safetensors::save(&tensors, &tmp).expect("write the safetensors copy");
+    std::fs::rename(&tmp, out).expect("rename the safetensors copy");
 }
 
 /// The debug `sdseg-volume` binary Cargo built for these tests.
