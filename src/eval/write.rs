@@ -246,9 +246,18 @@ impl Report {
     /// Markdown: definitions, the paper-style summary row for `method`, per-label
     /// mean ± std, and per-case scores.
     pub fn to_markdown(&self, method: &str) -> String {
+        let mut s = String::new();
+        self.md_definitions(&mut s);
+        self.md_summary(&mut s, method);
+        self.md_per_label(&mut s);
+        self.md_per_case(&mut s);
+        s
+    }
+
+    /// The title and what the protocol, metrics, labels and means are.
+    fn md_definitions(&self, s: &mut String) {
         let m = &self.metrics;
         let tol = m.nsd_tolerance_mm;
-        let mut s = String::new();
         let _ = writeln!(s, "# Segmentation scores\n");
         let _ = writeln!(
             s,
@@ -269,8 +278,11 @@ impl Report {
             self.scheme_description,
             self.cases.len()
         );
+    }
 
-        // The paper's layout: one row per method, mean over labels (and cases).
+    /// The paper's layout: one row per method, mean over labels (and cases).
+    fn md_summary(&self, s: &mut String, method: &str) {
+        let tol = self.metrics.nsd_tolerance_mm;
         let _ = writeln!(s, "## Summary (mean over labels of the mean over cases)\n");
         let mut head = format!("| Method | Dice | IoU | HD95 (mm) | ASSD (mm) | NSD@{tol}mm |");
         let mut rule = String::from("|---|---|---|---|---|---|");
@@ -294,7 +306,11 @@ impl Report {
         if self.labels.len() > 1 {
             let _ = writeln!(s, "Label columns: Dice.\n");
         }
+    }
 
+    /// Mean ± std over cases of every label, and the mean over labels.
+    fn md_per_label(&self, s: &mut String) {
+        let tol = self.metrics.nsd_tolerance_mm;
         let _ = writeln!(s, "## Per label (mean ± std over cases)\n");
         let _ = writeln!(
             s,
@@ -323,7 +339,11 @@ impl Report {
             fx(self.mean.assd_mm, 2),
             fx(self.mean.nsd, 4)
         );
+    }
 
+    /// Every case's scores (every label's Dice and HD95 when there are several).
+    fn md_per_case(&self, s: &mut String) {
+        let tol = self.metrics.nsd_tolerance_mm;
         let _ = writeln!(s, "## Per case\n");
         if self.labels.len() == 1 {
             let _ = writeln!(
@@ -366,7 +386,6 @@ impl Report {
                 let _ = writeln!(s, "{row} {} |", fx(mean, 4));
             }
         }
-        s
     }
 }
 

@@ -351,7 +351,6 @@ fn polar(a: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::nifti::header::header_from_affine;
 
     fn rot(axis: usize, deg: f64) -> [[f64; 3]; 3] {
         let (s, c) = deg.to_radians().sin_cos();
@@ -381,8 +380,29 @@ mod tests {
         a
     }
 
+    /// The qform of `a` stored in a header's f32 fields (as `header_from_affine` stores it)
+    /// and read back.
     fn header_qform_affine(a: &Affine) -> Affine {
-        let h = header_from_affine(a, [4, 5, 6]);
+        let q = quatern_from_affine(a);
+        let h = NiftiHeader {
+            pixdim: [
+                q.qfac as f32,
+                q.zooms[0] as f32,
+                q.zooms[1] as f32,
+                q.zooms[2] as f32,
+                1.0,
+                1.0,
+                1.0,
+                1.0,
+            ],
+            quatern_b: q.b as f32,
+            quatern_c: q.c as f32,
+            quatern_d: q.d as f32,
+            quatern_x: q.offset[0] as f32,
+            quatern_y: q.offset[1] as f32,
+            quatern_z: q.offset[2] as f32,
+            ..NiftiHeader::default()
+        };
         let mut w = vec![];
         qform_affine(
             &h,
