@@ -9,7 +9,8 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 
-use crate::model::conv::{conv2d, Conv2d};
+use crate::model::conv::conv2d;
+use sdseg_kernels::conv::Conv2d;
 use crate::model::vae::{DdConfig, Encoder};
 
 /// `cond_stage_config.params`: the encoder's ddconfig plus `embed_dim` (all in one flat map in

@@ -9,13 +9,13 @@
 //! noise at the same cost as candle's version (the f64 part is 1/W of the data).
 //!
 //! On the inference fast path (f32 CPU tensors, nothing tracking gradients) `forward` and
-//! `forward_silu` run the fused one-pass op of [`crate::model::ops`] instead (the same
+//! `forward_silu` run the fused one-pass op of [`sdseg_kernels::ops`] instead (the same
 //! statistics, f32 lane sums over blocks of 256 values and f64 across), with the SiLU folded in.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::ops;
+use sdseg_kernels::ops;
 
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
@@ -79,7 +79,7 @@ impl GroupNorm {
         self.forward_with(x, true)
     }
 
-    /// The fused op of [`crate::model::ops`] on the fast path (f32 CPU, no gradient
+    /// The fused op of [`sdseg_kernels::ops`] on the fast path (f32 CPU, no gradient
     /// tracking), else [`GroupNorm::forward_exact`] (+ SiLU).
     fn forward_with(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         if ops::fused_applies(x, &[&self.weight, &self.bias]) {

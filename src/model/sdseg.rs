@@ -27,8 +27,8 @@ use rand_distr::StandardNormal;
 use crate::model::checkpoint::{Checkpoint, KeyReport, LoadSession, ModelError, INFERENCE_BUFFERS};
 use crate::model::cond::AEEncoderEmbedder;
 use crate::model::config::{SdsegConfig, Task};
-use crate::model::conv::{with_cpu_precision, CpuPrecision};
-use crate::model::latent::latent_estimate;
+use sdseg_kernels::conv::{with_cpu_precision, CpuPrecision};
+use sdseg_kernels::latent::latent_estimate;
 use crate::model::schedule::{Schedule, StepCoefficients};
 use crate::model::unet::UNetModel;
 use crate::model::vae::AutoencoderKLDecoder;
@@ -367,7 +367,7 @@ impl Sdseg {
     /// [`Self::dtype`]; for a CPU `bf16` run, `Some(true)` when AMX-BF16 runs them in bf16 and
     /// `Some(false)` when this CPU has no AMX-BF16 and they fall back to f32.
     pub fn cpu_bf16_convs(&self) -> Option<bool> {
-        self.cpu_bf16.map(|_| crate::model::conv::bf16_available())
+        self.cpu_bf16.map(|_| sdseg_kernels::conv::bf16_available())
     }
     /// The warning a CPU `bf16` run on a CPU without AMX-BF16 should print (`flag`: the
     /// `--dtype` value as given); `None` when the run computes what was asked.

@@ -18,7 +18,8 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use serde::Deserialize;
 
-use crate::model::conv::{conv2d, Conv2d};
+use crate::model::conv::conv2d;
+use sdseg_kernels::conv::Conv2d;
 use crate::model::norm::{group_norm, GroupNorm};
 
 /// LDM `ddconfig` (the `first_stage_config.params.ddconfig` block of the YAML, and the
@@ -192,7 +193,7 @@ impl Module for AttnBlock {
         let k = self.k.forward(&hn)?.reshape((b, c, h * w))?;
         let v = self.v.forward(&hn)?.reshape((b, c, h * w))?;
         // w[b,i,j] = softmax_j(Σ_c q[b,c,i]·k[b,c,j] · c^−½) (in f32), h[b,c,i] = Σ_j v[b,c,j]·w[b,i,j]
-        let out = crate::model::attention::attention(&q, &k, &v, (c as f64).powf(-0.5))?
+        let out = sdseg_kernels::attention::attention(&q, &k, &v, (c as f64).powf(-0.5))?
             .reshape((b, c, h, w))?;
         x + self.proj_out.forward(&out)?
     }

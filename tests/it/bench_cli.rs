@@ -104,7 +104,7 @@ fn bf16_agreement_is_reported_and_the_fallback_warns() {
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
-        let amx = !amx_off && sdseg_volume::model::conv::bf16_available();
+        let amx = !amx_off && sdseg_kernels::conv::bf16_available();
         assert_eq!(
             stderr.contains("no AMX-BF16"),
             !amx,

@@ -787,7 +787,7 @@ fn trace_cli_writes_every_name() {
 /// is looser (99.76 % and 99.05 % measured on the two fixtures at batch 2): ≥ 98.5 %. Without AMX-BF16 both are the f32 run (checked bit for bit).
 #[test]
 fn bf16_decisions_agree_with_f32() {
-    use sdseg_volume::model::conv::bf16_available;
+    use sdseg_kernels::conv::bf16_available;
     for name in [BINARY, MULTI] {
         let fx = Fixture::new(name);
         let f32_model = fx.load("safetensors", true);

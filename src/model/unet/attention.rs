@@ -7,7 +7,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::GroupNorm32;
-use crate::model::conv::Conv2d;
+use sdseg_kernels::conv::Conv2d;
 
 /// How the `3·C` channels of `qkv` are split into heads and q/k/v.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,9 +95,9 @@ impl Module for AttentionBlock {
             .reshape((b, 3 * c, t))?;
         let (q, k, v) = self.split_heads(&qkv)?;
         let d = c / self.num_heads;
-        let a = if crate::model::attention::fused_applies(&q, &k, &v) {
-            // f32 on the CPU: one scale on the scores, fused (model::attention).
-            crate::model::attention::attention(&q, &k, &v, 1.0 / (d as f64).sqrt())?
+        let a = if sdseg_kernels::attention::fused_applies(&q, &k, &v) {
+            // f32 on the CPU: one scale on the scores, fused (sdseg_kernels::attention).
+            sdseg_kernels::attention::attention(&q, &k, &v, 1.0 / (d as f64).sqrt())?
         } else {
             // 1/√√d on both q and k ("more stable with f16 than dividing afterwards").
             let scale = 1.0 / (d as f64).sqrt().sqrt();
@@ -107,7 +107,7 @@ impl Module for AttentionBlock {
             // matmul takes transposed operands as they are (gemm strides): no copies.
             let weight = q.transpose(1, 2)?.matmul(&k)?;
             let in_dtype = weight.dtype();
-            let weight = crate::model::attention::softmax_last_dim(&weight.to_dtype(DType::F32)?)?
+            let weight = sdseg_kernels::attention::softmax_last_dim(&weight.to_dtype(DType::F32)?)?
                 .to_dtype(in_dtype)?;
             // a[b, c, t] = Σ_s weight[b, t, s]·v[b, c, s]
             v.matmul(&weight.transpose(1, 2)?)?

@@ -19,8 +19,9 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Embedding, Init, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::model::conv::{conv2d, Conv2d};
-use crate::model::ops;
+use crate::model::conv::conv2d;
+use sdseg_kernels::conv::Conv2d;
+use sdseg_kernels::ops;
 
 /// `unet_config.params` of the LDM YAML. Defaults are `UNetModel.__init__`'s.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -257,7 +258,7 @@ impl GroupNorm32 {
 }
 
 /// On the inference fast path (f32 CPU tensors, nothing tracking gradients) the fused one-pass
-/// op of [`crate::model::ops`], else [`GroupNorm32::forward_exact`].
+/// op of [`sdseg_kernels::ops`], else [`GroupNorm32::forward_exact`].
 impl Module for GroupNorm32 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if ops::fused_applies(x, &[&self.weight, &self.bias]) {

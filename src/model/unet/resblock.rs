@@ -4,7 +4,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
 use super::GroupNorm32;
-use crate::model::conv::{conv2d, Conv2d};
+use crate::model::conv::conv2d;
+use sdseg_kernels::conv::Conv2d;
 
 fn conv3x3(in_c: usize, out_c: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
     let cfg = Conv2dConfig {

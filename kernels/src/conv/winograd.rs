@@ -31,7 +31,7 @@
 
 use super::cpu::{self, Init, Seg};
 use super::{gather_bias, CpuKernel, Padding2d};
-use crate::model::SendPtr;
+use crate::SendPtr;
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 use std::arch::x86_64::*;

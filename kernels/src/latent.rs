@@ -13,7 +13,7 @@
 //! - a CPU path: rayon over batch elements and chunks, a plain loop the compiler vectorises on
 //!   contiguous input, strided inputs gathered first; f32/f64 math in the input's precision,
 //!   f16/bf16 converted to f32 and rounded once at the end;
-//! - a CUDA path (feature `cuda`): `kernels/latent_estimate.cu`, compiled at run time with
+//! - a CUDA path (feature `cuda`): `cuda/latent_estimate.cu`, compiled at run time with
 //!   NVRTC for the device's compute capability and launched through cudarc;
 //! - a backward pass (tensor expressions, so it runs on any device) giving gradients for zt,
 //!   eps and both coefficient vectors.
@@ -323,7 +323,7 @@ impl CustomOp3 for LatentEstimate {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launch of `kernels/latent_estimate.cu`. The source is compiled once per process and
+    //! Launch of `cuda/latent_estimate.cu`. The source is compiled once per process and
     //! compute capability with NVRTC (libnvrtc is already linked by candle's CUDA backend), so
     //! the build needs no nvcc for it and the PTX always matches the GPU it runs on.
 
@@ -334,7 +334,7 @@ mod cuda {
     use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
     use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
-    const SOURCE: &str = include_str!("../../kernels/latent_estimate.cu");
+    const SOURCE: &str = include_str!("../cuda/latent_estimate.cu");
     const MODULE: &str = "sdseg_latent_estimate";
     const BLOCK: u32 = 256;
 

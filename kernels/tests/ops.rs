@@ -1,4 +1,4 @@
-//! Parity of the fused `model::ops::group_norm_silu` / `group_norm_scale_shift_silu` (f32 CPU
+//! Parity of the fused `sdseg_kernels::ops::group_norm_silu` / `group_norm_scale_shift_silu` (f32 CPU
 //! fast path) with candle-nn's `GroupNorm` (+ `silu`, + scale-shift in candle ops) and with our
 //! candle-op reference, on random data: batches, odd spatial sizes, rank 3 and 4, a large mean,
 //! non-contiguous input.
@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sdseg_volume::model::ops::{
+use sdseg_kernels::ops::{
     group_norm_reference, group_norm_scale_shift_silu, group_norm_silu,
 };
 

@@ -1,13 +1,12 @@
-//! Fused GroupNorm(+SiLU) (`model::ops::group_norm_silu`) against candle-nn's `GroupNorm`
-//! followed by `silu` and against the model's exact candle-op path
-//! (`model::norm::GroupNorm::forward_exact` + `silu`, what training runs), on the SDSeg
-//! activation shapes, f32 CPU, all rayon threads.
+//! Fused GroupNorm(+SiLU) (`ops::group_norm_silu`) against candle-nn's `GroupNorm` followed
+//! by `silu` and against the same maths in candle ops (`ops::group_norm_reference`, what the
+//! op falls back to off its fast path), on the SDSeg activation shapes, f32 CPU, all rayon
+//! threads.
 //!
 //! `cargo bench --bench ops [-- [FILTER] [--reps N]]`: ms per call (medians, back to back).
 
 use candle_core::{Device, Module, Tensor};
-use sdseg_volume::model::norm::GroupNorm;
-use sdseg_volume::model::ops::group_norm_silu;
+use sdseg_kernels::ops::{group_norm_reference, group_norm_silu};
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -37,7 +36,7 @@ fn main() -> candle_core::Result<()> {
     }
     println!(
         "{:<28} {:>10} {:>12} {:>8} {:>10} {:>8}",
-        "GroupNorm(32)+SiLU", "fused ms", "candle ms", "ratio", "exact ms", "ratio"
+        "GroupNorm(32)+SiLU", "fused ms", "candle ms", "ratio", "ref ms", "ratio"
     );
     let shapes: [[usize; 4]; 4] = [
         [1, 128, 256, 256],
@@ -55,14 +54,15 @@ fn main() -> candle_core::Result<()> {
         let w = Tensor::randn(1f32, 0.1, s[1], &dev)?;
         let b = Tensor::randn(0f32, 0.1, s[1], &dev)?;
         let gn = candle_nn::GroupNorm::new(w.clone(), b.clone(), s[1], 32, 1e-6)?;
-        let ours = GroupNorm::new(w.clone(), b.clone(), 32, 1e-6)?;
         let (mut fused, mut cand, mut exact) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             fused.push(time(|| {
                 group_norm_silu(&x, 32, 1e-6, &w, &b, true).unwrap()
             }));
             cand.push(time(|| gn.forward(&x).unwrap().silu().unwrap()));
-            exact.push(time(|| ours.forward_exact(&x).unwrap().silu().unwrap()));
+            exact.push(time(|| {
+                group_norm_reference(&x, 32, 1e-6, &w, &b, None, true).unwrap()
+            }));
         }
         let (f, c, e) = (median(fused), median(cand), median(exact));
         println!(

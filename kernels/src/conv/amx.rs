@@ -22,7 +22,7 @@
 //! viewed as rows of 16). Input channels are zero-padded to a multiple of 32.
 
 use super::Padding2d;
-use crate::model::SendPtr;
+use crate::SendPtr;
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 use std::arch::asm;

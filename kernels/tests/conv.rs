@@ -1,4 +1,4 @@
-//! Parity of `model::conv::Conv2d` (the fast CPU path with each micro-kernel the CPU runs,
+//! Parity of `sdseg_kernels::conv::Conv2d` (the fast CPU path with each micro-kernel the CPU runs,
 //! AVX-512 and/or AVX2 + FMA, candle's conv2d when none; 1×1 convs also as one gemm per image) against an f64 naive convolution and against candle's conv2d, on random
 //! data for every variant the kernel distinguishes: 1×1 (one long row, in place), 3×3 stride 1
 //! (padded copy / in place when unpadded), stride 2 (phase-split copy) with symmetric and the
@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Conv2dConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sdseg_volume::model::conv::{winograd_available, Conv2d, ConvPath, CpuKernel, Padding2d};
+use sdseg_kernels::conv::{winograd_available, Conv2d, ConvPath, CpuKernel, Padding2d};
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -548,7 +548,7 @@ fn im2col_training_path_gradients_match_candle() {
 // ---------------------------------------------------------------------------------------------
 // bf16 on the CPU (`--dtype bf16`): AMX tiles where the CPU has them, f32 elsewhere.
 
-use sdseg_volume::model::conv::{bf16_available, with_cpu_precision, CpuPrecision};
+use sdseg_kernels::conv::{bf16_available, with_cpu_precision, CpuPrecision};
 
 fn bf16_round(t: &Tensor) -> Tensor {
     t.to_dtype(DType::BF16)

@@ -1,4 +1,4 @@
-//! GFLOP/s of `model::conv::Conv2d` (the fast CPU path) against candle 0.11's conv2d on the
+//! GFLOP/s of `sdseg_kernels::conv::Conv2d` (the fast CPU path) against candle 0.11's conv2d on the
 //! SDSeg model's convolution shapes, f32, all rayon threads.
 //!
 //! `cargo bench --bench conv [-- [FILTER] [--reps N] [--ours-only] [--kernel avx512|avx2]]`:
@@ -9,7 +9,7 @@
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::Conv2dConfig;
-use sdseg_volume::model::conv::{fast_available, Conv2d, CpuKernel, Padding2d};
+use sdseg_kernels::conv::{fast_available, Conv2d, CpuKernel, Padding2d};
 use std::time::Instant;
 
 struct Shape {

@@ -13,7 +13,7 @@
 //! vectorised `exp`, and the product with `v`, straight into the output; rayon over
 //! (row, query block). Anything else (CUDA, f16/bf16, autograd) takes the candle ops.
 
-use crate::model::SendPtr;
+use crate::SendPtr;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
