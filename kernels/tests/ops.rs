@@ -6,9 +6,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sdseg_kernels::ops::{
-    group_norm_reference, group_norm_scale_shift_silu, group_norm_silu,
-};
+use sdseg_kernels::ops::{group_norm_reference, group_norm_scale_shift_silu, group_norm_silu};
 
 fn random(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

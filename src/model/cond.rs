@@ -10,8 +10,8 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 
 use crate::model::conv::conv2d;
-use sdseg_kernels::conv::Conv2d;
 use crate::model::vae::{DdConfig, Encoder};
+use sdseg_kernels::conv::Conv2d;
 
 /// `cond_stage_config.params`: the encoder's ddconfig plus `embed_dim` (all in one flat map in
 /// the YAML).

@@ -27,11 +27,11 @@ use rand_distr::StandardNormal;
 use crate::model::checkpoint::{Checkpoint, KeyReport, LoadSession, ModelError, INFERENCE_BUFFERS};
 use crate::model::cond::AEEncoderEmbedder;
 use crate::model::config::{SdsegConfig, Task};
-use sdseg_kernels::conv::{with_cpu_precision, CpuPrecision};
-use sdseg_kernels::latent::latent_estimate;
 use crate::model::schedule::{Schedule, StepCoefficients};
 use crate::model::unet::UNetModel;
 use crate::model::vae::AutoencoderKLDecoder;
+use sdseg_kernels::conv::{with_cpu_precision, CpuPrecision};
+use sdseg_kernels::latent::latent_estimate;
 
 type Result<T> = std::result::Result<T, ModelError>;
 

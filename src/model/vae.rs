@@ -19,8 +19,8 @@ use rand_distr::StandardNormal;
 use serde::Deserialize;
 
 use crate::model::conv::conv2d;
-use sdseg_kernels::conv::Conv2d;
 use crate::model::norm::{group_norm, GroupNorm};
+use sdseg_kernels::conv::Conv2d;
 
 /// LDM `ddconfig` (the `first_stage_config.params.ddconfig` block of the YAML, and the
 /// `cond_stage_config.params` of SDSeg minus `embed_dim`). Field names are the YAML's.

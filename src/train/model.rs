@@ -29,10 +29,10 @@ use rand_distr::StandardNormal;
 use crate::model::checkpoint::{ema_name, Checkpoint};
 use crate::model::cond::AEEncoderEmbedder;
 use crate::model::config::SdsegConfig;
-use sdseg_kernels::latent::latent_estimate;
 use crate::model::schedule::Schedule;
 use crate::model::unet::UNetModel;
 use crate::model::vae::{AutoencoderKL, DiagonalGaussian};
+use sdseg_kernels::latent::latent_estimate;
 
 use super::optim::ParamGroup;
 use super::TrainError;

@@ -13,8 +13,8 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
-use sdseg_volume::model::cond::{AEEncoderEmbedder, AEEncoderEmbedderConfig};
 use sdseg_kernels::latent::{latent_estimate, latent_estimate_reference};
+use sdseg_volume::model::cond::{AEEncoderEmbedder, AEEncoderEmbedderConfig};
 use sdseg_volume::model::vae::{AutoencoderKL, AutoencoderKLDecoder, DdConfig};
 
 use crate::support::fixture;
