@@ -1,5 +1,11 @@
 //! sdseg-volume: segment CT volumes with SDSeg (Stable Diffusion Segmentation, MICCAI 2024)
 //! in one reverse step. See ARCHITECTURE.md for the map of stages and modules.
+//!
+//! No `unsafe` here: the compute kernels that need it are the `sdseg_kernels` crate. The one
+//! exception, allowed where it stands, is memory-mapping a safetensors checkpoint
+//! (`model::checkpoint::file`).
+
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod dataset;

@@ -10,9 +10,17 @@
 //!   kernel in `cuda/latent_estimate.cu`.
 //!
 //! The crate knows nothing of checkpoints or networks: layers that load weights (and spell
-//! checkpoint keys) live in the application crate and call these ops. Every `unsafe` of the
-//! project's Rust code lives here (SIMD intrinsics, AMX inline assembly, raw output pointers
-//! shared by rayon tasks, the CUDA launch), each with the contract it relies on.
+//! checkpoint keys) live in the application crate and call these ops. The project's `unsafe`
+//! code lives here (SIMD intrinsics, AMX inline assembly, raw output pointers shared by rayon
+//! tasks, the CUDA launch; the application denies `unsafe` but for memory-mapping a
+//! checkpoint): every `unsafe fn` states its contract under `# Safety`, every `unsafe` block
+//! why the contract holds there (`// SAFETY:`).
+
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
 
 pub mod attention;
 pub mod conv;

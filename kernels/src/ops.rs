@@ -282,13 +282,14 @@ fn normalise_group(
     let hw = xg.len() / a.len().max(1);
     let count = xg.len() as f64;
     let (mean, var) = match simd {
-        // SAFETY (both): the variant was detected on this CPU.
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the variant was detected on this CPU (`Simd::detect`).
         Simd::Avx512 => unsafe {
             let mean = x86::sum_avx512(xg, 0.0, false) / count;
             (mean, x86::sum_avx512(xg, mean as f32, true) / count)
         },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the variant was detected on this CPU (`Simd::detect`).
         Simd::Avx2Fma => unsafe {
             let mean = x86::sum_avx2(xg, 0.0, false) / count;
             (mean, x86::sum_avx2(xg, mean as f32, true) / count)
@@ -305,10 +306,11 @@ fn normalise_group(
     for (k, (yc, xc)) in yg.chunks_mut(hw).zip(xg.chunks(hw)).enumerate() {
         let affine = [(a[k] as f64 * rstd) as f32, d[k]];
         match simd {
-            // SAFETY (both): the variant was detected on this CPU.
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: the variant was detected on this CPU (`Simd::detect`).
             Simd::Avx512 => unsafe { x86::apply_avx512(yc, xc, center, affine, silu) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: the variant was detected on this CPU (`Simd::detect`).
             Simd::Avx2Fma => unsafe { x86::apply_avx2(yc, xc, center, affine, silu) },
             _ => apply(yc, xc, center, affine, silu),
         }
@@ -332,11 +334,10 @@ fn apply(y: &mut [f32], x: &[f32], center: [f32; 2], affine: [f32; 2], silu: boo
     }
 }
 
-/// [`sum`], [`sum_sq`] and [`apply`] in AVX-512 and AVX2 intrinsics: vectorised in every
-/// build profile (the dev profile's opt-level 1 does not auto-vectorise), and in the scalar
-/// code's operation order (see [`Simd`]). Tails shorter than a vector run the scalar code.
+/// [`sum`], [`sum_sq`] and [`apply`] in AVX-512 and AVX2 intrinsics: vectorised whatever the
+/// optimiser makes of the scalar code, and in its operation order (see [`Simd`]). Tails
+/// shorter than a vector run the scalar code.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since 1.89, as in `conv`
 mod x86 {
     use super::{apply, block_total, BLOCK, LANES};
     use std::arch::x86_64::*;
@@ -355,12 +356,14 @@ mod x86 {
             let mut acc = _mm512_setzero_ps();
             let mut it = blk.chunks_exact(LANES);
             for v in &mut it {
-                let d = _mm512_sub_ps(_mm512_loadu_ps(v.as_ptr()), s);
+                // SAFETY: `v` is a chunk of exactly 16 floats.
+                let d = _mm512_sub_ps(unsafe { _mm512_loadu_ps(v.as_ptr()) }, s);
                 let d = if sq { _mm512_mul_ps(d, d) } else { d };
                 acc = _mm512_add_ps(acc, d);
             }
             let mut lanes = [0f32; LANES];
-            _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+            // SAFETY: `lanes` holds 16 floats.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
             let rest = it.remainder().iter().map(|&x| {
                 let d = x - shift;
                 if sq {
@@ -386,8 +389,15 @@ mod x86 {
             let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let mut it = blk.chunks_exact(LANES);
             for v in &mut it {
-                let d0 = _mm256_sub_ps(_mm256_loadu_ps(v.as_ptr()), s);
-                let d1 = _mm256_sub_ps(_mm256_loadu_ps(v.as_ptr().add(8)), s);
+                // SAFETY: `v` is a chunk of exactly 16 floats.
+                let (v0, v1) = unsafe {
+                    (
+                        _mm256_loadu_ps(v.as_ptr()),
+                        _mm256_loadu_ps(v.as_ptr().add(8)),
+                    )
+                };
+                let d0 = _mm256_sub_ps(v0, s);
+                let d1 = _mm256_sub_ps(v1, s);
                 let (d0, d1) = if sq {
                     (_mm256_mul_ps(d0, d0), _mm256_mul_ps(d1, d1))
                 } else {
@@ -397,8 +407,11 @@ mod x86 {
                 acc1 = _mm256_add_ps(acc1, d1);
             }
             let mut lanes = [0f32; LANES];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc0);
-            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc1);
+            // SAFETY: `lanes` holds 16 floats.
+            unsafe {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc0);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc1);
+            }
             let rest = it.remainder().iter().map(|&x| {
                 let d = x - shift;
                 if sq {
@@ -432,7 +445,8 @@ mod x86 {
         let sign = _mm512_set1_ps(-0.0);
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         for i in (0..main).step_by(16) {
-            let xv = _mm512_loadu_ps(xp.add(i));
+            // SAFETY: `i + 16 <= main <= x.len()`.
+            let xv = unsafe { _mm512_loadu_ps(xp.add(i)) };
             let v = _mm512_add_ps(
                 _mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(xv, hi), lo), a),
                 d,
@@ -446,7 +460,8 @@ mod x86 {
             } else {
                 v
             };
-            _mm512_storeu_ps(yp.add(i), out);
+            // SAFETY: `i + 16 <= main <= y.len()`.
+            unsafe { _mm512_storeu_ps(yp.add(i), out) };
         }
         apply(&mut y[main..n], &x[main..n], center, affine, silu);
     }
@@ -454,7 +469,7 @@ mod x86 {
     /// `super::exp` on 16 floats.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn exp_avx512(x: __m512) -> __m512 {
+    fn exp_avx512(x: __m512) -> __m512 {
         let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(LO)), _mm512_set1_ps(HI));
         let magic = _mm512_set1_ps(MAGIC);
         let t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), magic);
@@ -496,7 +511,8 @@ mod x86 {
         let sign = _mm256_set1_ps(-0.0);
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         for i in (0..main).step_by(8) {
-            let xv = _mm256_loadu_ps(xp.add(i));
+            // SAFETY: `i + 8 <= main <= x.len()`.
+            let xv = unsafe { _mm256_loadu_ps(xp.add(i)) };
             let v = _mm256_add_ps(
                 _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(xv, hi), lo), a),
                 d,
@@ -507,7 +523,8 @@ mod x86 {
             } else {
                 v
             };
-            _mm256_storeu_ps(yp.add(i), out);
+            // SAFETY: `i + 8 <= main <= y.len()`.
+            unsafe { _mm256_storeu_ps(yp.add(i), out) };
         }
         apply(&mut y[main..n], &x[main..n], center, affine, silu);
     }
@@ -515,7 +532,7 @@ mod x86 {
     /// `super::exp` on 8 floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn exp_avx2(x: __m256) -> __m256 {
+    fn exp_avx2(x: __m256) -> __m256 {
         let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LO)), _mm256_set1_ps(HI));
         let magic = _mm256_set1_ps(MAGIC);
         let t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), magic);

@@ -231,6 +231,9 @@ impl AmxConv2d<'_> {
         b: Option<(&[f32], &Layout)>,
     ) -> Result<(Vec<f32>, Shape)> {
         let g = Geom::new(self, xl, wl)?;
+        if !available() {
+            candle_core::bail!("amx conv2d: this CPU has no AMX-BF16");
+        }
         let pw = self.weights;
         if (pw.co, pw.c, pw.kh, pw.kw) != (g.co, g.c, g.kh, g.kw) || (self.split && !pw.split) {
             candle_core::bail!("amx conv2d: packed weights do not match {:?}", wl.dims());
@@ -314,9 +317,10 @@ impl AmxConv2d<'_> {
                     .collect();
                 let yp = yptr;
                 let ksteps = g.ksteps();
-                // SAFETY: every tile reads inside the band (offsets from `k_offsets` plus a
-                // segment's base stay below `need`) or the packed weights; stores write this
-                // task's output rows only; tiles are configured before use and released after.
+                // SAFETY: AMX is available (checked above); every tile reads inside the band
+                // (offsets from `k_offsets` plus a segment's base stay below `need`) or the
+                // packed weights; stores write this task's output rows only, into `y`, which
+                // outlives the tasks; tiles are configured before use and released after.
                 unsafe {
                     configure_tiles(g.sw);
                     let y_img = yp.get().add(img * g.co * y_plane);
@@ -390,7 +394,12 @@ unsafe fn configure_tiles(sw: usize) {
         cfg.colsb[t] = if t == 4 || t == 5 { 64 } else { 4 * sw as u16 };
         cfg.rows[t] = 16;
     }
-    asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
+    // SAFETY: AMX is available (contract); `cfg` is a 64-byte aligned palette-1 configuration
+    // of 8 tiles within the palette's limits (16 rows of at most 64 bytes), which
+    // `ldtilecfg` only reads.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
+    }
 }
 
 /// One register tile of work: `MC` blocks of 16 output channels × `NP` segments over every
@@ -441,67 +450,78 @@ impl Job<'_> {
     /// As for [`Job::run`].
     #[inline(always)]
     unsafe fn run_any(&self, mc: usize, np: usize) {
-        match (mc, np) {
-            (2, 2) => self.run::<2, 2>(),
-            (2, _) => self.run::<2, 1>(),
-            (_, 2) => self.run::<1, 2>(),
-            _ => self.run::<1, 1>(),
+        // SAFETY: the caller's contract is `run`'s.
+        unsafe {
+            match (mc, np) {
+                (2, 2) => self.run::<2, 2>(),
+                (2, _) => self.run::<2, 1>(),
+                (_, 2) => self.run::<1, 2>(),
+                _ => self.run::<1, 1>(),
+            }
         }
     }
 
     /// # Safety
-    /// Tiles configured by [`configure_tiles`]; pointers as documented on the fields.
+    /// Tiles configured by [`configure_tiles`] on this thread; pointers as documented on the
+    /// fields: `MC` channel blocks of packed weights (every `aoffs` step inside them), `NP`
+    /// segments of band (every `koffs` step, 16 rows of `b_stride` bytes, inside it), bias
+    /// tiles of `MC` blocks, and output tiles (16 rows of `y_stride` bytes) that nothing else
+    /// writes meanwhile.
     #[inline(always)]
     unsafe fn run<const MC: usize, const NP: usize>(&self) {
-        match self.bias {
-            Some(bt) => {
-                tile_load!("tmm0", bt, 64usize);
+        // SAFETY: the tile instructions run on configured tiles (contract); every load reads
+        // and every store writes inside the buffers the contract names.
+        unsafe {
+            match self.bias {
+                Some(bt) => {
+                    tile_load!("tmm0", bt, 64usize);
+                    if NP == 2 {
+                        tile_load!("tmm1", bt, 64usize);
+                    }
+                    if MC == 2 {
+                        tile_load!("tmm2", bt.add(256), 64usize);
+                        if NP == 2 {
+                            tile_load!("tmm3", bt.add(256), 64usize);
+                        }
+                    }
+                }
+                None => {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                }
+            }
+            let a1 = self.a.add(self.a_step);
+            for (&off, &aoff) in self.koffs.iter().zip(self.aoffs) {
+                tile_load!("tmm4", self.a.add(aoff), 64usize);
+                tile_load!("tmm6", self.b[0].add(off), self.b_stride);
+                tile_dp!("tmm0", "tmm4", "tmm6");
                 if NP == 2 {
-                    tile_load!("tmm1", bt, 64usize);
+                    tile_load!("tmm7", self.b[1].add(off), self.b_stride);
+                    tile_dp!("tmm1", "tmm4", "tmm7");
                 }
                 if MC == 2 {
-                    tile_load!("tmm2", bt.add(256), 64usize);
+                    tile_load!("tmm5", a1.add(aoff), 64usize);
+                    tile_dp!("tmm2", "tmm5", "tmm6");
                     if NP == 2 {
-                        tile_load!("tmm3", bt.add(256), 64usize);
+                        tile_dp!("tmm3", "tmm5", "tmm7");
                     }
                 }
             }
-            None => {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
-            }
-        }
-        let a1 = self.a.add(self.a_step);
-        for (&off, &aoff) in self.koffs.iter().zip(self.aoffs) {
-            tile_load!("tmm4", self.a.add(aoff), 64usize);
-            tile_load!("tmm6", self.b[0].add(off), self.b_stride);
-            tile_dp!("tmm0", "tmm4", "tmm6");
+            let ys = self.y_stride;
+            tile_store!("tmm0", self.y[0], ys);
             if NP == 2 {
-                tile_load!("tmm7", self.b[1].add(off), self.b_stride);
-                tile_dp!("tmm1", "tmm4", "tmm7");
+                tile_store!("tmm1", self.y[1], ys);
             }
             if MC == 2 {
-                tile_load!("tmm5", a1.add(aoff), 64usize);
-                tile_dp!("tmm2", "tmm5", "tmm6");
+                tile_store!("tmm2", self.y[0].add(self.y_block), ys);
                 if NP == 2 {
-                    tile_dp!("tmm3", "tmm5", "tmm7");
+                    tile_store!("tmm3", self.y[1].add(self.y_block), ys);
                 }
-            }
-        }
-        let ys = self.y_stride;
-        tile_store!("tmm0", self.y[0], ys);
-        if NP == 2 {
-            tile_store!("tmm1", self.y[1], ys);
-        }
-        if MC == 2 {
-            tile_store!("tmm2", self.y[0].add(self.y_block), ys);
-            if NP == 2 {
-                tile_store!("tmm3", self.y[1].add(self.y_block), ys);
             }
         }
     }
@@ -630,7 +650,8 @@ impl BandGemm {
     /// The first `cols` columns of the band from `v` (`c` rows of `ts`).
     ///
     /// # Safety
-    /// AVX-512F is available; `v` holds `c · ts` floats, `band` [`BandGemm::band_len`].
+    /// AVX-512F is available; `v` holds `c · ts` floats, `cols <= ts`, `band` holds
+    /// [`BandGemm::band_len`] `u32`s.
     #[target_feature(enable = "avx512f")]
     unsafe fn fill(&self, c: usize, v: *const f32, cols: usize, band: &mut [u32]) {
         let ts = self.ts;
@@ -646,9 +667,11 @@ impl BandGemm {
                 }
                 continue;
             }
-            let lo = std::slice::from_raw_parts(v.add(c0 * ts), cols);
+            // SAFETY: rows `c0 < c1 < c` of `v` (`c` rows of `ts >= cols` floats, contract).
+            let lo = unsafe { std::slice::from_raw_parts(v.add(c0 * ts), cols) };
             let hi = if c1 < c {
-                std::slice::from_raw_parts(v.add(c1 * ts), cols)
+                // SAFETY: as for `lo`.
+                unsafe { std::slice::from_raw_parts(v.add(c1 * ts), cols) }
             } else {
                 &zeros[..]
             };
@@ -674,8 +697,9 @@ impl BandGemm {
     /// columns (whole tiles of 16 are computed; columns past `nt` hold garbage).
     ///
     /// # Safety
-    /// AMX is [`available`]; `v` holds `c · ts` floats, `m` `co · ts`; `pw` is the pack
-    /// `self` was built for; `band` holds [`BandGemm::band_len`] `u32`s.
+    /// AMX is [`available`] and the CPU has AVX-512F; `v` holds `c · ts` floats, `m` `co · ts`;
+    /// `pw` is the pack `self` was built for; `nt <= ts`; `band` holds
+    /// [`BandGemm::band_len`] `u32`s.
     pub(super) unsafe fn run(
         &self,
         pw: &PackedWeights,
@@ -685,38 +709,47 @@ impl BandGemm {
         m: *mut f32,
     ) {
         let cols = nt.div_ceil(16) * 16;
-        self.fill(pw.c, v, cols, band);
+        // SAFETY: AVX-512F (contract); `v` holds `c` rows of `ts >= cols` (`ts` is a multiple
+        // of 16), and `band` its full length.
+        unsafe { self.fill(pw.c, v, cols, band) };
         let ts = self.ts;
         let ksteps = self.cp / 16;
         let (blocks, segs) = (pw.co / 16, cols / 16);
         let b = band.as_ptr();
-        configure_tiles(16);
-        let mut cb = 0;
-        while cb < blocks {
-            let mc = (blocks - cb).min(2);
-            let mut s = 0;
-            while s < segs {
-                let np = (segs - s).min(2);
-                let (s0, s1) = (16 * s, 16 * (s + np - 1));
-                let y0 = m.add(cb * 16 * ts);
-                let job = Job {
-                    a: pw.data.as_ptr().add(cb * ksteps * 512),
-                    a_step: ksteps * 512,
-                    aoffs: &self.aoffs,
-                    b: [b.add(s0), b.add(s1)],
-                    b_stride: ts * 4,
-                    koffs: &self.koffs,
-                    bias: None,
-                    y: [y0.add(s0), y0.add(s1)],
-                    y_stride: ts * 4,
-                    y_block: 16 * ts,
-                };
-                job.run_any(mc, np);
-                s += np;
+        // SAFETY: AMX is available (contract). Tiles of 16 columns: each `B` tile is 16 rows
+        // (channel pairs) of 16 columns at `ts · 4` bytes a row inside the band (`koffs` steps
+        // by 16 rows, the split band follows), each `A` tile a block's step of `pw`, each `C`
+        // tile 16 rows (output channels) of 16 columns of `m` (`co · ts` floats), written by
+        // this call alone; the tiles are released at the end.
+        unsafe {
+            configure_tiles(16);
+            let mut cb = 0;
+            while cb < blocks {
+                let mc = (blocks - cb).min(2);
+                let mut s = 0;
+                while s < segs {
+                    let np = (segs - s).min(2);
+                    let (s0, s1) = (16 * s, 16 * (s + np - 1));
+                    let y0 = m.add(cb * 16 * ts);
+                    let job = Job {
+                        a: pw.data.as_ptr().add(cb * ksteps * 512),
+                        a_step: ksteps * 512,
+                        aoffs: &self.aoffs,
+                        b: [b.add(s0), b.add(s1)],
+                        b_stride: ts * 4,
+                        koffs: &self.koffs,
+                        bias: None,
+                        y: [y0.add(s0), y0.add(s1)],
+                        y_stride: ts * 4,
+                        y_block: 16 * ts,
+                    };
+                    job.run_any(mc, np);
+                    s += np;
+                }
+                cb += mc;
             }
-            cb += mc;
+            asm!("tilerelease", options(nostack, nomem));
         }
-        asm!("tilerelease", options(nostack, nomem));
     }
 }
 

@@ -28,27 +28,6 @@ fn lane_masks(m: u16) -> [__m256i; 2] {
     ]
 }
 
-/// `*p` in all lanes. Through `_mm_load_ss`, not `*p` or `read_unaligned`, whose debug-build
-/// checks (alignment, overlap) would cost more than the FMAs of a tap at opt-level 1.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn broadcast(p: *const f32) -> __m256 {
-    _mm256_broadcastss_ps(_mm_load_ss(p))
-}
-
-/// `unroll!(i in [0, 1, ...] => body)`: `body` once per listed value of `i`, as straight-line
-/// code. The kernel's loops over channels, segments and halves are written with it (each body
-/// guarded by `if i < CO` etc.) so that the accumulators are constant-indexed locals that
-/// LLVM keeps in registers even at opt-level 1 (the dev profile): plain `for` loops over the
-/// const-generic arrays are only unrolled at opt-level 2+, and the kernel then runs ~8× slower.
-macro_rules! unroll {
-    ($i:ident in [$($n:literal),*] => $body:expr) => {
-        $({
-            let $i: usize = $n;
-            $body;
-        })*
-    };
-}
-
 /// # Safety
 /// The CPU supports AVX2 and FMA; `CO <= 8`, `NV <= 4`; `w` holds `taps.len() * w_stride`
 /// floats, `w_stride >= CO`; for every tap `t` and segment `v`, the 16 floats at
@@ -64,77 +43,93 @@ pub(super) unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool>(
     y_plane: usize,
     init: Init,
 ) {
-    // Raw-pointer arithmetic below is `wrapping_*` and loads are unaligned: no debug-build
-    // precondition checks inside the tap loop (every pointer is in bounds per the contract).
     // Lane masks of the (segment, half) vectors; unused unless `TAIL`.
     let mut mask = [[_mm256_setzero_si256(); 2]; NV];
     if TAIL {
-        unroll!(v in [0, 1, 2, 3] => if v < NV {
-            mask[v] = lane_masks(tile.mask[v]);
-        });
+        for (m, &bits) in mask.iter_mut().zip(&tile.mask) {
+            *m = lane_masks(bits);
+        }
     }
-    // A macro, not a closure: nothing to inline at opt-level 1.
+    // Half `$h` of segment `$v` from `$p`, its start. The second half's pointer is formed with
+    // `wrapping_add`: in a partial segment it may lie past the end of the buffer, and then its
+    // mask is empty and nothing is read there.
     macro_rules! load {
-        ($p:expr, $v:expr, $h:expr) => {
+        ($p:expr, $v:expr, $h:expr) => {{
+            let q = $p.wrapping_add(8 * $h);
             if TAIL {
-                _mm256_maskload_ps($p, mask[$v][$h])
+                _mm256_maskload_ps(q, mask[$v][$h])
             } else {
-                _mm256_loadu_ps($p)
+                _mm256_loadu_ps(q)
             }
-        };
+        }};
     }
     let mut acc = [[[_mm256_setzero_ps(); 2]; NV]; CO];
     match init {
         Init::Zero => {}
         Init::Bias(b) => {
-            unroll!(c in [0, 1, 2, 3, 4, 5, 6, 7] => if c < CO {
-                let bv = broadcast(b.wrapping_add(c));
-                unroll!(v in [0, 1, 2, 3] => if v < NV {
-                    acc[c][v] = [bv; 2];
-                });
-            });
+            for (c, row) in acc.iter_mut().enumerate() {
+                // SAFETY: a bias pointer holds `CO` floats (contract), and `c < CO`.
+                let bv = _mm256_set1_ps(unsafe { *b.add(c) });
+                for a in row.iter_mut() {
+                    *a = [bv; 2];
+                }
+            }
         }
         Init::Accumulate => {
-            unroll!(c in [0, 1, 2, 3, 4, 5, 6, 7] => if c < CO {
-                unroll!(v in [0, 1, 2, 3] => if v < NV {
-                    let p = tile.y[v].wrapping_add(c * y_plane);
-                    unroll!(h in [0, 1] => {
-                        acc[c][v][h] = load!(p.wrapping_add(8 * h), v, h);
-                    });
-                });
-            });
+            for (c, row) in acc.iter_mut().enumerate() {
+                for (v, a) in row.iter_mut().enumerate() {
+                    // SAFETY: `y[v] + c·y_plane` starts 16 writable, hence readable, floats
+                    // (the masked lanes when `TAIL`, read through the masks) by the contract.
+                    unsafe {
+                        let p = tile.y[v].add(c * y_plane);
+                        for (h, ah) in a.iter_mut().enumerate() {
+                            *ah = load!(p, v, h);
+                        }
+                    }
+                }
+            }
         }
     }
     let mut wp = w;
     for &off in taps {
         let mut xv = [[_mm256_setzero_ps(); 2]; NV];
-        unroll!(v in [0, 1, 2, 3] => if v < NV {
-            let p = tile.x[v].wrapping_offset(off);
-            unroll!(h in [0, 1] => {
-                xv[v][h] = load!(p.wrapping_add(8 * h), v, h);
-            });
-        });
-        unroll!(c in [0, 1, 2, 3, 4, 5, 6, 7] => if c < CO {
-            let wb = broadcast(wp.wrapping_add(c));
-            unroll!(v in [0, 1, 2, 3] => if v < NV {
-                unroll!(h in [0, 1] => {
-                    acc[c][v][h] = _mm256_fmadd_ps(wb, xv[v][h], acc[c][v][h]);
-                });
-            });
-        });
+        for (v, xr) in xv.iter_mut().enumerate() {
+            // SAFETY: the 16 floats at `x[v] + off` are readable (the masked lanes when
+            // `TAIL`, read through the masks) by the contract.
+            unsafe {
+                let p = tile.x[v].offset(off);
+                for (h, xh) in xr.iter_mut().enumerate() {
+                    *xh = load!(p, v, h);
+                }
+            }
+        }
+        for (c, row) in acc.iter_mut().enumerate() {
+            // SAFETY: `wp` is at tap `t` of `w`, which holds `w_stride >= CO` floats a tap.
+            let wb = _mm256_set1_ps(unsafe { *wp.add(c) });
+            for (a, xr) in row.iter_mut().zip(&xv) {
+                for (ah, xh) in a.iter_mut().zip(xr) {
+                    *ah = _mm256_fmadd_ps(wb, *xh, *ah);
+                }
+            }
+        }
         wp = wp.wrapping_add(w_stride);
     }
-    unroll!(c in [0, 1, 2, 3, 4, 5, 6, 7] => if c < CO {
-        unroll!(v in [0, 1, 2, 3] => if v < NV {
-            let p = tile.y[v].wrapping_add(c * y_plane);
-            unroll!(h in [0, 1] => {
-                let q = p.wrapping_add(8 * h);
-                if TAIL {
-                    _mm256_maskstore_ps(q, mask[v][h], acc[c][v][h]);
-                } else {
-                    _mm256_storeu_ps(q, acc[c][v][h]);
+    for (c, row) in acc.iter().enumerate() {
+        for (v, a) in row.iter().enumerate() {
+            // SAFETY: `y[v] + c·y_plane` starts 16 writable floats (only the masked lanes when
+            // `TAIL`, written through the masks) by the contract; as in `load!`, the second
+            // half's pointer may lie past the buffer only when its mask is empty.
+            unsafe {
+                let p = tile.y[v].add(c * y_plane);
+                for (h, ah) in a.iter().enumerate() {
+                    let q = p.wrapping_add(8 * h);
+                    if TAIL {
+                        _mm256_maskstore_ps(q, mask[v][h], *ah);
+                    } else {
+                        _mm256_storeu_ps(q, *ah);
+                    }
                 }
-            });
-        });
-    });
+            }
+        }
+    }
 }

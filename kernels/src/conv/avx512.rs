@@ -9,10 +9,6 @@
 //!
 //! `TAIL` kernels use masked loads and stores, for chunks holding a partial or an empty segment.
 
-// The AVX-512 intrinsics are stable since Rust 1.89, above the declared rust-version (1.85):
-// building this module needs 1.89+ (CI uses 1.95).
-#![allow(clippy::incompatible_msrv)]
-
 use std::arch::x86_64::*;
 
 use super::cpu::{Init, Tile};
@@ -35,7 +31,8 @@ pub(super) unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool>(
         Init::Zero => {}
         Init::Bias(b) => {
             for (c, row) in acc.iter_mut().enumerate() {
-                let bv = _mm512_set1_ps(*b.add(c));
+                // SAFETY: a bias pointer holds `CO` floats (contract), and `c < CO`.
+                let bv = _mm512_set1_ps(unsafe { *b.add(c) });
                 for a in row.iter_mut() {
                     *a = bv;
                 }
@@ -44,11 +41,15 @@ pub(super) unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool>(
         Init::Accumulate => {
             for (c, row) in acc.iter_mut().enumerate() {
                 for (v, a) in row.iter_mut().enumerate() {
-                    let p = tile.y[v].add(c * y_plane);
-                    *a = if TAIL {
-                        _mm512_maskz_loadu_ps(tile.mask[v], p)
-                    } else {
-                        _mm512_loadu_ps(p)
+                    // SAFETY: `y[v] + c·y_plane` starts 16 writable, hence readable, floats
+                    // (the masked lanes when `TAIL`, read through the mask) by the contract.
+                    *a = unsafe {
+                        let p = tile.y[v].add(c * y_plane);
+                        if TAIL {
+                            _mm512_maskz_loadu_ps(tile.mask[v], p)
+                        } else {
+                            _mm512_loadu_ps(p)
+                        }
                     };
                 }
             }
@@ -58,28 +59,38 @@ pub(super) unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool>(
     for &off in taps {
         let mut xv = [_mm512_setzero_ps(); NV];
         for (v, xr) in xv.iter_mut().enumerate() {
-            let p = tile.x[v].offset(off);
-            *xr = if TAIL {
-                _mm512_maskz_loadu_ps(tile.mask[v], p)
-            } else {
-                _mm512_loadu_ps(p)
+            // SAFETY: the 16 floats at `x[v] + off` are readable (the masked lanes when
+            // `TAIL`, read through the mask) by the contract.
+            *xr = unsafe {
+                let p = tile.x[v].offset(off);
+                if TAIL {
+                    _mm512_maskz_loadu_ps(tile.mask[v], p)
+                } else {
+                    _mm512_loadu_ps(p)
+                }
             };
         }
         for (c, row) in acc.iter_mut().enumerate() {
-            let wb = _mm512_set1_ps(*wp.add(c));
+            // SAFETY: `wp` is at the current tap of `w`, which holds `CO` floats a tap.
+            let wb = _mm512_set1_ps(unsafe { *wp.add(c) });
             for (a, xr) in row.iter_mut().zip(&xv) {
                 *a = _mm512_fmadd_ps(wb, *xr, *a);
             }
         }
-        wp = wp.add(CO);
+        // SAFETY: at most one past the end of `w` (`taps.len() · CO` floats).
+        wp = unsafe { wp.add(CO) };
     }
     for (c, row) in acc.iter().enumerate() {
         for (v, a) in row.iter().enumerate() {
-            let p = tile.y[v].add(c * y_plane);
-            if TAIL {
-                _mm512_mask_storeu_ps(p, tile.mask[v], *a);
-            } else {
-                _mm512_storeu_ps(p, *a);
+            // SAFETY: `y[v] + c·y_plane` starts 16 writable floats (only the masked lanes
+            // when `TAIL`, written through the mask) by the contract.
+            unsafe {
+                let p = tile.y[v].add(c * y_plane);
+                if TAIL {
+                    _mm512_mask_storeu_ps(p, tile.mask[v], *a);
+                } else {
+                    _mm512_storeu_ps(p, *a);
+                }
             }
         }
     }

@@ -15,6 +15,7 @@
 //! block's packed weights stay in L1.
 
 use super::{avx2, avx512, gather_bias, CpuKernel, Padding2d};
+use crate::SendPtr;
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -49,7 +50,8 @@ impl Init {
     /// A moved bias pointer stays inside the bias.
     unsafe fn offset(self, by: usize) -> Init {
         match self {
-            Init::Bias(b) => Init::Bias(b.add(by)),
+            // SAFETY: the caller keeps the moved pointer inside the bias.
+            Init::Bias(b) => Init::Bias(unsafe { b.add(by) }),
             other => other,
         }
     }
@@ -122,27 +124,6 @@ pub(super) struct Seg {
     pub mask: u16,
 }
 
-/// Raw pointers shared by the rayon tasks, which write disjoint output pixels.
-#[derive(Clone, Copy)]
-struct Ptrs {
-    x: *const f32,
-    y: *mut f32,
-}
-// SAFETY: the pointers are only dereferenced inside `run`, while the buffers live, and tasks
-// write disjoint output pixels.
-unsafe impl Send for Ptrs {}
-unsafe impl Sync for Ptrs {}
-
-impl Ptrs {
-    // Methods, not fields, so closures capture the whole (Sync) struct.
-    fn x(&self) -> *const f32 {
-        self.x
-    }
-    fn y(&self) -> *mut f32 {
-        self.y
-    }
-}
-
 impl FastConv2d {
     fn geom(&self, xl: &Layout, wl: &Layout) -> Result<Geom> {
         let (n, c, h, w) = xl.shape().dims4()?;
@@ -193,13 +174,13 @@ impl FastConv2d {
             Some((b, bl)) => Some(gather_bias(b, bl, g.co)?),
         };
         let k = self.kernel;
+        if !k.available() {
+            candle_core::bail!("conv2d: this CPU cannot run {k:?}");
+        }
         let (co_main, nv_main) = (co_main(k), nv_main(k));
         let wpack = pack_weights(w, wl, &g, co_main);
         let plan = Plan::new(&g, xl, rayon::current_num_threads().max(1), nv_main);
-        let ptrs = Ptrs {
-            x: x[xl.start_offset()..].as_ptr(),
-            y: y.as_mut_ptr(),
-        };
+        let yptr = SendPtr(y.as_mut_ptr());
         let xs = strides4(xl);
         let x = &x[xl.start_offset()..];
         let (y_plane, kk) = (g.oh * g.ow, g.kh * g.kw);
@@ -208,11 +189,12 @@ impl FastConv2d {
             let (img, part) = (t / plan.tasks_per_img, t % plan.tasks_per_img);
             SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
-                // SAFETY: offsets stay inside the input view or the scratch band (see `Plan`,
-                // `segments`, `taps`) and each task writes only its own output pixels.
+                // SAFETY: the CPU runs `k` (checked above); offsets stay inside the input view
+                // or the scratch band (see `Plan`, `segments`, `taps`) and each task writes
+                // only its own output pixels, into `y`, which outlives the tasks.
                 unsafe {
-                    let x_img = ptrs.x().add(img * xs[0]);
-                    let mut y_task = ptrs.y().add(img * g.co * y_plane);
+                    let x_img = x.as_ptr().add(img * xs[0]);
+                    let mut y_task = yptr.get().add(img * g.co * y_plane);
                     let (segs, x_task, r0) = match plan.src {
                         Source::Flat => {
                             let a = part * plan.segs_per_task;
@@ -593,7 +575,8 @@ fn taps(g: &Geom, v: &InView, cb: usize) -> Vec<isize> {
 /// (at most `nv_main(k)`) segments of `chunk`.
 ///
 /// # Safety
-/// As for the kernels, for every segment; the CPU runs `k`.
+/// As for the kernels (`avx512::kernel`, `avx2::kernel`), for every segment of `chunk`; the
+/// CPU runs `k`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn main_tile(
     k: CpuKernel,
@@ -606,26 +589,32 @@ pub(super) unsafe fn main_tile(
     init: Init,
 ) {
     match k {
-        CpuKernel::Avx512 => {
+        // SAFETY: the caller's contract is the kernel's, and the chunk has at most `NV_512`
+        // segments.
+        CpuKernel::Avx512 => unsafe {
             let (tile, tail) = tile::<NV_512>(chunk, x, y);
             if tail {
                 avx512::kernel::<CO_512, NV_512, true>(taps, w, &tile, y_plane, init);
             } else {
                 avx512::kernel::<CO_512, NV_512, false>(taps, w, &tile, y_plane, init);
             }
-        }
+        },
         CpuKernel::Avx2Fma => {
             for c0 in (0..CO_2).step_by(CO_2K) {
-                tiles_avx2::<CO_2K, NV_2K>(
-                    taps,
-                    w.add(c0),
-                    CO_2,
-                    chunk,
-                    x,
-                    y.add(c0 * y_plane),
-                    y_plane,
-                    init.offset(c0),
-                );
+                // SAFETY: the caller's contract for the block's channels `c0 .. c0 + CO_2K`:
+                // weights (`CO_2` floats a tap), output planes and bias move on by `c0`.
+                unsafe {
+                    tiles_avx2::<CO_2K, NV_2K>(
+                        taps,
+                        w.add(c0),
+                        CO_2,
+                        chunk,
+                        x,
+                        y.add(c0 * y_plane),
+                        y_plane,
+                        init.offset(c0),
+                    );
+                }
             }
         }
     }
@@ -635,7 +624,8 @@ pub(super) unsafe fn main_tile(
 /// kernel's segment count.
 ///
 /// # Safety
-/// As for the kernels, for every segment; the CPU runs `k`.
+/// As for the kernels (`avx512::kernel`, `avx2::kernel`), for every segment of `segs`; the
+/// CPU runs `k`; `1 <= cob < co_main(k)`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn run_block(
     k: CpuKernel,
@@ -651,7 +641,9 @@ pub(super) unsafe fn run_block(
     if k == CpuKernel::Avx512 {
         macro_rules! go {
             ($co:literal, $nv:literal) => {
-                tiles_avx512::<$co, $nv>(taps, w, segs, x, y, y_plane, init)
+                // SAFETY: the caller's contract is the kernel's, for a block of `$co = cob`
+                // channels.
+                unsafe { tiles_avx512::<$co, $nv>(taps, w, segs, x, y, y_plane, init) }
             };
         }
         match cob {
@@ -669,16 +661,20 @@ pub(super) unsafe fn run_block(
     // AVX2: `2·CO·NV + 2·NV + 1 <= 16` ymm registers; channels `c0..c0 + CO` of the block.
     macro_rules! go {
         ($co:literal, $nv:literal, $c0:literal) => {
-            tiles_avx2::<$co, $nv>(
-                taps,
-                w.add($c0),
-                cob,
-                segs,
-                x,
-                y.add($c0 * y_plane),
-                y_plane,
-                init.offset($c0),
-            )
+            // SAFETY: the caller's contract for channels `$c0 .. $c0 + $co` of the block of
+            // `cob`: weights (`cob` floats a tap), output planes and bias move on by `$c0`.
+            unsafe {
+                tiles_avx2::<$co, $nv>(
+                    taps,
+                    w.add($c0),
+                    cob,
+                    segs,
+                    x,
+                    y.add($c0 * y_plane),
+                    y_plane,
+                    init.offset($c0),
+                )
+            }
         };
     }
     match cob {
@@ -696,6 +692,10 @@ pub(super) unsafe fn run_block(
     }
 }
 
+/// The AVX-512 kernel of `CO` channels over `segs`, `NV` segments at a time.
+///
+/// # Safety
+/// As for `avx512::kernel`, for every segment of `segs`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tiles_avx512<const CO: usize, const NV: usize>(
     taps: &[isize],
@@ -707,16 +707,23 @@ unsafe fn tiles_avx512<const CO: usize, const NV: usize>(
     init: Init,
 ) {
     for chunk in segs.chunks(NV) {
-        let (tile, tail) = tile::<NV>(chunk, x, y);
-        if tail {
-            avx512::kernel::<CO, NV, true>(taps, w, &tile, y_plane, init);
-        } else {
-            avx512::kernel::<CO, NV, false>(taps, w, &tile, y_plane, init);
+        // SAFETY: the caller's contract covers every segment, so every tile of them.
+        unsafe {
+            let (tile, tail) = tile::<NV>(chunk, x, y);
+            if tail {
+                avx512::kernel::<CO, NV, true>(taps, w, &tile, y_plane, init);
+            } else {
+                avx512::kernel::<CO, NV, false>(taps, w, &tile, y_plane, init);
+            }
         }
     }
 }
 
-/// `w_stride`: floats per tap of the packed block `w` points into.
+/// The AVX2 kernel of `CO` channels over `segs`, `NV` segments at a time. `w_stride`: floats
+/// per tap of the packed block `w` points into.
+///
+/// # Safety
+/// As for `avx2::kernel`, for every segment of `segs`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tiles_avx2<const CO: usize, const NV: usize>(
     taps: &[isize],
@@ -729,11 +736,14 @@ unsafe fn tiles_avx2<const CO: usize, const NV: usize>(
     init: Init,
 ) {
     for chunk in segs.chunks(NV) {
-        let (tile, tail) = tile::<NV>(chunk, x, y);
-        if tail {
-            avx2::kernel::<CO, NV, true>(taps, w, w_stride, &tile, y_plane, init);
-        } else {
-            avx2::kernel::<CO, NV, false>(taps, w, w_stride, &tile, y_plane, init);
+        // SAFETY: the caller's contract covers every segment, so every tile of them.
+        unsafe {
+            let (tile, tail) = tile::<NV>(chunk, x, y);
+            if tail {
+                avx2::kernel::<CO, NV, true>(taps, w, w_stride, &tile, y_plane, init);
+            } else {
+                avx2::kernel::<CO, NV, false>(taps, w, w_stride, &tile, y_plane, init);
+            }
         }
     }
 }
@@ -751,8 +761,8 @@ unsafe fn tile<const NV: usize>(chunk: &[Seg], x: *const f32, y: *mut f32) -> (T
     };
     let mut full = chunk.len() == NV;
     for (v, s) in chunk.iter().enumerate() {
-        tile.x[v] = x.add(s.x);
-        tile.y[v] = y.add(s.y);
+        // SAFETY: the segment lies inside the input view and the output planes (contract).
+        (tile.x[v], tile.y[v]) = unsafe { (x.add(s.x), y.add(s.y)) };
         tile.mask[v] = s.mask;
         full &= s.mask == u16::MAX;
     }

@@ -22,10 +22,8 @@
 //! Accuracy: the transforms' constants (up to 8 and 1/6) cost a few bits: relative error
 //! against an f64 reference 3e-6 … 1e-5 for 16 … 512 input channels, where the direct kernel
 //! gets 3e-7 … 1.3e-6 (tests/conv.rs); the model's intermediates stay 10–1000× inside the
-//! parity tolerances (tests/parity.rs).
+//! parity tolerances (the application's tests/parity.rs).
 
-// The AVX-512 intrinsics are stable since Rust 1.89 (see avx512.rs).
-#![allow(clippy::incompatible_msrv)]
 // The 6×6 transforms index rows and columns of the same arrays: index loops read clearer.
 #![allow(clippy::needless_range_loop)]
 
@@ -379,40 +377,52 @@ fn lanes(len: usize) -> __mmask16 {
 }
 
 /// `Bᵀ d` of six vectors (one column of six tiles' 6×6 patches).
+///
+/// # Safety
+/// The CPU supports AVX-512F.
 #[inline(always)]
 unsafe fn bt6(d: [__m512; 6]) -> [__m512; 6] {
-    let c4 = _mm512_set1_ps(4.0);
-    let c5 = _mm512_set1_ps(-5.0);
-    let c2 = _mm512_set1_ps(2.0);
-    let d12 = _mm512_add_ps(d[1], d[2]);
-    let d34 = _mm512_add_ps(d[3], d[4]);
-    let d1m2 = _mm512_sub_ps(d[1], d[2]);
-    let d4m3 = _mm512_sub_ps(d[4], d[3]);
-    let d31 = _mm512_sub_ps(d[3], d[1]);
-    let d42 = _mm512_sub_ps(d[4], d[2]);
-    [
-        _mm512_fmadd_ps(c4, d[0], _mm512_fmadd_ps(c5, d[2], d[4])),
-        _mm512_fnmadd_ps(c4, d12, d34),
-        _mm512_fmadd_ps(c4, d1m2, d4m3),
-        _mm512_fmadd_ps(c2, d31, d42),
-        _mm512_fnmadd_ps(c2, d31, d42),
-        _mm512_fmadd_ps(c4, d[1], _mm512_fmadd_ps(c5, d[3], d[5])),
-    ]
+    // SAFETY: the CPU has AVX-512F (contract); register arithmetic only.
+    unsafe {
+        let c4 = _mm512_set1_ps(4.0);
+        let c5 = _mm512_set1_ps(-5.0);
+        let c2 = _mm512_set1_ps(2.0);
+        let d12 = _mm512_add_ps(d[1], d[2]);
+        let d34 = _mm512_add_ps(d[3], d[4]);
+        let d1m2 = _mm512_sub_ps(d[1], d[2]);
+        let d4m3 = _mm512_sub_ps(d[4], d[3]);
+        let d31 = _mm512_sub_ps(d[3], d[1]);
+        let d42 = _mm512_sub_ps(d[4], d[2]);
+        [
+            _mm512_fmadd_ps(c4, d[0], _mm512_fmadd_ps(c5, d[2], d[4])),
+            _mm512_fnmadd_ps(c4, d12, d34),
+            _mm512_fmadd_ps(c4, d1m2, d4m3),
+            _mm512_fmadd_ps(c2, d31, d42),
+            _mm512_fnmadd_ps(c2, d31, d42),
+            _mm512_fmadd_ps(c4, d[1], _mm512_fmadd_ps(c5, d[3], d[5])),
+        ]
+    }
 }
 
 /// `Aᵀ m` of six vectors.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
 #[inline(always)]
 unsafe fn at6(m: [__m512; 6]) -> [__m512; 4] {
-    let s12 = _mm512_add_ps(m[1], m[2]);
-    let d12 = _mm512_sub_ps(m[1], m[2]);
-    let s34 = _mm512_add_ps(m[3], m[4]);
-    let d34 = _mm512_sub_ps(m[3], m[4]);
-    [
-        _mm512_add_ps(m[0], _mm512_add_ps(s12, s34)),
-        _mm512_fmadd_ps(_mm512_set1_ps(2.0), d34, d12),
-        _mm512_fmadd_ps(_mm512_set1_ps(4.0), s34, s12),
-        _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), d34, d12), m[5]),
-    ]
+    // SAFETY: the CPU has AVX-512F (contract); register arithmetic only.
+    unsafe {
+        let s12 = _mm512_add_ps(m[1], m[2]);
+        let d12 = _mm512_sub_ps(m[1], m[2]);
+        let s34 = _mm512_add_ps(m[3], m[4]);
+        let d34 = _mm512_sub_ps(m[3], m[4]);
+        [
+            _mm512_add_ps(m[0], _mm512_add_ps(s12, s34)),
+            _mm512_fmadd_ps(_mm512_set1_ps(2.0), d34, d12),
+            _mm512_fmadd_ps(_mm512_set1_ps(4.0), s34, s12),
+            _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), d34, d12), m[5]),
+        ]
+    }
 }
 
 /// Index vectors of `_mm512_permutex2var_ps` (lanes 16.. pick from the second source).
@@ -426,70 +436,80 @@ fn perm(f: impl Fn(i32) -> i32) -> [i32; 16] {
 /// loads (columns outside the image read as the zero padding), split into the four column
 /// phases by 8 permutes (`d[·][j]` for j < 4; lane `l` = column `4l + j`), and j = 4, 5 as
 /// phases 0, 1 moved one lane on (the last lane from the fifth load).
+///
+/// # Safety
+/// The CPU supports AVX-512F; `x` holds the image (`g.c` planes of `g.h · g.w` floats); `v`
+/// holds the task's `V` (36 · `g.c` · `g.ts` floats); every run's lanes lie below `g.ts` and
+/// its tiles inside the tile grid.
 #[target_feature(enable = "avx512f")]
 unsafe fn input_transform(g: &Geom, x: &[f32], runs: &[Run], v: *mut f32) {
-    let ld = |a: [i32; 16]| _mm512_loadu_si512(a.as_ptr() as *const _);
-    let even = ld(perm(|l| 2 * l));
-    let odd = ld(perm(|l| 2 * l + 1));
-    let next0 = ld(perm(|l| l + 1));
-    let next1 = ld(perm(|l| if l == 15 { 17 } else { l + 1 }));
-    let plane = g.h * g.w;
-    let xi = g.c * g.ts;
-    // Per run: first column, lanes of the five loads inside the image, rows inside it.
-    let setup: Vec<(isize, [__mmask16; 5], [Option<usize>; 6])> = runs
-        .iter()
-        .map(|r| {
-            let col0 = (4 * r.tx0) as isize - g.pad.left as isize;
-            let masks = std::array::from_fn(|k| {
-                let mut m = 0u32;
-                for q in 0..16 {
-                    let col = col0 + (16 * k + q) as isize;
-                    if col >= 0 && (col as usize) < g.w {
-                        m |= 1 << q;
+    // SAFETY: the CPU has AVX-512F; the masked loads read only columns inside the image rows
+    // of `x` (the masks), rows inside the image (`rows`), and the stores write lanes
+    // `r.lane .. r.lane + r.len` of rows of `v`, inside it (contract).
+    unsafe {
+        let ld = |a: [i32; 16]| _mm512_loadu_si512(a.as_ptr() as *const _);
+        let even = ld(perm(|l| 2 * l));
+        let odd = ld(perm(|l| 2 * l + 1));
+        let next0 = ld(perm(|l| l + 1));
+        let next1 = ld(perm(|l| if l == 15 { 17 } else { l + 1 }));
+        let plane = g.h * g.w;
+        let xi = g.c * g.ts;
+        // Per run: first column, lanes of the five loads inside the image, rows inside it.
+        let setup: Vec<(isize, [__mmask16; 5], [Option<usize>; 6])> = runs
+            .iter()
+            .map(|r| {
+                let col0 = (4 * r.tx0) as isize - g.pad.left as isize;
+                let masks = std::array::from_fn(|k| {
+                    let mut m = 0u32;
+                    for q in 0..16 {
+                        let col = col0 + (16 * k + q) as isize;
+                        if col >= 0 && (col as usize) < g.w {
+                            m |= 1 << q;
+                        }
                     }
-                }
-                m as __mmask16
-            });
-            let rows = std::array::from_fn(|i| {
-                let pr = 4 * r.ty + i;
-                (pr >= g.pad.top && pr - g.pad.top < g.h).then(|| pr - g.pad.top)
-            });
-            (col0, masks, rows)
-        })
-        .collect();
-    // Channel by channel, so a channel's rows are read in order across the runs.
-    for ci in 0..g.c {
-        let xc = x.as_ptr().add(ci * plane);
-        for (r, (col0, masks, rows)) in runs.iter().zip(&setup) {
-            // Row i of the patches times B (along the columns).
-            let mut t = [[_mm512_setzero_ps(); 6]; 6];
-            for (i, row) in rows.iter().enumerate() {
-                let Some(row) = row else { continue };
-                let base = xc.add(row * g.w).wrapping_offset(*col0);
-                let l: [__m512; 5] = std::array::from_fn(|k| {
-                    _mm512_maskz_loadu_ps(masks[k], base.wrapping_add(16 * k))
+                    m as __mmask16
                 });
-                let (e01, o01) = (
-                    _mm512_permutex2var_ps(l[0], even, l[1]),
-                    _mm512_permutex2var_ps(l[0], odd, l[1]),
-                );
-                let (e23, o23) = (
-                    _mm512_permutex2var_ps(l[2], even, l[3]),
-                    _mm512_permutex2var_ps(l[2], odd, l[3]),
-                );
-                let p0 = _mm512_permutex2var_ps(e01, even, e23);
-                let p1 = _mm512_permutex2var_ps(o01, even, o23);
-                let p2 = _mm512_permutex2var_ps(e01, odd, e23);
-                let p3 = _mm512_permutex2var_ps(o01, odd, o23);
-                let p4 = _mm512_permutex2var_ps(p0, next0, l[4]);
-                let p5 = _mm512_permutex2var_ps(p1, next1, l[4]);
-                t[i] = bt6([p0, p1, p2, p3, p4, p5]);
-            }
-            let (out, store) = (v.add(ci * g.ts + r.lane), lanes(r.len));
-            for j in 0..6 {
-                let col = bt6(std::array::from_fn(|i| t[i][j]));
-                for (i, vi) in col.iter().enumerate() {
-                    _mm512_mask_storeu_ps(out.add((6 * i + j) * xi), store, *vi);
+                let rows = std::array::from_fn(|i| {
+                    let pr = 4 * r.ty + i;
+                    (pr >= g.pad.top && pr - g.pad.top < g.h).then(|| pr - g.pad.top)
+                });
+                (col0, masks, rows)
+            })
+            .collect();
+        // Channel by channel, so a channel's rows are read in order across the runs.
+        for ci in 0..g.c {
+            let xc = x.as_ptr().add(ci * plane);
+            for (r, (col0, masks, rows)) in runs.iter().zip(&setup) {
+                // Row i of the patches times B (along the columns).
+                let mut t = [[_mm512_setzero_ps(); 6]; 6];
+                for (i, row) in rows.iter().enumerate() {
+                    let Some(row) = row else { continue };
+                    let base = xc.add(row * g.w).wrapping_offset(*col0);
+                    let l: [__m512; 5] = std::array::from_fn(|k| {
+                        _mm512_maskz_loadu_ps(masks[k], base.wrapping_add(16 * k))
+                    });
+                    let (e01, o01) = (
+                        _mm512_permutex2var_ps(l[0], even, l[1]),
+                        _mm512_permutex2var_ps(l[0], odd, l[1]),
+                    );
+                    let (e23, o23) = (
+                        _mm512_permutex2var_ps(l[2], even, l[3]),
+                        _mm512_permutex2var_ps(l[2], odd, l[3]),
+                    );
+                    let p0 = _mm512_permutex2var_ps(e01, even, e23);
+                    let p1 = _mm512_permutex2var_ps(o01, even, o23);
+                    let p2 = _mm512_permutex2var_ps(e01, odd, e23);
+                    let p3 = _mm512_permutex2var_ps(o01, odd, o23);
+                    let p4 = _mm512_permutex2var_ps(p0, next0, l[4]);
+                    let p5 = _mm512_permutex2var_ps(p1, next1, l[4]);
+                    t[i] = bt6([p0, p1, p2, p3, p4, p5]);
+                }
+                let (out, store) = (v.add(ci * g.ts + r.lane), lanes(r.len));
+                for j in 0..6 {
+                    let col = bt6(std::array::from_fn(|i| t[i][j]));
+                    for (i, vi) in col.iter().enumerate() {
+                        _mm512_mask_storeu_ps(out.add((6 * i + j) * xi), store, *vi);
+                    }
                 }
             }
         }
@@ -497,6 +517,11 @@ unsafe fn input_transform(g: &Geom, x: &[f32], runs: &[Run], v: *mut f32) {
 }
 
 /// The 36 GEMMs `M[ξ] = U[ξ] · V[ξ]` of a task with `nt` tiles.
+///
+/// # Safety
+/// The CPU runs `pw.kernel`; `pw` was built for `g.c` → `g.co` channels; `v` holds the task's
+/// `V` (36 · `g.c` · `g.ts` floats), `m` its `M` (36 · `g.co` · `g.ts`), `nt <= g.ts`;
+/// `taps[i] = i · g.ts` for `i < cb`, `cb <= g.c`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn products(
     g: &Geom,
@@ -507,86 +532,102 @@ unsafe fn products(
     v: *const f32,
     m: *mut f32,
 ) {
-    let k = pw.kernel;
-    let main = cpu::co_main(k);
-    let (c, co, ts) = (g.c, g.co, g.ts);
-    let segs: Vec<Seg> = (0..nt.div_ceil(16))
-        .map(|s| Seg {
-            x: 16 * s,
-            y: 16 * s,
-            mask: lanes(nt - 16 * s) as u16,
-        })
-        .collect();
-    let rest = co % main;
-    for xi in 0..36 {
-        let (vx, mx) = (v.add(xi * c * ts), m.add(xi * co * ts));
-        let ux = pw.u.as_ptr().add(xi * co * c);
-        for c0 in (0..c).step_by(cb) {
-            let cn = cb.min(c - c0);
-            let (x_k, taps) = (vx.add(c0 * ts), &taps[..cn]);
-            let init = if c0 == 0 {
-                Init::Zero
-            } else {
-                Init::Accumulate
-            };
-            for chunk in segs.chunks(NV) {
-                for co0 in (0..co / main).map(|blk| blk * main) {
-                    let w = ux.add(co0 * c + c0 * main);
-                    cpu::main_tile(k, taps, w, chunk, x_k, mx.add(co0 * ts), ts, init);
+    // SAFETY: the CPU runs `pw.kernel`; every segment of `nt <= ts` lanes, tap (`i · ts`,
+    // `i < cn`) and channel block stays inside `V`, `M` and `U` of each ξ (contract).
+    unsafe {
+        let k = pw.kernel;
+        let main = cpu::co_main(k);
+        let (c, co, ts) = (g.c, g.co, g.ts);
+        let segs: Vec<Seg> = (0..nt.div_ceil(16))
+            .map(|s| Seg {
+                x: 16 * s,
+                y: 16 * s,
+                mask: lanes(nt - 16 * s) as u16,
+            })
+            .collect();
+        let rest = co % main;
+        for xi in 0..36 {
+            let (vx, mx) = (v.add(xi * c * ts), m.add(xi * co * ts));
+            let ux = pw.u.as_ptr().add(xi * co * c);
+            for c0 in (0..c).step_by(cb) {
+                let cn = cb.min(c - c0);
+                let (x_k, taps) = (vx.add(c0 * ts), &taps[..cn]);
+                let init = if c0 == 0 {
+                    Init::Zero
+                } else {
+                    Init::Accumulate
+                };
+                for chunk in segs.chunks(NV) {
+                    for co0 in (0..co / main).map(|blk| blk * main) {
+                        let w = ux.add(co0 * c + c0 * main);
+                        cpu::main_tile(k, taps, w, chunk, x_k, mx.add(co0 * ts), ts, init);
+                    }
                 }
-            }
-            if rest > 0 {
-                let co0 = co - rest;
-                let w = ux.add(co0 * c + c0 * rest);
-                cpu::run_block(k, rest, taps, w, &segs, x_k, mx.add(co0 * ts), ts, init);
+                if rest > 0 {
+                    let co0 = co - rest;
+                    let w = ux.add(co0 * c + c0 * rest);
+                    cpu::run_block(k, rest, taps, w, &segs, x_k, mx.add(co0 * ts), ts, init);
+                }
             }
         }
     }
 }
 
 /// Writes the output tiles of the task's runs from its `M` ([ξ][co][lane]), plus the bias.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `m` holds the task's `M` (36 · `g.co` · `g.ts` floats), `bias`
+/// `g.co` floats; `y` is the image's output (`g.co` planes of `g.oh · g.ow`), whose pixels of
+/// these runs' tiles no other thread accesses meanwhile; every run's lanes lie below `g.ts`.
 #[target_feature(enable = "avx512f")]
 unsafe fn output_transform(g: &Geom, m: *const f32, runs: &[Run], bias: &[f32], y: *mut f32) {
-    // out_k[4i + b] = o_b[4k + i]: o0/o1 from one permute, o2/o3 from another, then a blend.
-    let idx: [__m512i; 4] = std::array::from_fn(|k| {
-        let v: [i32; 16] = std::array::from_fn(|p| {
-            let (i, b) = ((p / 4) as i32, p % 4);
-            4 * k as i32 + i + if b % 2 == 1 { 16 } else { 0 }
-        });
-        _mm512_loadu_si512(v.as_ptr() as *const _)
-    });
-    let xi = g.co * g.ts;
-    let plane = g.oh * g.ow;
-    for r in runs {
-        let load = lanes(r.len);
-        let x0 = 4 * r.tx0;
-        let valid = (4 * r.len).min(g.ow - x0);
-        let store: [__mmask16; 4] = std::array::from_fn(|k| lanes(valid.saturating_sub(16 * k)));
-        for (o, &bo) in bias.iter().enumerate() {
-            let src = m.add(o * g.ts + r.lane);
-            // Aᵀ along the first index for each column j, then the rows a of that.
-            let cols: [[__m512; 4]; 6] = std::array::from_fn(|j| {
-                at6(std::array::from_fn(|i| {
-                    _mm512_maskz_loadu_ps(load, src.add((6 * i + j) * xi))
-                }))
+    // SAFETY: the CPU has AVX-512F; loads read lanes `r.lane .. r.lane + r.len` of rows of
+    // `M`; stores write only the pixels of the runs' tiles inside the output plane
+    // (`store` masks, rows below `g.oh`), which this caller alone writes (contract).
+    unsafe {
+        // out_k[4i + b] = o_b[4k + i]: o0/o1 from one permute, o2/o3 from another, then a blend.
+        let idx: [__m512i; 4] = std::array::from_fn(|k| {
+            let v: [i32; 16] = std::array::from_fn(|p| {
+                let (i, b) = ((p / 4) as i32, p % 4);
+                4 * k as i32 + i + if b % 2 == 1 { 16 } else { 0 }
             });
-            let s: [[__m512; 6]; 4] = std::array::from_fn(|a| std::array::from_fn(|j| cols[j][a]));
-            let b = _mm512_set1_ps(bo);
-            for (a, sa) in s.iter().enumerate() {
-                let oy = 4 * r.ty + a;
-                if oy >= g.oh {
-                    break;
-                }
-                let ob = at6(*sa).map(|v| _mm512_add_ps(v, b));
-                let dst = y.add(o * plane + oy * g.ow + x0);
-                for (k, ik) in idx.iter().enumerate() {
-                    if store[k] == 0 {
+            _mm512_loadu_si512(v.as_ptr() as *const _)
+        });
+        let xi = g.co * g.ts;
+        let plane = g.oh * g.ow;
+        for r in runs {
+            let load = lanes(r.len);
+            let x0 = 4 * r.tx0;
+            let valid = (4 * r.len).min(g.ow - x0);
+            let store: [__mmask16; 4] =
+                std::array::from_fn(|k| lanes(valid.saturating_sub(16 * k)));
+            for (o, &bo) in bias.iter().enumerate() {
+                let src = m.add(o * g.ts + r.lane);
+                // Aᵀ along the first index for each column j, then the rows a of that.
+                let cols: [[__m512; 4]; 6] = std::array::from_fn(|j| {
+                    at6(std::array::from_fn(|i| {
+                        _mm512_maskz_loadu_ps(load, src.add((6 * i + j) * xi))
+                    }))
+                });
+                let s: [[__m512; 6]; 4] =
+                    std::array::from_fn(|a| std::array::from_fn(|j| cols[j][a]));
+                let b = _mm512_set1_ps(bo);
+                for (a, sa) in s.iter().enumerate() {
+                    let oy = 4 * r.ty + a;
+                    if oy >= g.oh {
                         break;
                     }
-                    let p01 = _mm512_permutex2var_ps(ob[0], *ik, ob[1]);
-                    let p23 = _mm512_permutex2var_ps(ob[2], *ik, ob[3]);
-                    let out = _mm512_mask_blend_ps(0xcccc, p01, p23);
-                    _mm512_mask_storeu_ps(dst.add(16 * k), store[k], out);
+                    let ob = at6(*sa).map(|v| _mm512_add_ps(v, b));
+                    let dst = y.add(o * plane + oy * g.ow + x0);
+                    for (k, ik) in idx.iter().enumerate() {
+                        if store[k] == 0 {
+                            break;
+                        }
+                        let p01 = _mm512_permutex2var_ps(ob[0], *ik, ob[1]);
+                        let p23 = _mm512_permutex2var_ps(ob[2], *ik, ob[3]);
+                        let out = _mm512_mask_blend_ps(0xcccc, p01, p23);
+                        _mm512_mask_storeu_ps(dst.add(16 * k), store[k], out);
+                    }
                 }
             }
         }
@@ -604,28 +645,40 @@ mod lanes {
 
     /// The first `len` lanes of `a` to `dst` (a fixed-size copy for full runs: a dynamic-length
     /// `copy_from_slice` is a `memmove` call, which took 15 % of the time).
+    ///
+    /// # Safety
+    /// `dst` starts `len.min(16)` writable floats.
     #[inline(always)]
     unsafe fn store(dst: *mut f32, a: &L, len: usize) {
-        if len == 16 {
-            (dst as *mut L).write_unaligned(*a);
-        } else {
-            for (l, v) in a.iter().enumerate().take(len) {
-                *dst.add(l) = *v;
+        // SAFETY: `dst` starts `len` (at most 16) writable floats (contract).
+        unsafe {
+            if len == 16 {
+                (dst as *mut L).write_unaligned(*a);
+            } else {
+                for (l, v) in a.iter().enumerate().take(len) {
+                    *dst.add(l) = *v;
+                }
             }
         }
     }
 
     /// `len` floats from `src`, zero beyond.
+    ///
+    /// # Safety
+    /// `src` starts `len.min(16)` readable floats.
     #[inline(always)]
     unsafe fn load(src: *const f32, len: usize) -> L {
-        if len == 16 {
-            (src as *const L).read_unaligned()
-        } else {
-            let mut a = [0f32; 16];
-            for (l, v) in a.iter_mut().enumerate().take(len) {
-                *v = *src.add(l);
+        // SAFETY: `src` starts `len` (at most 16) readable floats (contract).
+        unsafe {
+            if len == 16 {
+                (src as *const L).read_unaligned()
+            } else {
+                let mut a = [0f32; 16];
+                for (l, v) in a.iter_mut().enumerate().take(len) {
+                    *v = *src.add(l);
+                }
+                a
             }
-            a
         }
     }
 
@@ -674,45 +727,49 @@ mod lanes {
     /// The CPU has AVX2 and FMA; `v` holds the task's `V` (36 · c · ts floats).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn input_transform(g: &Geom, x: &[f32], runs: &[Run], v: *mut f32) {
-        let plane = g.h * g.w;
-        let xi = g.c * g.ts;
-        for ci in 0..g.c {
-            let xc = &x[ci * plane..(ci + 1) * plane];
-            for r in runs {
-                let col0 = (4 * r.tx0) as isize - g.pad.left as isize;
-                let inside = col0 >= 0 && col0 as usize + 4 * r.len + 2 <= g.w;
-                let mut t = [[[0f32; 16]; 6]; 6];
-                for (i, ti) in t.iter_mut().enumerate() {
-                    let pr = 4 * r.ty + i;
-                    if pr < g.pad.top || pr - g.pad.top >= g.h {
-                        continue;
-                    }
-                    let row = &xc[(pr - g.pad.top) * g.w..][..g.w];
-                    let mut d = [[0f32; 16]; 6];
-                    if inside {
-                        let src = &row[col0 as usize..col0 as usize + 4 * r.len + 2];
-                        for l in 0..r.len {
-                            for (j, dj) in d.iter_mut().enumerate() {
-                                dj[l] = src[4 * l + j];
-                            }
+        // SAFETY: the stores write lanes `r.lane .. r.lane + r.len` of rows of `v`, inside it
+        // (contract); `x` is read through bounds-checked slices.
+        unsafe {
+            let plane = g.h * g.w;
+            let xi = g.c * g.ts;
+            for ci in 0..g.c {
+                let xc = &x[ci * plane..(ci + 1) * plane];
+                for r in runs {
+                    let col0 = (4 * r.tx0) as isize - g.pad.left as isize;
+                    let inside = col0 >= 0 && col0 as usize + 4 * r.len + 2 <= g.w;
+                    let mut t = [[[0f32; 16]; 6]; 6];
+                    for (i, ti) in t.iter_mut().enumerate() {
+                        let pr = 4 * r.ty + i;
+                        if pr < g.pad.top || pr - g.pad.top >= g.h {
+                            continue;
                         }
-                    } else {
-                        for l in 0..r.len {
-                            for (j, dj) in d.iter_mut().enumerate() {
-                                let col = col0 + (4 * l + j) as isize;
-                                if col >= 0 && (col as usize) < g.w {
-                                    dj[l] = row[col as usize];
+                        let row = &xc[(pr - g.pad.top) * g.w..][..g.w];
+                        let mut d = [[0f32; 16]; 6];
+                        if inside {
+                            let src = &row[col0 as usize..col0 as usize + 4 * r.len + 2];
+                            for l in 0..r.len {
+                                for (j, dj) in d.iter_mut().enumerate() {
+                                    dj[l] = src[4 * l + j];
+                                }
+                            }
+                        } else {
+                            for l in 0..r.len {
+                                for (j, dj) in d.iter_mut().enumerate() {
+                                    let col = col0 + (4 * l + j) as isize;
+                                    if col >= 0 && (col as usize) < g.w {
+                                        dj[l] = row[col as usize];
+                                    }
                                 }
                             }
                         }
+                        *ti = bt6(&d);
                     }
-                    *ti = bt6(&d);
-                }
-                let out = v.add(ci * g.ts + r.lane);
-                for j in 0..6 {
-                    let col = bt6(&std::array::from_fn(|i| t[i][j]));
-                    for (i, vi) in col.iter().enumerate() {
-                        store(out.add((6 * i + j) * xi), vi, r.len);
+                    let out = v.add(ci * g.ts + r.lane);
+                    for j in 0..6 {
+                        let col = bt6(&std::array::from_fn(|i| t[i][j]));
+                        for (i, vi) in col.iter().enumerate() {
+                            store(out.add((6 * i + j) * xi), vi, r.len);
+                        }
                     }
                 }
             }
@@ -732,31 +789,36 @@ mod lanes {
         bias: &[f32],
         y: *mut f32,
     ) {
-        let xi = g.co * g.ts;
-        let plane = g.oh * g.ow;
-        for r in runs {
-            let x0 = 4 * r.tx0;
-            let valid = (4 * r.len).min(g.ow - x0);
-            for (o, &bo) in bias.iter().enumerate() {
-                let src = m.add(o * g.ts + r.lane);
-                let cols: [[L; 4]; 6] = std::array::from_fn(|j| {
-                    at6(&std::array::from_fn(|i| {
-                        load(src.add((6 * i + j) * xi), r.len)
-                    }))
-                });
-                for a in 0..4 {
-                    let oy = 4 * r.ty + a;
-                    if oy >= g.oh {
-                        break;
-                    }
-                    let ob = at6(&std::array::from_fn(|j| cols[j][a]));
-                    let dst = y.add(o * plane + oy * g.ow + x0);
-                    if valid == 64 {
-                        let row: [f32; 64] = std::array::from_fn(|q| ob[q % 4][q / 4] + bo);
-                        (dst as *mut [f32; 64]).write_unaligned(row);
-                    } else {
-                        for q in 0..valid {
-                            *dst.add(q) = ob[q % 4][q / 4] + bo;
+        // SAFETY: loads read lanes `r.lane .. r.lane + r.len` of rows of `M`; stores write the
+        // `valid` pixels of the runs' tile rows below `g.oh`, inside the output plane, which
+        // this caller alone writes (contract).
+        unsafe {
+            let xi = g.co * g.ts;
+            let plane = g.oh * g.ow;
+            for r in runs {
+                let x0 = 4 * r.tx0;
+                let valid = (4 * r.len).min(g.ow - x0);
+                for (o, &bo) in bias.iter().enumerate() {
+                    let src = m.add(o * g.ts + r.lane);
+                    let cols: [[L; 4]; 6] = std::array::from_fn(|j| {
+                        at6(&std::array::from_fn(|i| {
+                            load(src.add((6 * i + j) * xi), r.len)
+                        }))
+                    });
+                    for a in 0..4 {
+                        let oy = 4 * r.ty + a;
+                        if oy >= g.oh {
+                            break;
+                        }
+                        let ob = at6(&std::array::from_fn(|j| cols[j][a]));
+                        let dst = y.add(o * plane + oy * g.ow + x0);
+                        if valid == 64 {
+                            let row: [f32; 64] = std::array::from_fn(|q| ob[q % 4][q / 4] + bo);
+                            (dst as *mut [f32; 64]).write_unaligned(row);
+                        } else {
+                            for q in 0..valid {
+                                *dst.add(q) = ob[q % 4][q / 4] + bo;
+                            }
                         }
                     }
                 }

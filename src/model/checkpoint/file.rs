@@ -80,8 +80,16 @@ impl Checkpoint {
             path: path.clone(),
             message: e.to_string(),
         };
-        // SAFETY: the mapping is read-only; like every mmap-based loader we rely on nobody
-        // truncating the weights file while it is open.
+        // Memory-mapped (a full-size checkpoint is GBs, read piecemeal as layers load), hence
+        // `unsafe`: a mapping reads whatever the file holds at the time, so candle requires
+        // that the file is not modified while mapped. Sound enough: the mapping is read-only,
+        // lives only as long as this `Checkpoint`, and we never write weights files in place
+        // (`convert-checkpoint` and training write a temporary file and rename it over the
+        // old one, which leaves a mapping on the old contents); another process rewriting the
+        // file under us is outside what any mmap-based loader (candle, safetensors, PyTorch)
+        // guards against.
+        #[allow(unsafe_code)]
+        // SAFETY: see above; the path is a safetensors file we opened and checked just now.
         let st = unsafe { MmapedSafetensors::new(&path) }.map_err(read_err)?;
         let mut keys = BTreeMap::new();
         for (name, view) in st.tensors() {
