@@ -3,10 +3,12 @@
 #
 #   1. nvcc / NVRTC from the PyPI `nvidia-cuda-*` wheels into a venv (pinned to one CUDA minor:
 #      an unpinned nvvm emits PTX newer than nvcc's ptxas accepts; see rust-deps.md §4).
-#   2. kernels/latent_estimate.cu compiled to PTX by NVRTC exactly as src/model/latent.rs does
-#      at run time (--gpu-architecture=compute_90 --fmad=false), then assembled by ptxas for sm_90.
-#   3. `cargo check --features cuda --all-targets` (candle-kernels needs nvcc and
-#      CUDA_COMPUTE_CAP), in its own target dir so the CPU build cache stays untouched.
+#   2. kernels/cuda/latent_estimate.cu compiled to PTX by NVRTC exactly as kernels/src/latent.rs
+#      does at run time (--gpu-architecture=compute_90 --fmad=false), then assembled by ptxas
+#      for sm_90.
+#   3. `cargo check --features cuda --workspace --all-targets` (the app's `cuda` feature turns on
+#      sdseg-kernels/cuda; candle-kernels needs nvcc and CUDA_COMPUTE_CAP), in its own target
+#      dir so the CPU build cache stays untouched.
 #
 # Env: CUDA_CHECK_VENV (default target/cuda-check-venv), CUDA_CHECK_TARGET_DIR (default
 # target/cuda-check), CUDA_COMPUTE_CAP (default 90 = H100), PYTHON (default python3).
@@ -43,7 +45,7 @@ say "nvcc: $(nvcc --version | tail -n 2 | head -n 1)"
 # --- 2. The project's own kernel, through NVRTC as at run time, then ptxas. -----------------
 ptx_dir="$(mktemp -d)"
 trap 'rm -rf "$ptx_dir"' EXIT
-"$venv/bin/python" - "$root/kernels/latent_estimate.cu" "$ptx_dir/latent_estimate.ptx" \
+"$venv/bin/python" - "$root/kernels/cuda/latent_estimate.cu" "$ptx_dir/latent_estimate.ptx" \
     "$CUDA_HOME/lib" "$CUDA_COMPUTE_CAP" <<'PY'
 import ctypes, glob, sys
 src_path, out_path, libdir, cap = sys.argv[1:5]
@@ -76,9 +78,9 @@ for k in ("f32", "f64", "f16", "bf16"):
         raise SystemExit(f"latent_estimate_{k} missing from the PTX")
 PY
 ptxas -arch="sm_${CUDA_COMPUTE_CAP}" "$ptx_dir/latent_estimate.ptx" -o "$ptx_dir/latent_estimate.cubin"
-say "kernels/latent_estimate.cu: NVRTC + ptxas sm_${CUDA_COMPUTE_CAP} ok"
+say "kernels/cuda/latent_estimate.cu: NVRTC + ptxas sm_${CUDA_COMPUTE_CAP} ok"
 
 # --- 3. The Rust side with candle's CUDA backend. -------------------------------------------
-say "cargo check --features cuda --all-targets (target dir $target)"
-CARGO_TARGET_DIR="$target" cargo check --features cuda --all-targets
+say "cargo check --features cuda --workspace --all-targets (target dir $target)"
+CARGO_TARGET_DIR="$target" cargo check --features cuda --workspace --all-targets
 say "done"
