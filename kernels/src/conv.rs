@@ -250,10 +250,9 @@ impl CpuKernel {
     }
 
     /// Every kernel this CPU runs, fastest first (tests and benches run each). AVX-512 first:
-    /// in a release build it is as fast as or faster than AVX2 + FMA even on an AMD CPU with
-    /// 256-bit AVX-512 units (full-size model, batch 4: 7.9 vs 8.6 s per slice). In a debug
-    /// build (opt-level 1) the AVX2 kernel, written unrolled, is ~1.5× faster there:
-    /// `SDSEG_CONV_KERNEL=avx2` picks it.
+    /// it is as fast as or faster than AVX2 + FMA even on an AMD CPU with 256-bit AVX-512 units
+    /// (full-size model, batch 4: 7.9 vs 8.6 s per slice). `SDSEG_CONV_KERNEL=avx2` picks the
+    /// AVX2 one.
     pub fn all_available() -> Vec<CpuKernel> {
         [CpuKernel::Avx512, CpuKernel::Avx2Fma]
             .into_iter()
