@@ -22,7 +22,7 @@
 //! Accuracy: the transforms' constants (up to 8 and 1/6) cost a few bits: relative error
 //! against an f64 reference 3e-6 … 1e-5 for 16 … 512 input channels, where the direct kernel
 //! gets 3e-7 … 1.3e-6 (tests/conv.rs); the model's intermediates stay 10–1000× inside the
-//! parity tolerances (the application's tests/parity.rs).
+//! parity tolerances (the application's tests/it/parity.rs).
 
 // The 6×6 transforms index rows and columns of the same arrays: index loops read clearer.
 #![allow(clippy::needless_range_loop)]
