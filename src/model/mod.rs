@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cond;
 pub mod config;
 pub mod conv;
+pub mod device;
 pub mod latent;
 pub mod norm;
 pub mod ops;
