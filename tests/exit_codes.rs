@@ -76,14 +76,17 @@ fn one_bad_input_per_error_kind() {
     std::fs::create_dir(&bad_dicom_dir).unwrap();
     for i in 1..=3 {
         let name = format!("IM000{i}.dcm");
-        let n = if i == 2 { 400 } else { usize::MAX };
+        // IM0002 loses half its pixel data: the series cannot be read without it.
+        let n = if i == 2 { 6000 } else { usize::MAX };
         truncated_copy(&demo_ct.join(&name), &bad_dicom_dir.join(&name), n);
     }
     let not_dicom_dir = t("not-dicom");
     std::fs::create_dir(&not_dicom_dir).unwrap();
     std::fs::write(not_dicom_dir.join("notes.txt"), "not an image").unwrap();
     let missing = t("missing.nii.gz");
-    let bad_weights = t("weights.safetensors");
+    // In a folder of its own: a config.json beside it would be read as its config.
+    std::fs::create_dir(t("weights")).unwrap();
+    let bad_weights = t("weights/model.safetensors");
     std::fs::write(&bad_weights, b"definitely not a checkpoint").unwrap();
     let bad_config = t("config.json");
     std::fs::write(&bad_config, b"{\"model\": [}").unwrap();
@@ -103,14 +106,15 @@ fn one_bad_input_per_error_kind() {
     std::fs::create_dir(&batch).unwrap();
     std::fs::copy(small.join("phantom.nii.gz"), batch.join("good.nii.gz")).unwrap();
     std::fs::copy(&bad_nifti, batch.join("cut.nii.gz")).unwrap();
-    let out_nii = t("out.nii.gz");
-    let out_dir = t("out");
+    // Every row writes (or would write) somewhere new, so no row resumes another's output.
+    let out_nii = |row: &str| t(&format!("out-{row}.nii.gz"));
+    let out_dir = |row: &str| t(&format!("out-{row}"));
 
     let cases = [
         // io::nifti
         case(
             "NiftiError (corrupt gzip)",
-            &[&"import", &bad_nifti, &"--out", &out_nii],
+            &[&"import", &bad_nifti, &"--out", &out_nii("1")],
             2,
             &bad_nifti,
         ),
@@ -134,7 +138,7 @@ fn one_bad_input_per_error_kind() {
         // io::dicom
         case(
             "DicomError (truncated file)",
-            &[&"import", &bad_dicom_dir, &"--out", &out_nii],
+            &[&"import", &bad_dicom_dir, &"--out", &out_nii("2")],
             2,
             &bad_dicom_dir.join("IM0002.dcm"),
         ),
@@ -158,7 +162,7 @@ fn one_bad_input_per_error_kind() {
                 &"run",
                 &demo_ct,
                 &"--out",
-                &out_nii,
+                &out_nii("3"),
                 &"--weights",
                 &bad_weights,
                 &"--model-config",
@@ -185,7 +189,7 @@ fn one_bad_input_per_error_kind() {
                 &"run",
                 &demo_ct,
                 &"--out",
-                &out_nii,
+                &out_nii("4"),
                 &"--weights",
                 &testdata("demo-model/model.safetensors"),
                 &"--model-config",
@@ -204,7 +208,7 @@ fn one_bad_input_per_error_kind() {
                 &"--data",
                 &"phantom:1-1",
                 &"--out",
-                &out_dir,
+                &out_dir("5"),
             ],
             2,
             &bad_pipeline,
@@ -212,9 +216,29 @@ fn one_bad_input_per_error_kind() {
         // model::device
         case(
             "DeviceSpec (unknown device)",
-            &[&"run", &demo_ct, &"--out", &out_nii, &"--device", &"tpu"],
+            &[
+                &"run",
+                &demo_ct,
+                &"--out",
+                &out_nii("6"),
+                &"--device",
+                &"tpu",
+            ],
             2,
             Path::new("--device"),
+        ),
+        case(
+            "DeviceError (no storage type)",
+            &[
+                &"convert-checkpoint",
+                &testdata("demo-model/model.safetensors"),
+                &"--out",
+                &t("f.safetensors"),
+                &"--dtype",
+                &"bf16-fast",
+            ],
+            2,
+            Path::new("--dtype bf16-fast"),
         ),
         // eval
         case(
@@ -250,7 +274,7 @@ fn one_bad_input_per_error_kind() {
                 &"--data",
                 &empty_dir,
                 &"--out",
-                &out_dir,
+                &out_dir("7"),
                 &threshold,
             ],
             2,
@@ -266,7 +290,7 @@ fn one_bad_input_per_error_kind() {
                 &"--data",
                 &empty_dir,
                 &"--out",
-                &out_dir,
+                &out_dir("8"),
             ],
             2,
             &empty_dir,
@@ -279,7 +303,7 @@ fn one_bad_input_per_error_kind() {
                 &"--manifest",
                 &manifest,
                 &"--out",
-                &out_dir,
+                &out_dir("9"),
                 &threshold,
             ],
             2,
@@ -295,7 +319,7 @@ fn one_bad_input_per_error_kind() {
         // pipeline::engine: one case failed (its own class), several cases with one failed (3)
         case(
             "CaseError (the only case)",
-            &[&"run", &bad_nifti, &"--out", &out_nii, &threshold],
+            &[&"run", &bad_nifti, &"--out", &out_nii("10"), &threshold],
             2,
             &bad_nifti,
         ),
@@ -306,6 +330,28 @@ fn one_bad_input_per_error_kind() {
             &batch.join("cut.nii.gz"),
         ),
     ];
+
+    #[cfg(not(feature = "cuda"))]
+    let cases = {
+        let mut cases = Vec::from(cases);
+        cases.push(case(
+            "DeviceError (a build without CUDA)",
+            &[
+                &"train",
+                &"--pipeline",
+                &"demo",
+                &"--data",
+                &"phantom:1-1",
+                &"--out",
+                &out_dir("cuda"),
+                &"--device",
+                &"gpu",
+            ],
+            2,
+            Path::new("--device cuda:0"),
+        ));
+        cases
+    };
 
     let mut failures = Vec::new();
     for c in &cases {

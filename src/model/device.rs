@@ -8,7 +8,21 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device};
 
-use super::checkpoint::ModelError;
+/// A device that cannot be opened, or a dtype that cannot be used where it was asked for.
+/// Both are the user's choice (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("--device {spec}: {message} (CUDA needs a build with --features cuda and a GPU)")]
+    Unavailable { spec: DeviceSpec, message: String },
+    #[error("--dtype {0}: a way of computing, not a storage type; use bf16")]
+    NotAStorageType(DTypeSpec),
+}
+
+impl crate::error::Classify for DeviceError {
+    fn is_input_error(&self) -> bool {
+        true
+    }
+}
 
 /// `--device`: `cpu`, `cuda:N`, or `cuda` / `gpu` (both `cuda:0`); any case.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,13 +39,12 @@ impl DeviceSpec {
 
     /// The candle device. CUDA needs a build with the `cuda` feature and a GPU; without them
     /// this is the user's input error (exit 2).
-    pub fn open(self) -> Result<Device, ModelError> {
+    pub fn open(self) -> Result<Device, DeviceError> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
-            DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| {
-                ModelError::Input(format!(
-                    "--device {self}: {e} (CUDA needs a build with --features cuda and a GPU)"
-                ))
+            DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| DeviceError::Unavailable {
+                spec: self,
+                message: e.to_string(),
             }),
         }
     }
@@ -89,11 +102,9 @@ impl DTypeSpec {
     }
     /// The dtype for storing weights (`convert-checkpoint`): `bf16-fast` is a way of
     /// computing, not a storage type.
-    pub fn storage(self) -> Result<DType, ModelError> {
+    pub fn storage(self) -> Result<DType, DeviceError> {
         match self {
-            DTypeSpec::Bf16Fast => Err(ModelError::Input(
-                "dtype 'bf16-fast' is a way of computing, not a storage type; use bf16".into(),
-            )),
+            DTypeSpec::Bf16Fast => Err(DeviceError::NotAStorageType(self)),
             d => Ok(d.dtype()),
         }
     }
