@@ -99,6 +99,13 @@ pub enum DatasetError {
     Empty { dir: PathBuf },
 }
 
+impl crate::error::Classify for DatasetError {
+    /// A folder that is not laid out as asked, or cannot be listed.
+    fn is_input_error(&self) -> bool {
+        true
+    }
+}
+
 impl DatasetLayout {
     /// The order [`discover`] tries the layouts in.
     pub const ALL: [DatasetLayout; 3] = [
@@ -363,15 +370,8 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
 
 /// `name.nii.gz` / `name.nii` → `name`.
 fn nifti_stem(p: &Path) -> Option<String> {
-    let name = p.file_name()?.to_string_lossy().into_owned();
-    let lower = name.to_ascii_lowercase();
-    if lower.ends_with(".nii.gz") {
-        Some(name[..name.len() - 7].to_string())
-    } else if lower.ends_with(".nii") {
-        Some(name[..name.len() - 4].to_string())
-    } else {
-        None
-    }
+    let name = p.file_name()?.to_string_lossy();
+    crate::io::nifti::strip_nifti_suffix(&name).map(str::to_owned)
 }
 
 /// Every stem as `.nii.gz`, then `.nii`.

@@ -252,23 +252,9 @@ fn is_sep(c: char) -> bool {
     matches!(c, '_' | '-' | '.')
 }
 
-/// Whether `name` is a NIfTI file name (`.nii` or `.nii.gz`, any case).
-pub fn is_nifti_name(name: &str) -> bool {
-    let l = name.to_ascii_lowercase();
-    l.ends_with(".nii") || l.ends_with(".nii.gz")
-}
-
 /// The case id of a file name (see the module documentation for the rule).
 pub fn case_id(file_name: &str) -> String {
-    let lower = file_name.to_ascii_lowercase();
-    let stem_len = if lower.ends_with(".nii.gz") {
-        file_name.len() - 7
-    } else if lower.ends_with(".nii") {
-        file_name.len() - 4
-    } else {
-        file_name.len()
-    };
-    let mut id = &file_name[..stem_len];
+    let mut id = crate::io::nifti::strip_nifti_suffix(file_name).unwrap_or(file_name);
     for tag in TAGS {
         let l = id.to_ascii_lowercase();
         if l.starts_with(tag) {
@@ -308,7 +294,8 @@ fn list_cases(dir: &Path) -> Result<BTreeMap<String, PathBuf>, EvalError> {
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !is_nifti_name(&name) || !entry.path().is_file() {
+        let nifti = crate::io::nifti::strip_nifti_suffix(&name).is_some();
+        if name.starts_with('.') || !nifti || !entry.path().is_file() {
             continue;
         }
         let id = case_id(&name);

@@ -31,7 +31,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::dataset::{CaseFiles, DatasetError, DatasetLayout};
-use crate::error::UsageError;
+use crate::error::ResultExt;
 use crate::eval::{self, CasePair, EvalError, EvalOptions, LabelScheme, Report};
 use crate::metrics::{MetricOptions, Protocol};
 use crate::pipeline::runner::RunOptions;
@@ -92,13 +92,6 @@ impl crate::error::Classify for ReproduceError {
     }
 }
 
-impl ReproduceError {
-    /// As an `anyhow` error the binary maps to exit code 2.
-    pub fn into_usage(self) -> anyhow::Error {
-        UsageError(self.to_string()).into()
-    }
-}
-
 /// Locate the pipeline's official test cases under `root` in `dataset`'s layout.
 pub fn find_test_cases(
     dataset: Dataset,
@@ -136,11 +129,11 @@ pub fn write_manifest(path: &Path, cases: &[CaseFiles]) -> std::io::Result<()> {
 
 /// Where a reproduction puts its files.
 #[derive(Clone, Debug)]
-pub struct Layout {
+pub struct OutputFolder {
     pub dir: PathBuf,
 }
 
-impl Layout {
+impl OutputFolder {
     pub fn pred_dir(&self) -> PathBuf {
         self.dir.join("pred")
     }
@@ -165,7 +158,7 @@ impl Layout {
 /// [`PROTOCOLS`]; both files are read once. `on_case` is called before each case.
 pub fn score(
     cases: &[CaseFiles],
-    layout: &Layout,
+    layout: &OutputFolder,
     pipeline: &Pipeline,
     mut on_case: impl FnMut(&str),
 ) -> Result<Vec<Report>, EvalError> {
@@ -212,7 +205,7 @@ pub struct ReproduceOptions {
     pub dataset: Dataset,
     pub data: PathBuf,
     pub cases: Vec<CaseFiles>,
-    pub layout: Layout,
+    pub layout: OutputFolder,
     pub run: RunOptions,
     /// Name of the method in the tables' summary row.
     pub method: String,
@@ -268,7 +261,8 @@ pub fn execute(opts: &ReproduceOptions) -> anyhow::Result<Reproduction> {
     let reports = score(&opts.cases, layout, &opts.run.slicer.pipeline, |id| {
         bar.set_message(id.to_string());
         bar.inc(1);
-    })?;
+    })
+    .classified()?;
     bar.finish_and_clear();
 
     for r in &reports {

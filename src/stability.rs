@@ -33,7 +33,7 @@ use ndarray::{Array2, Array3};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::error::UsageError;
+use crate::error::{ResultExt, UsageError};
 use crate::metrics::image::{ms_ssim, psnr, ssim, SsimOptions, MS_SSIM_BETAS};
 use crate::metrics::Stat;
 use crate::pipeline::segmenter::{
@@ -188,7 +188,7 @@ fn summary_of(slices: &[&SliceScores]) -> Summary {
 
 /// Run `r` against run 0, over slices (same skips as the notebook).
 #[derive(Clone, Copy, Debug)]
-pub struct RunSummary {
+pub struct SeedRunSummary {
     pub seed: u64,
     pub scores: Summary,
     /// Slices (with a non-empty run-0 map) where this run is identical to run 0.
@@ -208,7 +208,7 @@ impl StabilityReport {
     }
 
     /// Each run against run 0 (run 0 against itself first: SSIM = MS-SSIM = 1).
-    pub fn per_run(&self) -> Vec<RunSummary> {
+    pub fn per_run(&self) -> Vec<SeedRunSummary> {
         let slices: Vec<&SliceScores> = self
             .all_slices()
             .into_iter()
@@ -217,7 +217,7 @@ impl StabilityReport {
         (0..self.runs)
             .map(|r| {
                 let col = |m: Metric| Stat::of(slices.iter().filter_map(|s| m.of(&s.runs[r])));
-                RunSummary {
+                SeedRunSummary {
                     seed: r as u64,
                     scores: Summary {
                         psnr: col(Metric::Psnr),
@@ -579,6 +579,7 @@ pub fn compute_case(
         .into());
     }
     let selected = select_slices(&src, labels, pipeline)
+        .classified()
         .with_context(|| format!("case {id}: selecting the labelled slices"))?;
     let latent = model.latent_shape();
     let latent_len: usize = latent.iter().product();
@@ -654,10 +655,12 @@ pub fn compute(
     let mut out = Vec::with_capacity(cases.len());
     for c in cases {
         let volume = crate::io::read_volume(&c.image, &opts.read)
+            .classified()
             .with_context(|| format!("case {}: reading {}", c.id, c.image.display()))?;
         let labels = match &c.label {
             Some(p) => Some(
                 crate::io::nifti::read_labels(p)
+                    .classified()
                     .with_context(|| format!("case {}: reading {}", c.id, p.display()))?
                     .0,
             ),

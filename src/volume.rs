@@ -99,6 +99,13 @@ pub enum VolumeError {
     SingularAffine(f64),
 }
 
+impl crate::error::Classify for VolumeError {
+    /// Volumes are built from what a file says (shape, affine).
+    fn is_input_error(&self) -> bool {
+        true
+    }
+}
+
 impl Volume {
     pub fn new(
         data: Array3<f32>,

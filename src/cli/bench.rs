@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::Globals;
-use crate::error::UsageError;
+use crate::error::{ResultExt, UsageError};
 use crate::model::bench::{
-    flops_per_slice, random_model, time_stages, BenchInputs, BenchResult, StageFlops, StageTimes,
+    flops_per_slice, random_model, time_stages, BenchInputs, BenchResult, ModelStageTimes,
+    StageFlops,
 };
 use crate::model::config::SdsegConfig;
-use crate::model::sdseg::{parse_device, parse_precision, Agreement};
+use crate::model::device::{DTypeSpec, DeviceSpec};
+use crate::model::sdseg::Agreement;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,11 +36,11 @@ pub struct Args {
     pub batch_size: Vec<usize>,
     /// f32, f16, bf16 or bf16-fast (on the CPU: f32 tensors, convolutions on AMX-BF16 in split
     /// bf16, or plain bf16 for bf16-fast; f32 where the CPU has no AMX-BF16).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: DTypeSpec,
+    /// cpu, cuda or cuda:N (gpu = cuda:0).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
     /// Timed iterations per batch size (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
@@ -149,8 +151,8 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     if args.iters == 0 {
         return Err(UsageError("--iters must be at least 1".into()).into());
     }
-    let device = parse_device(&args.device)?;
-    let (dtype, fast_bf16) = parse_precision(&args.dtype)?;
+    let device = args.device.open().classified()?;
+    let dtype = args.dtype.dtype();
     let quiet = g.quiet;
 
     let (model, name, weights) = match &args.weights {
@@ -172,7 +174,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         }
         None => {
             let name = args.preset.as_deref().unwrap_or("sdseg-binary");
-            let config = SdsegConfig::from_arg(name)?;
+            let config = SdsegConfig::from_arg(name).classified()?;
             if !quiet {
                 eprintln!(
                     "bench: building {name} with random weights (seed {})",
@@ -180,16 +182,17 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
                 );
             }
             let model = random_model(&config, args.seed, &device, dtype)
+                .classified()
                 .with_context(|| format!("building {name} with random weights"))?;
             (model, name.to_owned(), "random".to_owned())
         }
     };
-    let mut model = if fast_bf16 {
+    let mut model = if args.dtype.fast_bf16() {
         model.with_fast_bf16()
     } else {
         model
     };
-    if let Some(w) = model.bf16_fallback_warning(&args.dtype) {
+    if let Some(w) = model.bf16_fallback_warning(&args.dtype.to_string()) {
         eprintln!("warning: {w}");
     }
     let side = model.config().image_size();
@@ -199,11 +202,12 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     let mut header_done = false;
     for &batch in &args.batch_size {
         let can_reset = reset_peak_rss();
-        let inputs = BenchInputs::new(&model, batch, args.seed)?;
+        let inputs = BenchInputs::new(&model, batch, args.seed).classified()?;
         let mut runs = Vec::with_capacity(args.iters);
         for i in 0..args.warmup + args.iters {
             let warm = i < args.warmup;
             let t = time_stages(&model, &inputs)
+                .classified()
                 .with_context(|| format!("running {name} at batch {batch}"))?;
             if !quiet {
                 let what = if warm {
@@ -224,14 +228,14 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
                 runs.push(t);
             }
         }
-        let median = StageTimes::median(&runs);
+        let median = ModelStageTimes::median(&runs);
         let (ms, gf, gps, sps) = BenchResult::from_times(batch, &median, &flops);
         let result = BenchResult {
             preset: name.clone(),
             weights: weights.clone(),
             batch_size: batch,
-            dtype: args.dtype.clone(),
-            device: args.device.clone(),
+            dtype: args.dtype.to_string(),
+            device: args.device.to_string(),
             threads: rayon::current_num_threads(),
             iters: args.iters,
             warmup: args.warmup,
@@ -289,10 +293,12 @@ fn agreement_with_f32(
     model: &mut crate::model::sdseg::Sdseg,
     inputs: &BenchInputs,
 ) -> anyhow::Result<Agreement> {
-    let run = model.segment(&inputs.image, &inputs.noise, None)?;
+    let run = model
+        .segment(&inputs.image, &inputs.noise, None)
+        .classified()?;
     let precision = model.cpu_precision();
     model.set_cpu_precision(None);
     let reference = model.segment(&inputs.image, &inputs.noise, None);
     model.set_cpu_precision(precision);
-    Ok(Agreement::of(&run, &reference?)?)
+    Agreement::of(&run, &reference.classified()?).classified()
 }

@@ -7,9 +7,11 @@ use anyhow::Context;
 use candle_core::Device;
 
 use super::Globals;
+use crate::error::ResultExt;
 use crate::model::checkpoint::{convert_checkpoint, VerifyFn};
 use crate::model::config::SdsegConfig;
-use crate::model::sdseg::{parse_dtype, Sdseg};
+use crate::model::device::DTypeSpec;
+use crate::model::sdseg::Sdseg;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,8 +22,8 @@ pub struct Args {
     pub out: PathBuf,
     /// Store floating weights as f16, bf16 or f32 (default: as stored). `scale_factor` and
     /// the schedule buffers stay f32.
-    #[arg(long)]
-    pub dtype: Option<String>,
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<DTypeSpec>,
     /// Keep the raw UNet (model.diffusion_model.*) instead of the EMA copy (model_ema.*).
     /// Load the result with the same choice.
     #[arg(long)]
@@ -33,9 +35,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
-    let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
+    let dtype = args
+        .dtype
+        .map(DTypeSpec::storage)
+        .transpose()
+        .classified()?;
     let use_ema = !args.no_ema;
-    let config = SdsegConfig::for_weights(args.model_config.as_deref(), &args.input)?;
+    let config =
+        SdsegConfig::for_weights(args.model_config.as_deref(), &args.input).classified()?;
     let verify = config.as_ref().map(|(cfg, _)| {
         move |p: &std::path::Path| {
             Sdseg::load(p, cfg, &Device::Cpu, candle_core::DType::F32, use_ema).map(|_| ())
@@ -48,6 +55,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         use_ema,
         verify.as_ref().map(|f| f as &VerifyFn),
     )
+    .classified()
     .with_context(|| format!("converting {}", args.input.display()))?;
     if !g.quiet {
         eprintln!(

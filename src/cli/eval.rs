@@ -1,7 +1,7 @@
 //! `sdseg-volume eval`: score prediction files against ground truth.
 
 use super::Globals;
-use crate::error::UsageError;
+use crate::error::{ResultExt, UsageError};
 use crate::eval::{self, EvalOptions, LabelScheme, OutputFormat, Report};
 use crate::metrics::{Hd95Mode, MetricOptions, Protocol, DEFAULT_NSD_TOLERANCE_MM};
 use anyhow::Context;
@@ -62,7 +62,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         .into());
     }
     let scheme = match args.pipeline.as_deref() {
-        Some(spec) => LabelScheme::load(spec)?,
+        Some(spec) => LabelScheme::load(spec).classified()?,
         None => LabelScheme::as_stored(),
     };
     let opts = EvalOptions {
@@ -75,7 +75,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         labels: args.labels.clone(),
     };
 
-    let pairing = eval::pair_cases(&args.pred, &args.gt)?;
+    let pairing = eval::pair_cases(&args.pred, &args.gt).classified()?;
     if !g.quiet {
         for p in &pairing.unmatched_predictions {
             eprintln!(
@@ -101,6 +101,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     for pair in &pairing.pairs {
         bar.set_message(pair.case.clone());
         let r = eval::evaluate_pair(pair, &opts)
+            .classified()
             .with_context(|| format!("scoring case {}", pair.case))?;
         results.push(r);
         bar.inc(1);

@@ -1,9 +1,9 @@
 //! `sdseg-volume import`: write the HU volume exactly as the pipeline sees it.
 
-use super::Globals;
-use crate::error::UsageError;
+use super::{Globals, InputArgs};
+use crate::error::{ResultExt, UsageError};
 use crate::io::nifti::{self, VolumeDtype};
-use crate::io::{read_volume, ReadOptions};
+use crate::io::read_volume;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,37 +15,15 @@ pub struct Args {
     /// Output NIfTI file (.nii or .nii.gz).
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
-    /// Read this DICOM series (SeriesInstanceUID) instead of choosing one.
-    #[arg(long, value_name = "UID")]
-    pub series: Option<String>,
-    /// Accept missing slices (non-uniform spacing) in a DICOM series.
-    #[arg(long)]
-    pub allow_gaps: bool,
-    /// Accept gantry tilt (a sheared slice stack) in a DICOM series.
-    #[arg(long)]
-    pub allow_tilt: bool,
+    #[command(flatten)]
+    pub read: InputArgs,
     /// Output voxel type: int16 when lossless (auto), float32, or int16 (error if lossy).
     #[arg(long, value_enum, default_value_t = VolumeDtype::Auto)]
     pub dtype: VolumeDtype,
 }
 
-impl Args {
-    fn read_options(&self) -> ReadOptions {
-        ReadOptions {
-            series: self.series.clone(),
-            allow_gaps: self.allow_gaps,
-            allow_tilt: self.allow_tilt,
-        }
-    }
-}
-
 pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
-    let name = args
-        .out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
+    if !nifti::is_nifti_path(&args.out) {
         return Err(UsageError(format!(
             "--out {}: the output must be a .nii or .nii.gz file",
             args.out.display()
@@ -53,11 +31,15 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         .into());
     }
     let t0 = Instant::now();
-    let volume = read_volume(&args.input, &args.read_options()).context("reading the input")?;
+    let volume = read_volume(&args.input, &args.read.read_options())
+        .classified()
+        .context("reading the input")?;
     let t_read = t0.elapsed();
-    let dtype = nifti::resolve_dtype(&args.out, &volume, args.dtype)?;
+    let dtype = nifti::resolve_dtype(&args.out, &volume, args.dtype).classified()?;
     let t1 = Instant::now();
-    nifti::write_volume(&args.out, &volume, dtype).context("writing the output")?;
+    nifti::write_volume(&args.out, &volume, dtype)
+        .classified()
+        .context("writing the output")?;
     let t_write = t1.elapsed();
     if !g.quiet {
         for w in &volume.provenance().warnings {

@@ -1,37 +1,14 @@
 //! `sdseg-volume inspect <INPUT> [--json] [--series UID]`: what would be read, and why.
 
 use super::Globals;
+use super::InputArgs;
+use crate::error::{classified, ResultExt};
 use crate::io::dicom::{DicomInput, ScanReport, SeriesStatus};
-use crate::io::{input_kind, InputKind, ReadOptions};
+use crate::io::{input_kind, InputKind};
 use crate::volume::{Source, Volume};
 use anyhow::Context;
 use serde::Serialize;
 use std::path::PathBuf;
-
-/// The input options every reading command shares (`inspect`, `import`, `run`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct InputArgs {
-    /// Read this DICOM series (SeriesInstanceUID) instead of choosing one.
-    #[arg(long, value_name = "UID")]
-    pub series: Option<String>,
-    /// Accept a DICOM series with missing slices / non-uniform spacing (slices are kept as
-    /// they are; the affine uses the median spacing).
-    #[arg(long)]
-    pub allow_gaps: bool,
-    /// Accept a DICOM series with gantry tilt (no resampling; sheared affine).
-    #[arg(long)]
-    pub allow_tilt: bool,
-}
-
-impl InputArgs {
-    pub fn read_options(&self) -> ReadOptions {
-        ReadOptions {
-            series: self.series.clone(),
-            allow_gaps: self.allow_gaps,
-            allow_tilt: self.allow_tilt,
-        }
-    }
-}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -117,7 +94,7 @@ fn summarize(v: &Volume) -> VolumeSummary {
 
 pub fn run(args: Args, _g: Globals) -> anyhow::Result<()> {
     let opts = args.read.read_options();
-    let kind = input_kind(&args.input)?;
+    let kind = input_kind(&args.input).classified()?;
     let mut report = InspectReport {
         input: args.input.clone(),
         kind: if kind == InputKind::Nifti {
@@ -131,13 +108,13 @@ pub fn run(args: Args, _g: Globals) -> anyhow::Result<()> {
         error: None,
     };
     let result: anyhow::Result<Volume> = if kind == InputKind::Nifti {
-        crate::io::read_volume(&args.input, &opts).map_err(Into::into)
+        crate::io::read_volume(&args.input, &opts).classified()
     } else {
         match DicomInput::open(&args.input, &opts) {
-            Err(e) => Err(e.into()),
+            Err(e) => Err(classified(e)),
             Ok(input) => {
                 report.scan = Some(input.report().clone());
-                input.read().map_err(Into::into)
+                input.read().classified()
             }
         }
     };

@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::io::ReadOptions;
+
 pub mod bench;
 pub mod convert;
 pub mod eval;
@@ -58,6 +60,31 @@ pub enum Command {
     SlurmScript(Box<slurm::Args>),
     /// Write a synthetic abdomen CT phantom as DICOM or NIfTI (developer tool).
     Phantom(phantom::Args),
+}
+
+/// The input options every reading command shares (`inspect`, `import`, `run`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InputArgs {
+    /// Read this DICOM series (SeriesInstanceUID) instead of choosing one.
+    #[arg(long, value_name = "UID")]
+    pub series: Option<String>,
+    /// Accept a DICOM series with missing slices / non-uniform spacing (slices are kept as
+    /// they are; the affine uses the median spacing).
+    #[arg(long)]
+    pub allow_gaps: bool,
+    /// Accept a DICOM series with gantry tilt (no resampling; sheared affine).
+    #[arg(long)]
+    pub allow_tilt: bool,
+}
+
+impl InputArgs {
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            series: self.series.clone(),
+            allow_gaps: self.allow_gaps,
+            allow_tilt: self.allow_tilt,
+        }
+    }
 }
 
 /// Options every command shares, resolved once.

@@ -2,7 +2,7 @@
 //! demos and benchmarks).
 
 use super::Globals;
-use crate::error::UsageError;
+use crate::error::{ResultExt, UsageError};
 use crate::phantom::{
     abdomen_phantom, write_dicom_series, DicomWriteOptions, FrameLayout, PhantomParams, WriteSyntax,
 };
@@ -120,11 +120,12 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
                 // 8-bit storage cannot hold bone: clip to what slope 16 reaches.
                 let (mut data, affine, prov) = ph.volume.into_parts();
                 data.mapv_inplace(|v| (v.clamp(-1024.0, 3056.0) / 16.0).round() * 16.0);
-                crate::volume::Volume::new(data, affine, prov)?
+                crate::volume::Volume::new(data, affine, prov).classified()?
             } else {
                 ph.volume
             };
             let files = write_dicom_series(&ph, &args.out, &o)
+                .classified()
                 .with_context(|| format!("writing the phantom to {}", args.out.display()))?;
             if !g.quiet {
                 eprintln!(
@@ -149,9 +150,11 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
                 crate::io::nifti::VolumeDtype::Auto,
                 crate::phantom::PHANTOM_TAG,
             )
+            .classified()
             .with_context(|| format!("writing {}", vol_path.display()))?;
             let lab_path = args.out.join("labels.nii.gz");
             crate::io::nifti::write_labels(&lab_path, &ph.labels, &ph.volume)
+                .classified()
                 .with_context(|| format!("writing {}", lab_path.display()))?;
             if !g.quiet {
                 eprintln!(
@@ -168,6 +171,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     }
     if let (Some(path), Some((labels, grid))) = (&args.labels, &label_out) {
         crate::io::nifti::write_labels(path, labels, grid)
+            .classified()
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::run::{ModelArgs, OutputArgs};
-use super::Globals;
+use super::{Globals, InputArgs};
+use crate::error::ResultExt;
+use crate::model::device::{DTypeSpec, DeviceSpec};
 use crate::pipeline::postprocess::ResizeBack;
-use crate::pipeline::runner::{DTypeSpec, DeviceSpec, RunOptions, TestModel};
+use crate::pipeline::runner::{RunOptions, TestModel};
 use crate::pipeline::segmenter::NoiseMode;
 use crate::pipeline::shard::Shard;
-use crate::reproduce::{self, Dataset, Layout, ReproduceOptions};
+use crate::reproduce::{self, Dataset, OutputFolder, ReproduceOptions};
 
 /// The model flags `reproduce` and `stability` share with `run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -27,7 +29,7 @@ pub struct ModelFlags {
     /// Slices per model batch.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub batch_size: usize,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda or cuda:N (gpu = cuda:0).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<DeviceSpec>,
     /// Model dtype: f32, bf16, bf16-fast or f16. On CPUs with AMX (Intel Sapphire Rapids and
@@ -62,9 +64,7 @@ impl ModelFlags {
             noise: self.noise,
             no_ema: self.no_ema,
             resize,
-            series: None,
-            allow_gaps: false,
-            allow_tilt: false,
+            input: InputArgs::default(),
             test_segmenter: self.test_segmenter,
         }
     }
@@ -147,7 +147,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", args.dataset)));
-    let layout = Layout { dir };
+    let layout = OutputFolder { dir };
     let run = args.model.run_options(
         args.dataset.pipeline_name(),
         args.seed,
@@ -156,8 +156,8 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         args.overwrite,
         g,
     )?;
-    let cases = reproduce::find_test_cases(args.dataset, &args.data, &run.slicer.pipeline)
-        .map_err(reproduce::ReproduceError::into_usage)?;
+    let cases =
+        reproduce::find_test_cases(args.dataset, &args.data, &run.slicer.pipeline).classified()?;
     if !g.quiet {
         eprintln!(
             "reproduce {}: {} official test cases under {}: {}",

@@ -2,15 +2,14 @@
 
 use std::path::PathBuf;
 
-use super::Globals;
+use super::{Globals, InputArgs};
 use crate::error::UsageError;
+use crate::model::device::{DTypeSpec, DeviceSpec};
 use crate::pipeline::cases::{NamePattern, OutTarget};
 use crate::pipeline::config::{Pipeline, PipelineError};
 use crate::pipeline::engine::prep::Slicer;
 use crate::pipeline::postprocess::ResizeBack;
-use crate::pipeline::runner::{
-    DTypeSpec, DeviceSpec, ModelChoice, PreviewTarget, RunOptions, TestModel,
-};
+use crate::pipeline::runner::{ModelChoice, PreviewTarget, RunOptions, TestModel};
 use crate::pipeline::segmenter::NoiseMode;
 use crate::pipeline::shard::Shard;
 
@@ -36,7 +35,7 @@ pub struct ModelArgs {
     /// Slices per model batch (batches never span two volumes).
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub batch_size: usize,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda or cuda:N (gpu = cuda:0).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<DeviceSpec>,
     /// Model dtype: f32, bf16, bf16-fast or f16. On CPUs with AMX (Intel Sapphire Rapids and
@@ -58,15 +57,8 @@ pub struct ModelArgs {
     /// Resize of soft maps back to the native slice size: bilinear (then threshold) or nearest.
     #[arg(long, value_name = "MODE", default_value = "bilinear")]
     pub resize: ResizeBack,
-    /// DICOM: read this SeriesInstanceUID instead of choosing one.
-    #[arg(long, value_name = "UID")]
-    pub series: Option<String>,
-    /// DICOM: accept missing slices (non-uniform spacing).
-    #[arg(long)]
-    pub allow_gaps: bool,
-    /// DICOM: accept gantry tilt.
-    #[arg(long)]
-    pub allow_tilt: bool,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// Developer: replace the model by a threshold test double (threshold or threshold:K).
     #[arg(long, value_name = "threshold[:K]", hide = true)]
     pub test_segmenter: Option<TestModel>,
@@ -256,11 +248,7 @@ impl Args {
             batch_size: m.batch_size,
             seed: m.seed,
             noise: m.noise,
-            read: crate::io::ReadOptions {
-                series: m.series.clone(),
-                allow_gaps: m.allow_gaps,
-                allow_tilt: m.allow_tilt,
-            },
+            read: m.input.read_options(),
             overwrite: self.output.overwrite,
             report: self.output.report.clone(),
             preview,

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::run::{ModelArgs, OutputArgs};
 use super::Globals;
-use crate::error::UsageError;
-use crate::pipeline::runner::DeviceSpec;
+use crate::error::{ResultExt, UsageError};
+use crate::model::device::DeviceSpec;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -149,7 +149,7 @@ impl ModelArgs {
             },
         );
         push("--resize", self.resize.to_string());
-        if let Some(s) = &self.series {
+        if let Some(s) = &self.input.series {
             push("--series", s.clone());
         }
         if let Some(t) = &self.test_segmenter {
@@ -161,8 +161,8 @@ impl ModelArgs {
         }
         for (on, flag) in [
             (self.no_ema, "--no-ema"),
-            (self.allow_gaps, "--allow-gaps"),
-            (self.allow_tilt, "--allow-tilt"),
+            (self.input.allow_gaps, "--allow-gaps"),
+            (self.input.allow_tilt, "--allow-tilt"),
         ] {
             if on {
                 v.push(flag.into());
@@ -314,7 +314,7 @@ pub fn build(a: &Args, g: Globals) -> anyhow::Result<String> {
     if a.gpus == 0 && matches!(a.model.device, Some(DeviceSpec::Cuda(_))) {
         return Err(UsageError("--device cuda needs GPUs: add --gpus 1".into()).into());
     }
-    if crate::pipeline::cases::is_nifti_name(&a.out) {
+    if crate::io::nifti::is_nifti_path(&a.out) {
         return Err(UsageError(format!(
             "--out {}: slurm-script writes many cases; give a folder",
             a.out.display()
@@ -337,7 +337,8 @@ pub fn build(a: &Args, g: Globals) -> anyhow::Result<String> {
         manifest: opts.manifest.as_deref(),
         out: &opts.out,
         name: &opts.name,
-    })?;
+    })
+    .classified()?;
     if let Some(p) = &opts.preview {
         if disc.cases.len() > 1 && !p.per_case() {
             return Err(UsageError(format!(

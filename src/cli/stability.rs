@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::reproduce::ModelFlags;
 use super::Globals;
-use crate::error::UsageError;
+use crate::error::{ResultExt, UsageError};
 use crate::pipeline::postprocess::ResizeBack;
 use crate::reproduce::{self, Dataset};
 use crate::stability::{self, StabilityCase, StabilityOptions, StabilityReport};
@@ -74,7 +74,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     let pipeline = run.slicer.pipeline.clone();
     let cases: Vec<StabilityCase> = match (&args.dataset, &args.data) {
         (Some(d), Some(data)) => reproduce::find_test_cases(*d, data, &pipeline)
-            .map_err(reproduce::ReproduceError::into_usage)?
+            .classified()?
             .into_iter()
             .map(|c| StabilityCase {
                 id: c.id,

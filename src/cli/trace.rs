@@ -9,8 +9,10 @@ use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 
 use super::Globals;
+use crate::error::ResultExt;
 use crate::model::config::SdsegConfig;
-use crate::model::sdseg::{parse_device, parse_dtype, Sdseg};
+use crate::model::device::{DTypeSpec, DeviceSpec};
+use crate::model::sdseg::Sdseg;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,12 +33,12 @@ pub struct Args {
     /// Output safetensors with every intermediate.
     #[arg(long)]
     pub out: PathBuf,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// cpu, cuda or cuda:N (gpu = cuda:0).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// f32, f16, bf16 or bf16-fast (as for `run`).
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: DTypeSpec,
     /// Rows (slice × class) per UNet/decoder pass; 0 = one image batch.
     #[arg(long, default_value_t = 0)]
     pub max_batch: usize,
@@ -71,17 +73,20 @@ pub fn load_model(
     dtype: DType,
     quiet: bool,
 ) -> anyhow::Result<Sdseg> {
-    let (config, origin) = SdsegConfig::for_weights(model_config, weights)?.with_context(|| {
-        format!(
+    let (config, origin) = SdsegConfig::for_weights(model_config, weights)
+        .classified()?
+        .with_context(|| {
+            format!(
             "no model config for {}: pass --model-config (a JSON file or a preset name) or put \
              config.json beside the weights",
             weights.display()
         )
-    })?;
+        })?;
     if !quiet {
         eprintln!("model config: {origin}");
     }
     let model = Sdseg::load(weights, &config, device, dtype, use_ema)
+        .classified()
         .with_context(|| format!("loading {}", weights.display()))?;
     if !quiet {
         eprintln!(
@@ -97,8 +102,7 @@ pub fn load_model(
 }
 
 pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
-    let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
+    let device = args.device.open().classified()?;
     let input = candle_core::safetensors::load(&args.input, &Device::Cpu).map_err(|e| {
         crate::error::InputError {
             path: args.input.clone(),
@@ -121,10 +125,15 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         args.model_config.as_deref(),
         !args.no_ema,
         &device,
-        dtype,
+        args.dtype.dtype(),
         g.quiet,
     )?
     .with_max_batch(args.max_batch);
+    let model = if args.dtype.fast_bf16() {
+        model.with_fast_bf16()
+    } else {
+        model
+    };
     let classes = match input.get("class_ids") {
         Some(t) if !model.class_ids().is_empty() => {
             Some(class_ids(t).map_err(|e| crate::error::InputError {
@@ -134,7 +143,9 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let (_, trace) = model.trace(&image, &noise, classes.as_deref())?;
+    let (_, trace) = model
+        .trace(&image, &noise, classes.as_deref())
+        .classified()?;
     let tensors: std::collections::HashMap<String, Tensor> = trace
         .into_iter()
         .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?)))

@@ -5,12 +5,13 @@ use anyhow::Context;
 use candle_core::Device;
 
 use super::Globals;
-use crate::error::UsageError;
+use crate::error::{ResultExt, UsageError};
 use crate::model::config::SdsegConfig;
+use crate::model::device::DeviceSpec;
 use crate::pipeline::Pipeline;
 use crate::train::autoencoder::{train_autoencoder, AeOptions, RecLoss};
 use crate::train::session::Event;
-use crate::train::{train_sdseg, DataSource, RunOptions};
+use crate::train::{train_sdseg, DataSource, SdsegTrainOptions};
 
 /// Options both training commands share.
 #[derive(Debug, clap::Args)]
@@ -47,9 +48,9 @@ pub struct Common {
     /// (main.py's --scale_lr, on by default).
     #[arg(long)]
     pub no_scale_lr: bool,
-    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// `cpu`, `cuda` or `cuda:N` (`gpu` = `cuda:0`; CUDA needs a build with --features cuda).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
     /// Continue the run in --out from its last checkpoint and optimiser state.
     #[arg(long)]
     pub resume: bool,
@@ -113,32 +114,6 @@ pub struct AutoencoderArgs {
     pub rec_loss: RecLoss,
 }
 
-fn parse_device(s: &str) -> anyhow::Result<Device> {
-    let s = s.trim().to_ascii_lowercase();
-    if s == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let ordinal = match s.as_str() {
-        "cuda" | "gpu" => 0,
-        other => match other.strip_prefix("cuda:") {
-            Some(n) => n
-                .parse::<usize>()
-                .map_err(|_| UsageError(format!("--device {s}: expected cpu, cuda or cuda:N")))?,
-            None => {
-                return Err(
-                    UsageError(format!("--device {s}: expected cpu, cuda or cuda:N")).into(),
-                )
-            }
-        },
-    };
-    Device::new_cuda(ordinal).map_err(|e| {
-        UsageError(format!(
-            "--device {s}: {e} (CUDA needs a build with --features cuda and a GPU)"
-        ))
-        .into()
-    })
-}
-
 struct Resolved {
     pipeline: Pipeline,
     config: SdsegConfig,
@@ -148,16 +123,16 @@ struct Resolved {
 }
 
 fn resolve(c: &Common) -> anyhow::Result<Resolved> {
-    let mut pipeline = Pipeline::load(&c.pipeline)?;
+    let mut pipeline = Pipeline::load(&c.pipeline).classified()?;
     if let Some(v) = &c.variant {
-        pipeline = pipeline.with_variant(v)?;
+        pipeline = pipeline.with_variant(v).classified()?;
     }
     let config = if let Some(p) = &c.model_config {
-        SdsegConfig::load(p)?
+        SdsegConfig::load(p).classified()?
     } else if let Some(name) = &c.preset {
-        SdsegConfig::preset(name)?
+        SdsegConfig::preset(name).classified()?
     } else if c.resume && c.out.join("config.json").is_file() {
-        SdsegConfig::load(c.out.join("config.json"))?
+        SdsegConfig::load(c.out.join("config.json")).classified()?
     } else {
         SdsegConfig::preset(&pipeline.model.preset).map_err(|_| {
             UsageError(format!(
@@ -167,14 +142,14 @@ fn resolve(c: &Common) -> anyhow::Result<Resolved> {
             ))
         })?
     };
-    let data: DataSource = c.data.parse()?;
-    let val = c.val.as_deref().map(str::parse).transpose()?;
+    let data: DataSource = c.data.parse().classified()?;
+    let val = c.val.as_deref().map(str::parse).transpose().classified()?;
     Ok(Resolved {
         pipeline,
         config,
         data,
         val,
-        device: parse_device(&c.device)?,
+        device: c.device.open().classified()?,
     })
 }
 
@@ -228,7 +203,7 @@ fn handler<'a>(g: &'a Globals, pb: &'a indicatif::ProgressBar) -> impl FnMut(&Ev
 pub fn run_train(args: TrainArgs, g: Globals) -> anyhow::Result<()> {
     let c = &args.common;
     let r = resolve(c)?;
-    let opts = RunOptions {
+    let opts = SdsegTrainOptions {
         pipeline: r.pipeline,
         config: r.config,
         data: r.data,
@@ -253,6 +228,7 @@ pub fn run_train(args: TrainArgs, g: Globals) -> anyhow::Result<()> {
     let pb = progress(&g, c.steps, "train");
     let mut on = handler(&g, &pb);
     let summary = train_sdseg(&opts, &mut on)
+        .classified()
         .with_context(|| format!("training into {}", c.out.display()))?;
     pb.finish_and_clear();
     if c.json {
@@ -310,6 +286,7 @@ pub fn run_autoencoder(args: AutoencoderArgs, g: Globals) -> anyhow::Result<()> 
     let pb = progress(&g, c.steps, "autoencoder");
     let mut on = handler(&g, &pb);
     let summary = train_autoencoder(&opts, &mut on)
+        .classified()
         .with_context(|| format!("training the autoencoder into {}", c.out.display()))?;
     pb.finish_and_clear();
     if c.json {

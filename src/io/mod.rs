@@ -74,7 +74,7 @@ pub fn input_kind(path: &Path) -> Result<InputKind, ReadError> {
                 .into(),
         });
     }
-    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+    if nifti::is_nifti_path(path) {
         Ok(InputKind::Nifti)
     } else if name.ends_with(".zip") {
         Ok(InputKind::Zip)

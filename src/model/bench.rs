@@ -413,14 +413,14 @@ pub fn flops_per_slice(config: &SdsegConfig, image_side: usize) -> StageFlops {
 
 /// Seconds per stage for one batch (whole batch, all classes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct StageTimes {
+pub struct ModelStageTimes {
     pub cond_encoder: f64,
     pub unet: f64,
     pub latent_estimate: f64,
     pub decoder: f64,
 }
 
-impl StageTimes {
+impl ModelStageTimes {
     pub fn total(&self) -> f64 {
         self.cond_encoder + self.unet + self.latent_estimate + self.decoder
     }
@@ -435,7 +435,7 @@ impl StageTimes {
     }
 
     /// The per-stage median of `runs` (empty → zeros).
-    pub fn median(runs: &[StageTimes]) -> StageTimes {
+    pub fn median(runs: &[ModelStageTimes]) -> ModelStageTimes {
         let med = |i: usize| {
             let mut v: Vec<f64> = runs.iter().map(|r| r.get(i)).collect();
             v.sort_by(f64::total_cmp);
@@ -445,7 +445,7 @@ impl StageTimes {
                 n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
             }
         };
-        StageTimes {
+        ModelStageTimes {
             cond_encoder: med(0),
             unet: med(1),
             latent_estimate: med(2),
@@ -491,9 +491,9 @@ impl BenchInputs {
 /// One timed single-step pass over a batch, stage by stage, the way [`Sdseg::segment`] runs
 /// it: condition latent of the B slices; then per class (one pass for binary) ε̂ of the B rows,
 /// the latent estimate and the decoder. The device is synchronised around every stage.
-pub fn time_stages(model: &Sdseg, inputs: &BenchInputs) -> Result<StageTimes, ModelError> {
+pub fn time_stages(model: &Sdseg, inputs: &BenchInputs) -> Result<ModelStageTimes, ModelError> {
     let dev = model.device();
-    let mut t = StageTimes::default();
+    let mut t = ModelStageTimes::default();
     let b = inputs.image.dim(0)?;
     let sync = || dev.synchronize();
 
@@ -590,7 +590,7 @@ impl BenchResult {
     /// Per-slice figures from the median batch times of `batch` slices.
     pub fn from_times(
         batch: usize,
-        median: &StageTimes,
+        median: &ModelStageTimes,
         flops: &StageFlops,
     ) -> (MsPerSlice, GflopPerSlice, GflopsPerS, f64) {
         let per = |s: f64| 1e3 * s / batch as f64;
@@ -671,15 +671,15 @@ mod tests {
 
     #[test]
     fn median_per_stage() {
-        let t = |x: f64| StageTimes {
+        let t = |x: f64| ModelStageTimes {
             cond_encoder: x,
             unet: 2.0 * x,
             latent_estimate: 0.0,
             decoder: 10.0 - x,
         };
-        let m = StageTimes::median(&[t(1.0), t(5.0), t(3.0)]);
+        let m = ModelStageTimes::median(&[t(1.0), t(5.0), t(3.0)]);
         assert_eq!(m, t(3.0));
-        let m = StageTimes::median(&[t(1.0), t(3.0)]);
+        let m = ModelStageTimes::median(&[t(1.0), t(3.0)]);
         assert_eq!(m.cond_encoder, 2.0);
     }
 }

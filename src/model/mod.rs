@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cond;
 pub mod config;
 pub mod conv;
+pub mod device;
 pub mod norm;
 pub mod schedule;
 pub mod sdseg;

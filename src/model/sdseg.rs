@@ -688,23 +688,6 @@ impl Sdseg {
     }
 }
 
-/// `cpu`, `cuda` or `cuda:N` → a candle device (CUDA needs the `cuda` build feature).
-pub fn parse_device(spec: &str) -> Result<Device> {
-    let bad = || ModelError::Input(format!("--device {spec:?}: expected cpu, cuda or cuda:N"));
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| ModelError::Input(format!("--device cuda: {e}"))),
-        s => {
-            let n: usize = s
-                .strip_prefix("cuda:")
-                .ok_or_else(bad)?
-                .parse()
-                .map_err(|_| bad())?;
-            Device::new_cuda(n).map_err(|e| ModelError::Input(format!("--device {s}: {e}")))
-        }
-    }
-}
-
 /// The dtype the model's tensors are stored in for a requested `dtype` on `device`: as asked,
 /// except `bf16` on the CPU, which keeps f32 tensors (GroupNorm, softmax, the latent estimate
 /// and the matmuls stay f32) and computes the convolutions in bf16 (AMX-BF16, f32 sums).
@@ -713,27 +696,6 @@ pub fn storage_dtype(device: &Device, dtype: DType) -> DType {
         DType::F32
     } else {
         dtype
-    }
-}
-
-/// `f32`, `f16`, `bf16` or `bf16-fast`: the dtype, and whether plain (fast) bf16 products are
-/// asked for on the CPU ([`Sdseg::with_fast_bf16`]; on CUDA `bf16-fast` is `bf16`).
-pub fn parse_precision(s: &str) -> Result<(DType, bool)> {
-    match s {
-        "bf16-fast" => Ok((DType::BF16, true)),
-        _ => parse_dtype(s).map(|d| (d, false)),
-    }
-}
-
-/// `f32`, `f16` or `bf16`.
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        _ => Err(ModelError::Input(format!(
-            "dtype {s:?}: expected f32, f16 or bf16"
-        ))),
     }
 }
 

@@ -12,6 +12,7 @@
 //! folder, read recursively). Otherwise, a folder holding DICOM files is one case. With
 //! `--out FILE` the single INPUT is always one case, whatever it holds.
 
+use crate::io::nifti::{is_nifti_path, strip_nifti_suffix};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -36,7 +37,7 @@ pub enum OutTarget {
 impl OutTarget {
     /// A path ending in `.nii` or `.nii.gz` is a file; anything else is a folder.
     pub fn from_path(p: &Path) -> OutTarget {
-        if is_nifti_name(p) {
+        if is_nifti_path(p) {
             OutTarget::File(p.to_path_buf())
         } else {
             OutTarget::Dir(p.to_path_buf())
@@ -73,7 +74,7 @@ impl FromStr for NamePattern {
                 "--name '{s}': must contain {{case}}, e.g. '{{case}}_seg.nii.gz'"
             ));
         }
-        if !is_nifti_name(Path::new(s)) {
+        if !is_nifti_path(Path::new(s)) {
             return Err(format!("--name '{s}': must end in .nii or .nii.gz"));
         }
         let p = Path::new(s);
@@ -177,14 +178,6 @@ pub struct Discovery {
     pub warnings: Vec<String>,
 }
 
-pub fn is_nifti_name(p: &Path) -> bool {
-    let n = p
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    n.ends_with(".nii") || n.ends_with(".nii.gz")
-}
-
 /// The case id of an input path (see the module docs).
 pub fn case_id_for(path: &Path) -> Option<String> {
     let name = match path.file_name() {
@@ -205,11 +198,8 @@ pub fn case_id_for(path: &Path) -> Option<String> {
     } else {
         name
     };
-    let lower = name.to_ascii_lowercase();
-    let id = if lower.ends_with(".nii.gz") {
-        &name[..name.len() - 7]
-    } else if lower.ends_with(".nii") {
-        &name[..name.len() - 4]
+    let id = if let Some(stem) = strip_nifti_suffix(&name) {
+        stem
     } else if path.is_dir() {
         &name[..]
     } else {
@@ -294,12 +284,12 @@ pub fn expand_input(
     let entries = sorted_entries(path)?;
     let nifti: Vec<&PathBuf> = entries
         .iter()
-        .filter(|p| p.is_file() && is_nifti_name(p))
+        .filter(|p| p.is_file() && is_nifti_path(p))
         .collect();
     let dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
     let loose_dicom = entries
         .iter()
-        .filter(|p| p.is_file() && !is_nifti_name(p) && looks_like_dicom(p))
+        .filter(|p| p.is_file() && !is_nifti_path(p) && looks_like_dicom(p))
         .count();
     if nifti.is_empty() && loose_dicom > 0 {
         return Ok(vec![(id(path)?, path.to_path_buf())]);
@@ -398,7 +388,7 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, CasesError> {
         };
         let output = get(col_out).map(PathBuf::from);
         if let Some(o) = &output {
-            if !is_nifti_name(o) {
+            if !is_nifti_path(o) {
                 return Err(err(
                     line,
                     format!("output '{}' must end in .nii or .nii.gz", o.display()),
@@ -479,7 +469,7 @@ pub fn discover(spec: &CaseSpec<'_>) -> Result<Discovery, CasesError> {
                 if p.is_dir() {
                     let n = sorted_entries(p)?
                         .iter()
-                        .filter(|e| e.is_file() && is_nifti_name(e))
+                        .filter(|e| e.is_file() && is_nifti_path(e))
                         .count();
                     if n > 0 {
                         return Err(CasesError::DatasetToFile {

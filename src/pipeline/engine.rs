@@ -30,7 +30,7 @@ use super::cases::Case;
 use super::labels_sidecar::LabelInfo;
 use super::segmenter::{NoiseMode, SliceSegmenter};
 use super::stats::LabelStat;
-use crate::error::ExitCode;
+use crate::error::{ExitCode, ResultExt};
 use crate::geometry::Affine;
 use crate::io::ReadOptions;
 use crate::volume::{Provenance, Volume};
@@ -63,7 +63,7 @@ pub struct FileIo;
 
 impl CaseIo for FileIo {
     fn read(&self, input: &Path, opts: &ReadOptions) -> anyhow::Result<Volume> {
-        Ok(crate::io::read_volume(input, opts)?)
+        crate::io::read_volume(input, opts).classified()
     }
     fn write_labels(
         &self,
@@ -76,7 +76,7 @@ impl CaseIo for FileIo {
             affine: &like.affine,
             source: &like.provenance.source,
         };
-        Ok(crate::io::nifti::write_labels_on(output, labels, grid)?)
+        crate::io::nifti::write_labels_on(output, labels, grid).classified()
     }
 }
 
@@ -136,7 +136,7 @@ pub struct Job {
 
 /// Busy time of each stage for one case (or summed over a run).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct StageTimes {
+pub struct CaseStageTimes {
     pub read: Duration,
     pub prepare: Duration,
     pub model: Duration,
@@ -146,8 +146,8 @@ pub struct StageTimes {
     pub wall: Duration,
 }
 
-impl StageTimes {
-    pub fn add(&mut self, o: &StageTimes) {
+impl CaseStageTimes {
+    pub fn add(&mut self, o: &CaseStageTimes) {
         self.read += o.read;
         self.prepare += o.prepare;
         self.model += o.model;
@@ -199,7 +199,7 @@ pub struct CaseDetails {
     pub series_description: Option<String>,
     pub input_sha256: Option<String>,
     pub warnings: Vec<String>,
-    pub timings: StageTimes,
+    pub timings: CaseStageTimes,
     pub stats: Vec<LabelStat>,
     pub preview: Option<PathBuf>,
 }

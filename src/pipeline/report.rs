@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::engine::{CaseOutcome, CaseStatus, StageTimes};
+use super::engine::{CaseOutcome, CaseStageTimes, CaseStatus};
 use super::stats::LabelStat;
 
 #[derive(Clone, Debug, Serialize)]
@@ -55,8 +55,8 @@ pub struct Seconds {
     pub wall: f64,
 }
 
-impl From<&StageTimes> for Seconds {
-    fn from(t: &StageTimes) -> Seconds {
+impl From<&CaseStageTimes> for Seconds {
+    fn from(t: &CaseStageTimes) -> Seconds {
         Seconds {
             read: t.read.as_secs_f64(),
             prepare: t.prepare.as_secs_f64(),
@@ -169,7 +169,7 @@ impl Totals {
             cases: outcomes.len(),
             ..Totals::default()
         };
-        let mut busy = StageTimes::default();
+        let mut busy = CaseStageTimes::default();
         for o in outcomes {
             match o.status {
                 CaseStatus::Written => {

@@ -18,73 +18,9 @@ use super::report::{
 };
 use super::segmenter::{NoiseMode, SdsegSegmenter, SliceSegmenter, ThresholdSegmenter};
 use super::shard::Shard;
-use crate::error::{PartialFailure, UsageError};
+use crate::error::{PartialFailure, ResultExt, UsageError};
 use crate::io::ReadOptions;
-
-/// `cpu` or `cuda[:N]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-}
-
-impl FromStr for DeviceSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "cuda" => Ok(DeviceSpec::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("device '{s}': expected cpu, cuda or cuda:N")),
-        }
-    }
-}
-
-impl std::fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeviceSpec::Cpu => write!(f, "cpu"),
-            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-/// `f32`, `f16` or `bf16`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DTypeSpec {
-    F32,
-    F16,
-    Bf16,
-    /// bf16 with plain bf16 products on the CPU (see `Sdseg::with_fast_bf16`).
-    Bf16Fast,
-}
-
-impl FromStr for DTypeSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "f32" => Ok(DTypeSpec::F32),
-            "f16" => Ok(DTypeSpec::F16),
-            "bf16" => Ok(DTypeSpec::Bf16),
-            "bf16-fast" => Ok(DTypeSpec::Bf16Fast),
-            _ => Err(format!("dtype '{s}': expected f32, f16, bf16 or bf16-fast")),
-        }
-    }
-}
-
-impl std::fmt::Display for DTypeSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DTypeSpec::F32 => "f32",
-            DTypeSpec::F16 => "f16",
-            DTypeSpec::Bf16 => "bf16",
-            DTypeSpec::Bf16Fast => "bf16-fast",
-        })
-    }
-}
+use crate::model::device::{DTypeSpec, DeviceSpec};
 
 /// The threshold test double instead of a real model (`--test-segmenter threshold[:K[:MS]]`,
 /// hidden; for tests and benchmarks of everything but the model). `MS` milliseconds of
@@ -246,7 +182,7 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
     let source = resolve_model_config(m);
     let (config, config_json) = match &source {
         ConfigSource::Flag(arg) => {
-            let c = SdsegConfig::from_arg(arg)?;
+            let c = SdsegConfig::from_arg(arg).classified()?;
             let json = if Path::new(arg).is_file() {
                 read_json(Path::new(arg))
             } else {
@@ -254,9 +190,9 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
             };
             (c, json)
         }
-        ConfigSource::BesideWeights(p) => (SdsegConfig::load(p)?, read_json(p)),
+        ConfigSource::BesideWeights(p) => (SdsegConfig::load(p).classified()?, read_json(p)),
         ConfigSource::Preset(name) => (
-            SdsegConfig::preset(name)?,
+            SdsegConfig::preset(name).classified()?,
             serde_json::json!({ "preset": name }),
         ),
     };
@@ -278,17 +214,18 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
     };
     let demo_model =
         super::demo::is_demo_model(&opts.slicer.pipeline, weights, preset_config, &config);
-    let device = crate::model::sdseg::parse_device(&m.device.to_string())?;
-    let (dtype, fast_bf16) = crate::model::sdseg::parse_precision(&m.dtype.to_string())?;
-    let mut model = crate::model::sdseg::Sdseg::load(weights, &config, &device, dtype, m.ema)
-        .with_context(|| format!("loading {}", weights.display()))?;
-    if fast_bf16 {
+    let device = m.device.open().classified()?;
+    let mut model =
+        crate::model::sdseg::Sdseg::load(weights, &config, &device, m.dtype.dtype(), m.ema)
+            .classified()
+            .with_context(|| format!("loading {}", weights.display()))?;
+    if m.dtype.fast_bf16() {
         model = model.with_fast_bf16();
     }
     if let Some(w) = model.bf16_fallback_warning(&m.dtype.to_string()) {
         eprintln!("warning: {w}");
     }
-    let segmenter = SdsegSegmenter::new(model, size)?;
+    let segmenter = SdsegSegmenter::new(model, size).classified()?;
     let classes = segmenter.num_classes();
     if classes != m.num_classes {
         return Err(UsageError(format!(
@@ -325,26 +262,7 @@ fn read_json(p: &Path) -> serde_json::Value {
 /// the case's own error when the only case failed; [`PartialFailure`] (exit 3) otherwise.
 pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
     let started_unix = unix_now();
-    let disc = cases::discover(&CaseSpec {
-        inputs: &opts.inputs,
-        manifest: opts.manifest.as_deref(),
-        out: &opts.out,
-        name: &opts.name,
-    })?;
-    for w in &disc.warnings {
-        eprintln!("warning: {w}");
-    }
-    let n_cases = disc.cases.len();
-    if let Some(p) = &opts.preview {
-        if n_cases > 1 && !p.per_case() {
-            return Err(UsageError(format!(
-                "--preview {}: {n_cases} cases would write the same file; put {{case}} in the path",
-                p.0
-            ))
-            .into());
-        }
-    }
-    let plan = cases::plan(disc.cases, opts.shard, opts.overwrite);
+    let (plan, n_cases) = plan_cases(opts)?;
     let jobs: Vec<Job> = plan
         .run
         .iter()
@@ -380,8 +298,6 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    let mut model_info = None;
-    let mut load_s = 0.0;
     let names: Vec<(u16, String)> = opts
         .slicer
         .pipeline
@@ -390,50 +306,22 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
         .iter()
         .map(|(id, n)| (*id, n.clone()))
         .collect();
-    let pipeline_name = pipeline_label(&opts.slicer.pipeline);
-    let mut labels: Vec<LabelInfo> = label_table(opts.model.num_classes, &names);
-    let mut wall = std::time::Duration::ZERO;
-    if !jobs.is_empty() {
-        let t = Instant::now();
-        let (mut model, info) = load_segmenter(opts)?;
-        load_s = t.elapsed().as_secs_f64();
-        labels = label_table(model.num_classes(), &names);
-        write_sidecars(&opts.out.dir(), &pipeline_name, &labels)
-            .with_context(|| format!("writing label tables into {}", opts.out.dir().display()))?;
-        // The weights digest (seconds for a large checkpoint) overlaps the run.
-        let digest = opts
-            .report
-            .as_ref()
-            .and(info.weights.clone())
-            .map(|w| std::thread::spawn(move || super::engine::sha256_files(&[w])));
-        let engine = Engine {
-            slicer: &opts.slicer,
-            io: &FileIo,
-            observer: &progress,
-            options: EngineOptions {
-                batch_size: opts.batch_size,
-                noise: opts.noise,
-                seed: opts.seed,
-                read: opts.read.clone(),
-                digest_inputs: opts.report.is_some(),
-                labels: labels.clone(),
-                demo_model: info.demo_model,
-            },
-        };
-        let t = Instant::now();
-        outcomes.extend(engine.run(&jobs, model.as_mut()));
-        wall = t.elapsed();
-        let mut info = info;
-        if let Some(h) = digest {
-            info.weights_sha256 = h.join().ok().and_then(|r| r.ok());
+    let segmented = if jobs.is_empty() {
+        Segmented {
+            outcomes: Vec::new(),
+            model: None,
+            labels: label_table(opts.model.num_classes, &names),
+            load_s: 0.0,
+            wall: std::time::Duration::ZERO,
         }
-        model_info = Some(info);
-    }
+    } else {
+        segment(opts, &jobs, &progress, &names)?
+    };
+    outcomes.extend(segmented.outcomes);
     progress.finish();
-    let totals = Totals::from_outcomes(&outcomes, wall);
-    let mut totals = totals;
+    let mut totals = Totals::from_outcomes(&outcomes, segmented.wall);
     totals.other_shards = plan.other_shards;
-    totals.model_load_s = load_s;
+    totals.model_load_s = segmented.load_s;
     progress.note(&format!(
         "done: {} written, {} skipped, {} failed; {} slices in {:.1} s ({:.1} slices/s, model {:.0}% of the time; model load {:.1} s)",
         totals.written,
@@ -443,7 +331,7 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
         totals.seconds.wall,
         totals.slices_per_s,
         100.0 * totals.model_share_of_wall,
-        load_s
+        segmented.load_s
     ));
     if let Some(path) = &opts.report {
         let path = PathBuf::from(
@@ -455,37 +343,132 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
             command: opts.command.clone(),
             started_unix_s: started_unix,
             finished_unix_s: unix_now(),
-            pipeline: PipelineRecord {
-                name: pipeline_name.clone(),
-                origin: opts.slicer.pipeline.origin.to_string(),
-                window_hu: [
-                    opts.slicer.pipeline.window.hu_min,
-                    opts.slicer.pipeline.window.hu_max,
-                ],
-                summary: opts.slicer.pipeline.summary(),
-            },
-            model: model_info,
-            settings: RunSettings {
-                device: opts.model.device.to_string(),
-                dtype: opts.model.dtype.to_string(),
-                seed: opts.seed,
-                noise: opts.noise,
-                batch_size: opts.batch_size,
-                resize: opts.slicer.resize.to_string(),
-                shard: opts.shard.to_string(),
-                overwrite: opts.overwrite,
-            },
-            label_table: labels,
+            pipeline: pipeline_record(&opts.slicer.pipeline),
+            model: segmented.model,
+            settings: run_settings(opts),
+            label_table: segmented.labels,
             cases: outcomes.iter().map(CaseRecord::from).collect(),
-            totals: totals.clone(),
+            totals,
         };
         write_report(&path, &report)?;
     }
+    exit_status(&outcomes)
+}
+
+/// Discover the cases (printing the discovery's warnings), check `--preview` against their
+/// number, and split them into this shard's work: the plan and the number of cases found.
+fn plan_cases(opts: &RunOptions) -> anyhow::Result<(cases::Plan, usize)> {
+    let disc = cases::discover(&CaseSpec {
+        inputs: &opts.inputs,
+        manifest: opts.manifest.as_deref(),
+        out: &opts.out,
+        name: &opts.name,
+    })
+    .classified()?;
+    for w in &disc.warnings {
+        eprintln!("warning: {w}");
+    }
+    let n_cases = disc.cases.len();
+    if let Some(p) = &opts.preview {
+        if n_cases > 1 && !p.per_case() {
+            return Err(UsageError(format!(
+                "--preview {}: {n_cases} cases would write the same file; put {{case}} in the path",
+                p.0
+            ))
+            .into());
+        }
+    }
+    Ok((cases::plan(disc.cases, opts.shard, opts.overwrite), n_cases))
+}
+
+/// What the model part of a run produced.
+struct Segmented {
+    outcomes: Vec<CaseOutcome>,
+    model: Option<ModelInfo>,
+    labels: Vec<LabelInfo>,
+    load_s: f64,
+    wall: std::time::Duration,
+}
+
+/// Load the model, write the label tables, and stream the engine over `jobs` (not empty).
+fn segment(
+    opts: &RunOptions,
+    jobs: &[Job],
+    progress: &Progress,
+    names: &[(u16, String)],
+) -> anyhow::Result<Segmented> {
+    let t = Instant::now();
+    let (mut model, mut info) = load_segmenter(opts)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let labels = label_table(model.num_classes(), names);
+    let pipeline_name = pipeline_label(&opts.slicer.pipeline);
+    write_sidecars(&opts.out.dir(), &pipeline_name, &labels)
+        .with_context(|| format!("writing label tables into {}", opts.out.dir().display()))?;
+    // The weights digest (seconds for a large checkpoint) overlaps the run.
+    let digest = opts
+        .report
+        .as_ref()
+        .and(info.weights.clone())
+        .map(|w| std::thread::spawn(move || super::engine::sha256_files(&[w])));
+    let engine = Engine {
+        slicer: &opts.slicer,
+        io: &FileIo,
+        observer: progress,
+        options: EngineOptions {
+            batch_size: opts.batch_size,
+            noise: opts.noise,
+            seed: opts.seed,
+            read: opts.read.clone(),
+            digest_inputs: opts.report.is_some(),
+            labels: labels.clone(),
+            demo_model: info.demo_model,
+        },
+    };
+    let t = Instant::now();
+    let outcomes = engine.run(jobs, model.as_mut());
+    let wall = t.elapsed();
+    if let Some(h) = digest {
+        info.weights_sha256 = h.join().ok().and_then(|r| r.ok());
+    }
+    Ok(Segmented {
+        outcomes,
+        model: Some(info),
+        labels,
+        load_s,
+        wall,
+    })
+}
+
+fn pipeline_record(p: &crate::pipeline::config::Pipeline) -> PipelineRecord {
+    PipelineRecord {
+        name: pipeline_label(p),
+        origin: p.origin.to_string(),
+        window_hu: [p.window.hu_min, p.window.hu_max],
+        summary: p.summary(),
+    }
+}
+
+fn run_settings(opts: &RunOptions) -> RunSettings {
+    RunSettings {
+        device: opts.model.device.to_string(),
+        dtype: opts.model.dtype.to_string(),
+        seed: opts.seed,
+        noise: opts.noise,
+        batch_size: opts.batch_size,
+        resize: opts.slicer.resize.to_string(),
+        shard: opts.shard.to_string(),
+        overwrite: opts.overwrite,
+    }
+}
+
+/// `Ok` when no case failed; the case's own error when the only case failed;
+/// [`PartialFailure`] (exit 3) otherwise, after naming each failed case.
+fn exit_status(outcomes: &[CaseOutcome]) -> anyhow::Result<()> {
     let failed: Vec<&CaseOutcome> = outcomes.iter().filter(|o| o.is_failed()).collect();
     match failed.as_slice() {
         [] => Ok(()),
         [only] if outcomes.len() == 1 => match &only.status {
-            CaseStatus::Failed(e) => Err(e.clone().into()),
+            CaseStatus::Failed(e) => Err(crate::error::classified(e.clone())),
             _ => unreachable!("filtered on failures"),
         },
         _ => {
@@ -530,10 +513,6 @@ mod tests {
 
     #[test]
     fn specs_parse() {
-        assert_eq!("cuda:2".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(2));
-        assert_eq!("cuda".parse::<DeviceSpec>().unwrap().to_string(), "cuda:0");
-        assert!("gpu".parse::<DeviceSpec>().is_err());
-        assert_eq!("bf16".parse::<DTypeSpec>().unwrap(), DTypeSpec::Bf16);
         assert_eq!("threshold:9".parse::<TestModel>().unwrap().classes, 9);
         assert_eq!("threshold:2:40".parse::<TestModel>().unwrap().delay_ms, 40);
         assert!("threshold:2:x".parse::<TestModel>().is_err());

@@ -32,7 +32,7 @@ pub mod validate;
 use std::path::PathBuf;
 
 pub use data::{DataError, DataSource};
-pub use sdseg::{train_sdseg, RunOptions, RunSummary};
+pub use sdseg::{train_sdseg, SdsegTrainOptions, SdsegTrainSummary};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]

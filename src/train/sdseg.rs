@@ -36,7 +36,7 @@ use super::TrainError;
 
 /// Everything `train` needs (the CLI fills it from flags).
 #[derive(Clone, Debug)]
-pub struct RunOptions {
+pub struct SdsegTrainOptions {
     pub pipeline: Pipeline,
     pub config: SdsegConfig,
     pub data: DataSource,
@@ -68,7 +68,7 @@ pub struct RunOptions {
 
 /// What a finished run reports.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct RunSummary {
+pub struct SdsegTrainSummary {
     pub steps_done: u64,
     pub first_loss: Option<StepLosses>,
     pub last_loss: Option<StepLosses>,
@@ -90,9 +90,9 @@ const NO_AUTOENCODER: &str = "no autoencoder weights given (--init with first_st
 
 /// Run SDSeg training (module docs). `on_event` receives progress.
 pub fn train_sdseg(
-    opts: &RunOptions,
+    opts: &SdsegTrainOptions,
     on_event: &mut dyn FnMut(&Event),
-) -> Result<RunSummary, TrainError> {
+) -> Result<SdsegTrainSummary, TrainError> {
     check_options(opts.batch_size, &opts.pipeline, &opts.config)?;
     if opts.pipeline.num_classes() != opts.config.params.num_classes {
         return Err(TrainError::Usage(format!(
@@ -164,7 +164,7 @@ pub fn train_sdseg(
         &opts.config,
         trainer.model.scale_factor,
     )?;
-    Ok(RunSummary {
+    Ok(SdsegTrainSummary {
         steps_done: steps.steps_done,
         first_loss: steps.first_loss,
         last_loss: steps.last_loss,
@@ -180,7 +180,7 @@ pub fn train_sdseg(
 
 /// Load the held-out cases: `--val`, else the split's test cases of `--data`.
 fn load_val(
-    opts: &RunOptions,
+    opts: &SdsegTrainOptions,
     held_out: Vec<data::CaseRef>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ValCase>, TrainError> {
@@ -196,7 +196,7 @@ fn load_val(
 
 /// The SDSeg model of a session with its optimiser, EMA and validation cases.
 struct SdsegTrainer<'a> {
-    opts: &'a RunOptions,
+    opts: &'a SdsegTrainOptions,
     model: TrainModel,
     opt: AdamW,
     ema: Option<Ema>,
@@ -210,7 +210,7 @@ impl<'a> SdsegTrainer<'a> {
     /// The model with random weights, then the resumed run's checkpoint, optimiser state and
     /// EMA, or (a new run) the `--init` checkpoints.
     fn new(
-        opts: &'a RunOptions,
+        opts: &'a SdsegTrainOptions,
         state: &RunState,
         val: Vec<ValCase>,
         warnings: &mut Vec<String>,
@@ -300,7 +300,7 @@ impl<'a> SdsegTrainer<'a> {
 
 /// Restore a resumed run: weights, optimiser state and (with `use_ema`) the EMA.
 fn restore_run(
-    opts: &RunOptions,
+    opts: &SdsegTrainOptions,
     state: &RunState,
     model: &mut TrainModel,
     opt: &mut AdamW,
@@ -328,7 +328,7 @@ fn restore_run(
 /// Start a new run: the `--init` checkpoints (reported), the configured scale factor unless
 /// it is estimated, and a fresh EMA (with `use_ema`).
 fn init_run(
-    opts: &RunOptions,
+    opts: &SdsegTrainOptions,
     model: &mut TrainModel,
     unet_params: &[(String, Var)],
     warnings: &mut Vec<String>,

@@ -11,6 +11,7 @@ mod corpus;
 mod demo_run;
 mod dicom;
 mod eval;
+mod exit_codes;
 mod fuzz_regressions;
 mod installed;
 mod interop_dcm2niix;

@@ -39,6 +39,23 @@ use ndarray::Array3;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
+/// The file name without its NIfTI suffix: `name.nii` / `name.nii.gz` (any case) → `name`;
+/// `None` for any other name. The one place that knows the suffixes.
+pub fn strip_nifti_suffix(file_name: &str) -> Option<&str> {
+    let lower = file_name.to_ascii_lowercase();
+    [".nii.gz", ".nii"]
+        .into_iter()
+        .find(|s| lower.ends_with(s))
+        // ASCII lower-casing keeps byte offsets, so the cut is on a char boundary.
+        .map(|s| &file_name[..file_name.len() - s.len()])
+}
+
+/// Whether `path`'s file name ends in `.nii` or `.nii.gz` (any case).
+pub fn is_nifti_path(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| strip_nifti_suffix(&n.to_string_lossy()).is_some())
+}
+
 /// Everything that can go wrong reading or writing NIfTI. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -326,4 +343,22 @@ fn prefixed(path: &Path, warnings: &[String]) -> Vec<String> {
         .iter()
         .map(|w| format!("{}: {w}", path.display()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nifti_names() {
+        assert_eq!(strip_nifti_suffix("img0001.nii.gz"), Some("img0001"));
+        assert_eq!(strip_nifti_suffix("A.NII"), Some("A"));
+        assert_eq!(strip_nifti_suffix("é.Nii.Gz"), Some("é"));
+        assert_eq!(strip_nifti_suffix(".nii"), Some(""));
+        assert_eq!(strip_nifti_suffix("x.nii.zip"), None);
+        assert_eq!(strip_nifti_suffix("x.gz"), None);
+        assert!(is_nifti_path(Path::new("a/b.nii.gz")));
+        assert!(!is_nifti_path(Path::new("a.nii/b.dcm")));
+        assert!(!is_nifti_path(Path::new("/")));
+    }
 }

@@ -196,16 +196,15 @@ fn write_with_header<T: NiftiElement>(
     role: ArrayRole,
     descrip: Option<&str>,
 ) -> Result<(), NiftiError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    let gz = name.ends_with(".nii.gz");
-    if !gz && !name.ends_with(".nii") {
+    if !super::is_nifti_path(path) {
         return Err(NiftiError::BadOutputName {
             path: path.to_path_buf(),
         });
     }
+    // A NIfTI name ending in .gz ends in .nii.gz.
+    let gz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
     let shape = dim3(&data);
     if shape.iter().any(|&n| n > i16::MAX as usize) {
         return Err(NiftiError::ShapeTooLarge {

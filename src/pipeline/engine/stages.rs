@@ -443,7 +443,7 @@ fn postprocess(
                     if c.error.is_none() {
                         let t = Instant::now();
                         if let Err(e) = finish_batch(engine, c, first, b, &soft, classes) {
-                            let e = anyhow::Error::new(e).context("postprocessing");
+                            let e = crate::error::classified(e).context("postprocessing");
                             c.error = Some(failure(&jobs[idx], "postprocess", &e));
                         }
                         c.loaded.details.timings.postprocess += t.elapsed();

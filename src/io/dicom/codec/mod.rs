@@ -36,6 +36,13 @@ pub(crate) struct Limits {
 #[error("{0}")]
 pub(crate) struct CodecError(pub String);
 
+impl crate::error::Classify for CodecError {
+    /// A codestream that does not decode is the file's fault.
+    fn is_input_error(&self) -> bool {
+        true
+    }
+}
+
 impl CodecError {
     pub(crate) fn new(msg: impl Into<String>) -> CodecError {
         CodecError(msg.into())
