@@ -169,6 +169,63 @@ fn file_access_stays_where_the_map_says() {
     );
 }
 
+/// DICOM and NIfTI are read and written in `io`. Two named places outside it use the format
+/// crates: `volume` keeps a NIfTI input's header (`nifti::NiftiHeader`) for the label writer,
+/// and `phantom`'s DICOM series writer makes test and demo series with dicom-rs.
+#[test]
+fn file_format_crates_stay_in_io() {
+    const DICOM: &[&str] = &[
+        "dicom_object",
+        "dicom_core",
+        "dicom_dictionary_std",
+        "dicom_pixeldata",
+        "dicom_encoding",
+        "dicom_transfer_syntax_registry",
+        "jpeg2k",
+        "openjpeg_sys",
+    ];
+    let src = repo().join("src");
+    let mut dicom = Vec::new();
+    let mut nifti = Vec::new();
+    for file in rust_files(&src) {
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        if rel.starts_with("io/") {
+            continue;
+        }
+        let code = code_only(&std::fs::read_to_string(&file).unwrap());
+        let names_crate = |name: &str| {
+            code.match_indices(name).any(|(at, _)| {
+                let before = code[..at].chars().next_back();
+                let after = &code[at + name.len()..];
+                !before.is_some_and(|c| is_ident(c) || c == ':')
+                    && (after.starts_with("::") || after.starts_with(';'))
+            })
+        };
+        if rel != "phantom/dicom_write.rs" {
+            if let Some(c) = DICOM.iter().find(|c| names_crate(c)) {
+                dicom.push(format!("{rel} ({c})"));
+            }
+        }
+        if rel == "volume.rs" {
+            continue;
+        }
+        let uses_crate =
+            code.contains("use nifti") || (code.contains("nifti::") && !code.contains("io::nifti"));
+        if uses_crate {
+            nifti.push(rel);
+        }
+    }
+    assert!(dicom.is_empty(), "DICOM crates outside io: {dicom:?}");
+    assert!(
+        nifti.is_empty(),
+        "the nifti crate outside io and volume: {nifti:?}"
+    );
+}
+
 #[test]
 fn the_scanner_sees_grouped_imports_and_ignores_comments() {
     let code = code_only(
