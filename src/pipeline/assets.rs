@@ -32,7 +32,11 @@ const EMBEDDED_DEMO_FILES: [(&str, &[u8]); 2] = [
 pub fn embedded_demo_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let base = env("SDSEG_DATA_DIR")
             .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("sdseg-volume")))
             .or_else(|| env("HOME").map(|h| h.join(".local/share/sdseg-volume")))

@@ -44,11 +44,19 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("fixtures")
         .join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("fixture folder");
-    for f in ["checkpoint.ckpt", "case.safetensors", "config.json", "README.md"] {
+    for f in [
+        "checkpoint.ckpt",
+        "case.safetensors",
+        "config.json",
+        "README.md",
+    ] {
         std::fs::copy(committed.join(f), dir.join(f))
             .unwrap_or_else(|e| panic!("{}: {e}", committed.join(f).display()));
     }
-    write_safetensors_copy(&dir.join("checkpoint.ckpt"), &dir.join("checkpoint.safetensors"));
+    write_safetensors_copy(
+        &dir.join("checkpoint.ckpt"),
+        &dir.join("checkpoint.safetensors"),
+    );
     made.insert(name.to_string(), dir.clone());
     dir
 }
