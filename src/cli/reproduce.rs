@@ -64,7 +64,7 @@ impl ModelFlags {
             noise: self.noise,
             no_ema: self.no_ema,
             resize,
-            input: InputArgs::default(),
+            read: InputArgs::default(),
             test_segmenter: self.test_segmenter,
         }
     }

@@ -58,7 +58,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "MODE", default_value = "bilinear")]
     pub resize: ResizeBack,
     #[command(flatten)]
-    pub input: InputArgs,
+    pub read: InputArgs,
     /// Developer: replace the model by a threshold test double (threshold or threshold:K).
     #[arg(long, value_name = "threshold[:K]", hide = true)]
     pub test_segmenter: Option<TestModel>,
@@ -248,7 +248,7 @@ impl Args {
             batch_size: m.batch_size,
             seed: m.seed,
             noise: m.noise,
-            read: m.input.read_options(),
+            read: m.read.read_options(),
             overwrite: self.output.overwrite,
             report: self.output.report.clone(),
             preview,

@@ -149,7 +149,7 @@ impl ModelArgs {
             },
         );
         push("--resize", self.resize.to_string());
-        if let Some(s) = &self.input.series {
+        if let Some(s) = &self.read.series {
             push("--series", s.clone());
         }
         if let Some(t) = &self.test_segmenter {
@@ -161,8 +161,8 @@ impl ModelArgs {
         }
         for (on, flag) in [
             (self.no_ema, "--no-ema"),
-            (self.input.allow_gaps, "--allow-gaps"),
-            (self.input.allow_tilt, "--allow-tilt"),
+            (self.read.allow_gaps, "--allow-gaps"),
+            (self.read.allow_tilt, "--allow-tilt"),
         ] {
             if on {
                 v.push(flag.into());
