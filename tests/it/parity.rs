@@ -447,7 +447,10 @@ fn missing_misshaped_and_unexpected_keys_are_listed() {
     ] {
         assert!(msg.contains(k), "message lacks {k}");
     }
-    assert_eq!(exit_code_for(&anyhow::Error::new(err)), ExitCode::BadInput);
+    assert_eq!(
+        exit_code_for(&sdseg_volume::error::classified(err)),
+        ExitCode::BadInput
+    );
 }
 
 #[test]
@@ -473,7 +476,10 @@ fn wrong_config_and_wrong_ema_choice_say_so() {
     std::fs::write(&junk, b"definitely not weights").unwrap();
     let err = Sdseg::load(&junk, &fx.config, &Device::Cpu, DType::F32, true).unwrap_err();
     assert!(matches!(err, ModelError::UnknownFormat { .. }), "{err}");
-    assert_eq!(exit_code_for(&anyhow::Error::new(err)), ExitCode::BadInput);
+    assert_eq!(
+        exit_code_for(&sdseg_volume::error::classified(err)),
+        ExitCode::BadInput
+    );
 }
 
 /// The converted file keeps only inference keys and gives bit-identical outputs; an f16

@@ -213,7 +213,7 @@ fn btcv_error(from: &str, to: &str) -> (PipelineError, String) {
         "error must name the file: {msg}"
     );
     // Every pipeline error is bad input: exit code 2.
-    let code = exit_code_for(&anyhow::Error::new(PipelineError::Parse {
+    let code = exit_code_for(&sdseg_volume::error::classified(PipelineError::Parse {
         origin: sdseg_volume::pipeline::Origin::Inline,
         message: String::new(),
     }));

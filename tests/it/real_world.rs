@@ -14,23 +14,76 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Exit code, stderr and peak resident memory (MiB) of one run of the shipped binary.
+///
+/// `ru_maxrss` of a process also counts the image it was exec'd from, and this test binary
+/// holds whatever other tests loaded (models: GBs). So a fresh copy of this test binary, which
+/// runs only [`measure_trampoline`], spawns the shipped binary, reaps it with `wait4` and
+/// reports its exit status and peak RSS.
+fn run_measured(args: &[&std::ffi::OsStr]) -> (i32, String, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let argv: Vec<String> = std::iter::once(shipped::binary().as_os_str())
+        .chain(args.iter().copied())
+        .map(|a| a.as_bytes().iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "real_world::measure_trampoline",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(TRAMPOLINE_ARGV, argv.join(","))
+        .stdin(Stdio::null())
+        .output()
+        .expect("start the measuring copy of the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("SDSEG_MEASURED ").map(|(_, m)| m.trim()))
+        .unwrap_or_else(|| panic!("no measurement from the trampoline:\n{stdout}\n{err}"));
+    let v: Vec<i64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+    let (exited, code, signal, rss_kib) = (v[0] == 1, v[1], v[2], v[3]);
+    assert!(
+        exited,
+        "the shipped binary died by signal {signal} on {args:?}; stderr:\n{err}"
+    );
+    (code as i32, err, rss_kib as u64 / 1024)
+}
+
+/// Where [`run_measured`] passes the command to [`measure_trampoline`] (hex bytes per
+/// argument, comma-separated).
+const TRAMPOLINE_ARGV: &str = "SDSEG_MEASURE_ARGV";
+
+/// Not a test: the measuring half of [`run_measured`], run in a fresh copy of this binary.
+#[test]
+#[ignore = "a helper that run_measured runs in a fresh copy of the test binary"]
 // The child is reaped by wait4 (which also gives its peak RSS), not `Child::wait`.
 #[allow(clippy::zombie_processes)]
-fn run_measured(args: &[&std::ffi::OsStr]) -> (i32, String, u64) {
-    use std::io::Read;
-    let mut child = Command::new(shipped::binary())
-        .args(args)
+fn measure_trampoline() {
+    let Ok(spec) = std::env::var(TRAMPOLINE_ARGV) else {
+        return;
+    };
+    use std::os::unix::ffi::OsStringExt;
+    let argv: Vec<std::ffi::OsString> = spec
+        .split(',')
+        .map(|hex| {
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            std::ffi::OsString::from_vec(bytes)
+        })
+        .collect();
+    // stderr is inherited: it reaches run_measured through this process's stderr.
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("start the shipped binary");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
     let mut status = 0i32;
     // SAFETY: an all-zero rusage is a valid value; wait4 writes it for our own child's pid.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -38,16 +91,18 @@ fn run_measured(args: &[&std::ffi::OsStr]) -> (i32, String, u64) {
     // SAFETY: waits for the child spawned above; the pointers are to live locals.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4 failed");
-    assert!(
-        libc::WIFEXITED(status),
-        "the shipped binary died by signal {} on {args:?}; stderr:\n{err}",
-        libc::WTERMSIG(status)
+    let exited = libc::WIFEXITED(status);
+    println!(
+        "SDSEG_MEASURED {} {} {} {}",
+        exited as i32,
+        if exited {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+        if exited { 0 } else { libc::WTERMSIG(status) },
+        usage.ru_maxrss
     );
-    (
-        libc::WEXITSTATUS(status),
-        err,
-        usage.ru_maxrss as u64 / 1024,
-    )
 }
 
 fn import(input: &Path, out: &Path) -> (i32, String, u64) {
