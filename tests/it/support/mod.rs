@@ -30,7 +30,7 @@ pub fn testdata(rel: &str) -> PathBuf {
 /// `checkpoint.safetensors` are the files in `testdata/fixtures/<name>` made by the unmodified
 /// official PyTorch code (the README.md there says how); the safetensors copy of the same
 /// `state_dict` is not committed (it would double the fixtures' size) but written here, once
-/// per test run, from the `.ckpt`: every tensor, its key, dtype and bytes as stored.
+/// per test process, from the `.ckpt`: every tensor, its key, dtype and bytes as stored.
 pub fn fixture(name: &str) -> PathBuf {
     use std::collections::BTreeMap;
     use std::sync::{Mutex, OnceLock};
@@ -40,9 +40,11 @@ pub fn fixture(name: &str) -> PathBuf {
         return dir.clone();
     }
     let committed = testdata("fixtures").join(name);
+    // One folder per fixture, rewritten by every run (each file through a temp name and a
+    // rename, so concurrent test processes never read a partial file and none piles up).
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("fixtures")
-        .join(format!("{name}-{}", std::process::id()));
+        .join(name);
     std::fs::create_dir_all(&dir).expect("fixture folder");
     for f in [
         "checkpoint.ckpt",
@@ -50,15 +52,25 @@ pub fn fixture(name: &str) -> PathBuf {
         "config.json",
         "README.md",
     ] {
-        std::fs::copy(committed.join(f), dir.join(f))
-            .unwrap_or_else(|e| panic!("{}: {e}", committed.join(f).display()));
+        replace_file(&dir.join(f), |tmp| {
+            std::fs::copy(committed.join(f), tmp)
+                .unwrap_or_else(|e| panic!("{}: {e}", committed.join(f).display()));
+        });
     }
-    write_safetensors_copy(
-        &dir.join("checkpoint.ckpt"),
-        &dir.join("checkpoint.safetensors"),
-    );
+    replace_file(&dir.join("checkpoint.safetensors"), |tmp| {
+        write_safetensors_copy(&committed.join("checkpoint.ckpt"), tmp)
+    });
     made.insert(name.to_string(), dir.clone());
     dir
+}
+
+/// `write` fills a temp file beside `path` (named after this process), which then replaces it.
+fn replace_file(path: &Path, write: impl FnOnce(&Path)) {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.part", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    write(&tmp);
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 /// Every tensor of a torch checkpoint, as stored (key, dtype, shape, bytes), into a
@@ -72,9 +84,7 @@ fn write_safetensors_copy(ckpt: &Path, out: &Path) {
             .unwrap_or_else(|e| panic!("{}: {key}: {e}", ckpt.display()));
         tensors.insert(key.clone(), t);
     }
-    let tmp = out.with_extension("part");
-    candle_core::safetensors::save(&tensors, &tmp).expect("write the safetensors copy");
-    std::fs::rename(&tmp, out).expect("rename the safetensors copy");
+    candle_core::safetensors::save(&tensors, out).expect("write the safetensors copy");
 }
 
 /// The debug `sdseg-volume` binary Cargo built for these tests.
