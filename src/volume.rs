@@ -23,6 +23,53 @@ pub struct DicomSource {
     /// Files of the chosen series in slice order (one entry for a multi-frame file).
     pub files: Vec<PathBuf>,
     pub transfer_syntax: String,
+    /// What a derived DICOM object (DICOM-SEG, RTSTRUCT) needs to point back at this series.
+    pub reference: SeriesReference,
+}
+
+/// The source series as derived DICOM objects reference it: patient and study attributes to
+/// copy, the frame of reference, and every slice's SOP instance in the volume's `k` order
+/// (the order of the label volume's third axis), with its position.
+#[derive(Clone, Debug, Default)]
+pub struct SeriesReference {
+    /// Patient, study and character-set attributes of the first slice's file, copied as read
+    /// into derived objects (absent in the source = absent here). In tag order.
+    pub patient_study: Vec<CopiedAttribute>,
+    pub study_instance_uid: Option<String>,
+    /// FrameOfReferenceUID of each slice (same order as `slices`; `None` where absent).
+    pub frame_of_reference_uids: Vec<Option<String>>,
+    /// One entry per `k`, in the volume's slice order.
+    pub slices: Vec<SourceSlice>,
+    /// Rows × Columns of a source frame (`j` × `i` extents of the volume).
+    pub rows: u32,
+    pub columns: u32,
+    /// ImageOrientationPatient (row direction, then column direction; LPS unit vectors).
+    pub image_orientation: [f64; 6],
+    /// PixelSpacing: [between rows, between columns] in mm.
+    pub pixel_spacing: [f64; 2],
+    /// SliceThickness of the first slice, when given.
+    pub slice_thickness: Option<f64>,
+    /// Distance between neighbouring slice centres along the normal (mm), as the affine uses.
+    pub slice_spacing: f64,
+}
+
+/// One attribute copied from the source: the tag (group, element) and its value as text
+/// (multiple values joined by a backslash, as DICOM writes them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopiedAttribute {
+    pub tag: (u16, u16),
+    pub value: String,
+}
+
+/// One source image (a single-frame file, or one frame of a multi-frame file).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceSlice {
+    pub sop_class_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+    /// 1-based frame number inside a multi-frame file; `None` for single-frame files.
+    pub frame_number: Option<u32>,
+    /// ImagePositionPatient (LPS, mm) of the first transmitted pixel.
+    pub position: [f64; 3],
 }
 
 #[derive(Clone, Debug)]

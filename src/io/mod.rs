@@ -5,6 +5,7 @@
 //! multi-frame DICOM file, zip of a folder).
 
 pub mod atomic;
+pub mod derived;
 pub mod dicom;
 pub mod nifti;
 

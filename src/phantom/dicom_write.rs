@@ -1,8 +1,9 @@
 //! Writing a `Volume` as a DICOM CT series (test data and demos; not a clinical exporter).
 
+use crate::io::derived::{ds, ds_multi, item, put, put_seq};
 use crate::volume::Volume;
-use dicom_core::value::{DataSetSequence, PixelFragmentSequence};
-use dicom_core::{DataElement, Length, PrimitiveValue, Tag, VR};
+use dicom_core::value::PixelFragmentSequence;
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_transfer_syntax_registry::entries;
@@ -158,49 +159,6 @@ pub(crate) fn derived_uid(seed: u64, what: &str) -> String {
     b.copy_from_slice(&d[..16]);
     b[0] &= 0x7f; // keep it short of 39 digits
     format!("2.25.{}", u128::from_be_bytes(b))
-}
-
-/// A DS value (at most 16 characters).
-fn ds(x: f64) -> String {
-    let x = if x == 0.0 { 0.0 } else { x }; // no "-0"
-    let s = format!("{x}");
-    if s.len() <= 16 {
-        return s;
-    }
-    for prec in (0..=10).rev() {
-        let s = format!("{x:.prec$}");
-        let s = if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        };
-        if s.len() <= 16 {
-            return s;
-        }
-    }
-    format!("{x:.6e}")
-}
-
-fn ds_multi(v: &[f64]) -> PrimitiveValue {
-    PrimitiveValue::Strs(v.iter().map(|x| ds(*x)).collect())
-}
-
-fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) {
-    obj.put(DataElement::new(tag, vr, v.into()));
-}
-
-fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
-    obj.put(DataElement::new(
-        tag,
-        VR::SQ,
-        DataSetSequence::new(items, Length::UNDEFINED),
-    ));
-}
-
-fn item(f: impl FnOnce(&mut InMemDicomObject)) -> InMemDicomObject {
-    let mut o = InMemDicomObject::new_empty();
-    f(&mut o);
-    o
 }
 
 /// Slice geometry in LPS derived from a RAS affine.

@@ -37,7 +37,7 @@ mod series;
 mod walk;
 
 use super::ReadOptions;
-use crate::volume::{DicomSource, Provenance, Source, Volume};
+use crate::volume::{DicomSource, Provenance, SeriesReference, Source, SourceSlice, Volume};
 use scan::{FileHeader, SkipKind, Skipped};
 use serde::Serialize;
 use series::Geometry;
@@ -333,6 +333,7 @@ impl DicomInput {
             modality: first.modality.clone(),
             files,
             transfer_syntax: first.transfer_syntax.clone(),
+            reference: series_reference(&self.headers, geom),
         };
         let provenance = Provenance {
             source: Source::Dicom(source),
@@ -341,6 +342,43 @@ impl DicomInput {
             warnings: self.report.warnings.clone(),
         };
         Ok(Volume::new(data, geom.affine_ras(), provenance)?)
+    }
+}
+
+/// The chosen series as derived objects reference it (slices in the volume's `k` order).
+fn series_reference(headers: &[FileHeader], geom: &Geometry) -> SeriesReference {
+    let first = &headers[geom.slices[0].file];
+    SeriesReference {
+        patient_study: first.patient_study.clone(),
+        study_instance_uid: first
+            .patient_study
+            .iter()
+            .find(|a| a.tag == (0x0020, 0x000D))
+            .map(|a| a.value.clone()),
+        frame_of_reference_uids: geom
+            .slices
+            .iter()
+            .map(|s| headers[s.file].frame_of_reference_uid.clone())
+            .collect(),
+        slices: geom
+            .slices
+            .iter()
+            .map(|s| {
+                let h = &headers[s.file];
+                SourceSlice {
+                    sop_class_uid: h.sop_class_uid.clone(),
+                    sop_instance_uid: h.sop_instance_uid.clone(),
+                    frame_number: (h.n_frames > 1).then_some(s.frame + 1),
+                    position: s.ipp,
+                }
+            })
+            .collect(),
+        rows: geom.rows,
+        columns: geom.cols,
+        image_orientation: geom.iop,
+        pixel_spacing: geom.pixel_spacing,
+        slice_thickness: first.slice_thickness,
+        slice_spacing: geom.slice_spacing(),
     }
 }
 

@@ -135,7 +135,37 @@ pub(crate) struct FileHeader {
     pub n_frames: u32,
     /// One entry per frame (length `n_frames`).
     pub frames: Vec<FrameInfo>,
+    pub sop_class_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+    pub frame_of_reference_uid: Option<String>,
+    pub slice_thickness: Option<f64>,
+    /// Patient/study attributes derived objects copy ([`COPIED_TAGS`]), in tag order.
+    pub patient_study: Vec<crate::volume::CopiedAttribute>,
 }
+
+/// The Patient, General Study and Patient Study attributes (and the character set that
+/// decodes them) that derived objects (DICOM-SEG, RTSTRUCT) copy from their source series, so
+/// a PACS files them under the same patient and study.
+pub(crate) const COPIED_TAGS: [Tag; 18] = [
+    tags::SPECIFIC_CHARACTER_SET,
+    tags::STUDY_DATE,
+    tags::STUDY_TIME,
+    tags::ACCESSION_NUMBER,
+    tags::REFERRING_PHYSICIAN_NAME,
+    tags::STUDY_DESCRIPTION,
+    tags::PATIENT_NAME,
+    tags::PATIENT_ID,
+    tags::ISSUER_OF_PATIENT_ID,
+    tags::PATIENT_BIRTH_DATE,
+    tags::PATIENT_SEX,
+    tags::PATIENT_AGE,
+    tags::PATIENT_SIZE,
+    tags::PATIENT_WEIGHT,
+    tags::PATIENT_IDENTITY_REMOVED,
+    tags::DEIDENTIFICATION_METHOD,
+    tags::STUDY_INSTANCE_UID,
+    tags::STUDY_ID,
+];
 
 /// Why a file was not used.
 #[derive(Clone, Debug)]
@@ -576,6 +606,24 @@ pub(crate) fn header_from_object(src: FileSource, opened: Opened) -> Result<File
         signed: get_int(ds, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1,
         n_frames,
         frames,
+        sop_instance_uid: get_str(ds, tags::SOP_INSTANCE_UID),
+        sop_class_uid,
+        frame_of_reference_uid: get_str(ds, tags::FRAME_OF_REFERENCE_UID),
+        slice_thickness: match get_number(ds, tags::SLICE_THICKNESS) {
+            Field::Value(t) if t > 0.0 => Some(t),
+            _ => None,
+        },
+        patient_study: COPIED_TAGS
+            .iter()
+            .filter_map(|&tag| {
+                let value = value(ds, tag)?.to_str().into_owned();
+                let value = value.trim_end_matches(['\0', ' ']).to_string();
+                (!value.is_empty()).then_some(crate::volume::CopiedAttribute {
+                    tag: (tag.group(), tag.element()),
+                    value,
+                })
+            })
+            .collect(),
         source: src,
     })
 }

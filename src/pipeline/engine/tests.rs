@@ -420,6 +420,7 @@ fn the_demo_model_warns_on_inputs_that_are_not_phantoms() {
         modality: Some("CT".into()),
         files: vec![],
         transfer_syntax: "1.2.840.10008.1.2.1".into(),
+        reference: Default::default(),
     });
     io.volumes
         .insert("/in/ct".into(), Volume::new(data, affine, prov).unwrap());

@@ -1,0 +1,1 @@
+//! Contours of a binary slice mask, for RTSTRUCT.
