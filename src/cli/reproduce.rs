@@ -87,6 +87,8 @@ impl ModelFlags {
             model: self.to_run_args(pipeline, seed, resize),
             output: OutputArgs {
                 name: None,
+                format: Default::default(),
+                empty_segments: false,
                 overwrite,
                 report: None,
                 preview: None,

@@ -8,6 +8,7 @@ use crate::model::device::{DTypeSpec, DeviceSpec};
 use crate::pipeline::cases::{NamePattern, OutTarget};
 use crate::pipeline::config::{Pipeline, PipelineError};
 use crate::pipeline::engine::prep::Slicer;
+use crate::pipeline::outputs::Formats;
 use crate::pipeline::postprocess::ResizeBack;
 use crate::pipeline::runner::{ModelChoice, PreviewTarget, RunOptions, TestModel};
 use crate::pipeline::segmenter::NoiseMode;
@@ -70,7 +71,16 @@ pub struct OutputArgs {
     /// Output file name under --out DIR; {case} is the case id.
     #[arg(long, value_name = "PATTERN")]
     pub name: Option<NamePattern>,
-    /// Redo cases whose output exists (default: skip them, i.e. resume).
+    /// Output formats, comma-separated: nifti (a label volume), dicom-seg (a DICOM
+    /// Segmentation), rtstruct (an RT Structure Set). The DICOM ones need a DICOM input and sit
+    /// beside the NIfTI name: {case}.seg.dcm, {case}.rtstruct.dcm.
+    #[arg(long, value_name = "LIST", default_value = "nifti")]
+    pub format: Formats,
+    /// DICOM outputs: also a segment / ROI for labels absent from the prediction.
+    #[arg(long)]
+    pub empty_segments: bool,
+    /// Redo cases whose output exists (default: skip them, i.e. resume; a case is done when
+    /// the file of every --format exists).
     #[arg(long)]
     pub overwrite: bool,
     /// Write a JSON run report (provenance, timings, statistics); {shard} is the shard index.
@@ -143,9 +153,16 @@ impl Args {
             if self.output.name.is_some() {
                 return Err(UsageError("--name applies to --out DIR only".into()));
             }
+            if !crate::io::nifti::is_nifti_path(f) && self.output.format.single_dicom().is_none() {
+                return Err(UsageError(format!(
+                    "--out {}: a .dcm file holds one DICOM output; with --format {} use --out CASE.nii.gz (the DICOM files are named after it: CASE.seg.dcm, CASE.rtstruct.dcm) or --out DIR",
+                    f.display(),
+                    self.output.format
+                )));
+            }
         } else if self.out.is_file() {
             return Err(UsageError(format!(
-                "--out {}: an existing file that is not .nii/.nii.gz; --out must be a .nii/.nii.gz file or a folder",
+                "--out {}: an existing file that is not .nii/.nii.gz/.dcm; --out must be a .nii/.nii.gz (or, for one DICOM --format, .dcm) file or a folder",
                 self.out.display()
             )));
         }
@@ -216,6 +233,22 @@ impl Args {
                 Some(_) => {}
             }
         }
+        if self
+            .output
+            .format
+            .contains(crate::pipeline::outputs::OutputFormat::DicomSeg)
+        {
+            let names: Vec<(u16, String)> = pipeline
+                .labels
+                .classes
+                .iter()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect();
+            let table =
+                crate::pipeline::labels_sidecar::label_table(pipeline.num_classes(), &names);
+            crate::pipeline::outputs::segment_specs(&pipeline.labels, &table, &m.pipeline, true)
+                .map_err(|e| UsageError(format!("--format dicom-seg: {e}")))?;
+        }
         let preset = pipeline.model.preset.clone();
         let num_classes = m
             .test_segmenter
@@ -250,6 +283,8 @@ impl Args {
             noise: m.noise,
             read: m.read.read_options(),
             overwrite: self.output.overwrite,
+            formats: self.output.format.clone(),
+            empty_segments: self.output.empty_segments,
             report: self.output.report.clone(),
             preview,
             statistics: self.output.statistics,

@@ -178,6 +178,7 @@ impl OutputArgs {
         if let Some(n) = &self.name {
             v.extend(["--name".into(), n.as_str().to_string()]);
         }
+        v.extend(self.format.to_argv());
         if let Some(r) = &self.report {
             v.extend(["--report".into(), abs_str(r)]);
         }
@@ -186,6 +187,7 @@ impl OutputArgs {
         }
         for (on, flag) in [
             (self.overwrite, "--overwrite"),
+            (self.empty_segments, "--empty-segments"),
             (self.statistics, "--statistics"),
             (self.json, "--json"),
         ] {

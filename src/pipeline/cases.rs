@@ -17,14 +17,40 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use super::outputs::{Formats, OutputFormat};
 use super::shard::Shard;
 
-/// One unit of work: segment `input` into `output`.
+/// One unit of work: segment `input` into `output` (and the other formats' files beside it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Case {
     pub id: String,
     pub input: PathBuf,
+    /// The case's output path: the NIfTI file, which also names the DICOM outputs
+    /// (`pipeline::outputs`).
     pub output: PathBuf,
+    /// Every file the run writes for this case, by format (set by [`plan`]; the NIfTI file
+    /// alone until then).
+    pub outputs: Vec<(OutputFormat, PathBuf)>,
+}
+
+impl Case {
+    pub fn new(id: String, input: PathBuf, output: PathBuf) -> Case {
+        Case {
+            id,
+            input,
+            outputs: vec![(OutputFormat::Nifti, output.clone())],
+            output,
+        }
+    }
+
+    /// The first file the run writes for this case (the NIfTI file unless `--format` leaves
+    /// it out), for messages.
+    pub fn primary_output(&self) -> &Path {
+        self.outputs
+            .first()
+            .map(|(_, p)| p.as_path())
+            .unwrap_or(&self.output)
+    }
 }
 
 /// Where outputs go: one file (exactly one case) or a folder.
@@ -35,9 +61,12 @@ pub enum OutTarget {
 }
 
 impl OutTarget {
-    /// A path ending in `.nii` or `.nii.gz` is a file; anything else is a folder.
+    /// A path ending in `.nii`, `.nii.gz` or `.dcm` is a file; anything else is a folder.
     pub fn from_path(p: &Path) -> OutTarget {
-        if is_nifti_path(p) {
+        let dcm = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().ends_with(".dcm"));
+        if is_nifti_path(p) || dcm {
             OutTarget::File(p.to_path_buf())
         } else {
             OutTarget::Dir(p.to_path_buf())
@@ -547,7 +576,7 @@ pub fn discover(spec: &CaseSpec<'_>) -> Result<Discovery, CasesError> {
             });
         }
         by_out.insert(output.clone(), id.clone());
-        cases.push(Case { id, input, output });
+        cases.push(Case::new(id, input, output));
     }
     // An output folder that is also the input folder: earlier outputs are not new cases.
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -585,15 +614,17 @@ pub struct Plan {
     pub other_shards: usize,
 }
 
-/// Keep this shard's cases; skip those whose output exists unless `overwrite`.
-pub fn plan(cases: Vec<Case>, shard: Shard, overwrite: bool) -> Plan {
+/// Keep this shard's cases, each with the files of every requested format; skip those whose
+/// outputs all exist unless `overwrite`.
+pub fn plan(cases: Vec<Case>, shard: Shard, overwrite: bool, formats: &Formats) -> Plan {
     let ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
     let mine = shard.select(&ids);
     let mut p = Plan::default();
-    for (c, m) in cases.into_iter().zip(mine) {
+    for (mut c, m) in cases.into_iter().zip(mine) {
+        c.outputs = formats.paths(&c.output);
         if !m {
             p.other_shards += 1;
-        } else if !overwrite && c.output.is_file() {
+        } else if !overwrite && c.outputs.iter().all(|(_, o)| o.is_file()) {
             p.skipped.push(c);
         } else {
             p.run.push(c);
@@ -811,19 +842,34 @@ mod tests {
     fn plan_skips_existing_and_shards() {
         let d = tempfile::tempdir().unwrap();
         let cases: Vec<Case> = (0..6)
-            .map(|i| Case {
-                id: format!("c{i}"),
-                input: d.path().join(format!("c{i}.nii")),
-                output: d.path().join(format!("out{i}.nii.gz")),
+            .map(|i| {
+                Case::new(
+                    format!("c{i}"),
+                    d.path().join(format!("c{i}.nii")),
+                    d.path().join(format!("out{i}.nii.gz")),
+                )
             })
             .collect();
+        let nifti = Formats::default();
         touch(&cases[2].output, b"done");
-        let p = plan(cases.clone(), Shard::ALL, false);
+        let p = plan(cases.clone(), Shard::ALL, false, &nifti);
         assert_eq!(p.run.len(), 5);
         assert_eq!(p.skipped, vec![cases[2].clone()]);
-        let p = plan(cases.clone(), Shard::ALL, true);
+        let p = plan(cases.clone(), Shard::ALL, true, &nifti);
         assert_eq!(p.run.len(), 6);
-        let p = plan(cases, Shard::new(1, 3).unwrap(), false);
+        // A case is done when every requested format exists.
+        let both: Formats = "nifti,dicom-seg".parse().unwrap();
+        let p = plan(cases.clone(), Shard::ALL, false, &both);
+        assert_eq!(p.run.len(), 6);
+        assert_eq!(p.run[2].outputs.len(), 2);
+        touch(&d.path().join("out2.seg.dcm"), b"done");
+        touch(&d.path().join("out3.seg.dcm"), b"done");
+        let p = plan(cases.clone(), Shard::ALL, false, &both);
+        assert_eq!(p.run.len(), 5);
+        assert_eq!(p.skipped[0].id, "c2");
+        let seg: Formats = "dicom-seg".parse().unwrap();
+        assert_eq!(plan(cases.clone(), Shard::ALL, false, &seg).run.len(), 4);
+        let p = plan(cases, Shard::new(1, 3).unwrap(), false, &nifti);
         assert_eq!(p.other_shards, 4);
         let ids: Vec<&str> = p.run.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["c1", "c4"]);

@@ -28,6 +28,7 @@ use ndarray::Array3;
 
 use super::cases::Case;
 use super::labels_sidecar::LabelInfo;
+use super::outputs::{DerivedSettings, Formats, OutputFormat};
 use super::segmenter::{NoiseMode, SliceSegmenter};
 use super::stats::LabelStat;
 use crate::error::{ExitCode, ResultExt};
@@ -46,6 +47,20 @@ pub trait CaseIo: Sync {
         labels: &Array3<u16>,
         like: &VolumeMeta,
     ) -> anyhow::Result<()>;
+    /// Write `labels` as a DICOM object of `format` referencing the input series, atomically.
+    fn write_derived(
+        &self,
+        output: &Path,
+        format: OutputFormat,
+        request: &crate::io::derived::DerivedRequest<'_>,
+    ) -> anyhow::Result<()> {
+        use crate::io::derived::{rtstruct, seg};
+        match format {
+            OutputFormat::DicomSeg => seg::write_dicom_seg(output, request).classified(),
+            OutputFormat::Rtstruct => rtstruct::write_rtstruct(output, request).classified(),
+            OutputFormat::Nifti => unreachable!("NIfTI goes through write_labels"),
+        }
+    }
 }
 
 /// The geometry and provenance of an input volume, without its voxels (what a label writer
@@ -111,6 +126,10 @@ pub struct EngineOptions {
     /// The model is the demo model: warn (observer + case warnings) for every input that is
     /// not a demo phantom (`pipeline::demo`).
     pub demo_model: bool,
+    /// The files written per case (each case's `outputs`).
+    pub formats: Formats,
+    /// How DICOM outputs describe the labels; set when `formats` has a DICOM format.
+    pub derived: Option<DerivedSettings>,
 }
 
 impl Default for EngineOptions {
@@ -123,6 +142,8 @@ impl Default for EngineOptions {
             digest_inputs: false,
             labels: super::labels_sidecar::label_table(2, &[]),
             demo_model: false,
+            formats: Formats::default(),
+            derived: None,
         }
     }
 }

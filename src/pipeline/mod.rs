@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod labels_sidecar;
+pub mod outputs;
 pub mod postprocess;
 pub mod preprocess;
 pub mod preview;

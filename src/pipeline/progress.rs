@@ -192,7 +192,12 @@ impl Observer for Progress {
                 o.case.id,
                 o.details.slices,
                 o.details.slices as f64 / secs.max(1e-9),
-                o.case.output.display()
+                o.case
+                    .outputs
+                    .iter()
+                    .map(|(_, p)| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             CaseStatus::Skipped => format!("[{n}/{}] {}: skipped", self.total, o.case.id),
             CaseStatus::Failed(e) => format!(

@@ -68,12 +68,22 @@ impl From<&CaseStageTimes> for Seconds {
     }
 }
 
+/// One output file of a case.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputRecord {
+    pub format: crate::pipeline::outputs::OutputFormat,
+    pub path: PathBuf,
+}
+
 /// One case: a line of `--json` output and an entry of the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct CaseRecord {
     pub case: String,
     pub input: PathBuf,
+    /// The first file written for the case (the NIfTI file unless `--format` leaves it out).
     pub output: PathBuf,
+    /// Every file of the case, by format (`--format`).
+    pub outputs: Vec<OutputRecord>,
     /// `written`, `skipped` (output existed) or `failed`.
     pub status: &'static str,
     /// For failures: the stage (`read`, `model`, `write`) and the reason.
@@ -104,7 +114,16 @@ impl From<&CaseOutcome> for CaseRecord {
         CaseRecord {
             case: o.case.id.clone(),
             input: o.case.input.clone(),
-            output: o.case.output.clone(),
+            output: o.case.primary_output().to_path_buf(),
+            outputs: o
+                .case
+                .outputs
+                .iter()
+                .map(|(format, path)| OutputRecord {
+                    format: *format,
+                    path: path.clone(),
+                })
+                .collect(),
             status,
             failed_stage,
             error,
@@ -144,6 +163,8 @@ pub struct RunSettings {
     pub resize: String,
     pub shard: String,
     pub overwrite: bool,
+    /// `--format`, e.g. `nifti,dicom-seg`.
+    pub formats: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -12,6 +12,7 @@ use super::cases::{self, CaseSpec, NamePattern, OutTarget};
 use super::engine::prep::Slicer;
 use super::engine::{CaseOutcome, CaseStatus, Engine, EngineOptions, FileIo, Job};
 use super::labels_sidecar::{label_table, write_sidecars, LabelInfo};
+use super::outputs::{segment_specs, DerivedSettings, Formats, OutputFormat};
 use super::progress::{Display, Progress};
 use super::report::{
     tool_info, unix_now, CaseRecord, ModelInfo, PipelineRecord, RunReport, RunSettings, Totals,
@@ -101,6 +102,10 @@ pub struct RunOptions {
     pub noise: NoiseMode,
     pub read: ReadOptions,
     pub overwrite: bool,
+    /// `--format`: the files written per case.
+    pub formats: Formats,
+    /// `--empty-segments`: DICOM outputs also list labels absent from the prediction.
+    pub empty_segments: bool,
     /// `{shard}` is replaced by the shard index.
     pub report: Option<PathBuf>,
     pub preview: Option<PreviewTarget>,
@@ -378,7 +383,50 @@ fn plan_cases(opts: &RunOptions) -> anyhow::Result<(cases::Plan, usize)> {
             .into());
         }
     }
-    Ok((cases::plan(disc.cases, opts.shard, opts.overwrite), n_cases))
+    if opts.formats.any_dicom() {
+        refuse_nifti_for_dicom_outputs(&disc.cases, &opts.formats)?;
+    }
+    Ok((
+        cases::plan(disc.cases, opts.shard, opts.overwrite, &opts.formats),
+        n_cases,
+    ))
+}
+
+/// DICOM outputs reference the source images' SOP instances, which a NIfTI input does not
+/// have: refused for every case before any work (exit 2), naming the cases.
+fn refuse_nifti_for_dicom_outputs(cases: &[cases::Case], formats: &Formats) -> anyhow::Result<()> {
+    let nifti: Vec<String> = cases
+        .iter()
+        .filter(|c| {
+            matches!(
+                crate::io::input_kind(&c.input),
+                Ok(crate::io::InputKind::Nifti)
+            )
+        })
+        .map(|c| format!("'{}' ({})", c.id, c.input.display()))
+        .collect();
+    if nifti.is_empty() {
+        return Ok(());
+    }
+    let dicom: Vec<&str> = formats
+        .iter()
+        .filter(|f| f.is_dicom())
+        .map(OutputFormat::name)
+        .collect();
+    let shown = nifti.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    let more = if nifti.len() > 5 {
+        format!(" and {} more", nifti.len() - 5)
+    } else {
+        String::new()
+    };
+    Err(UsageError(format!(
+        "--format {}: DICOM outputs need a DICOM input (they reference the source series' images), \
+         but {} case(s) are NIfTI: {shown}{more}; pass the DICOM series folders, or drop {} from --format",
+        formats,
+        nifti.len(),
+        dicom.join(" and ")
+    ))
+    .into())
 }
 
 /// What the model part of a run produced.
@@ -402,6 +450,10 @@ fn segment(
     let load_s = t.elapsed().as_secs_f64();
     let labels = label_table(model.num_classes(), names);
     let pipeline_name = pipeline_label(&opts.slicer.pipeline);
+    let derived = match opts.formats.any_dicom() {
+        true => Some(derived_settings(opts, &info, &labels)?),
+        false => None,
+    };
     write_sidecars(&opts.out.dir(), &pipeline_name, &labels)
         .with_context(|| format!("writing label tables into {}", opts.out.dir().display()))?;
     // The weights digest (seconds for a large checkpoint) overlaps the run.
@@ -422,6 +474,8 @@ fn segment(
             digest_inputs: opts.report.is_some(),
             labels: labels.clone(),
             demo_model: info.demo_model,
+            formats: opts.formats.clone(),
+            derived,
         },
     };
     let t = Instant::now();
@@ -436,6 +490,51 @@ fn segment(
         labels,
         load_s,
         wall,
+    })
+}
+
+/// The segment list and producer of a run's DICOM outputs. The weights are hashed here (the
+/// producer's version names them exactly), which a `--report` run then reuses.
+fn derived_settings(
+    opts: &RunOptions,
+    info: &ModelInfo,
+    labels: &[LabelInfo],
+) -> anyhow::Result<DerivedSettings> {
+    let pipeline = pipeline_label(&opts.slicer.pipeline);
+    let segments = segment_specs(
+        &opts.slicer.pipeline.labels,
+        labels,
+        &pipeline,
+        opts.formats.contains(OutputFormat::DicomSeg),
+    )
+    .map_err(UsageError)?;
+    let weights_sha = match &info.weights {
+        Some(w) => Some(
+            super::engine::sha256_files(std::slice::from_ref(w))
+                .with_context(|| format!("hashing {}", w.display()))?,
+        ),
+        None => None,
+    };
+    let short = weights_sha
+        .as_deref()
+        .map(|h| h[..12.min(h.len())].to_string())
+        .unwrap_or_else(|| info.kind.clone());
+    let preset = info
+        .config
+        .get("preset")
+        .and_then(|p| p.as_str())
+        .unwrap_or(&opts.model.preset)
+        .to_string();
+    Ok(DerivedSettings {
+        segments,
+        producer: crate::io::derived::Producer {
+            manufacturer: "sdseg-volume".into(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            algorithm_name: format!("SDSeg {preset} (weights {short})"),
+            algorithm_version: short,
+        },
+        series_description: format!("SDSeg {pipeline} segmentation"),
+        empty_segments: opts.empty_segments,
     })
 }
 
@@ -458,6 +557,7 @@ fn run_settings(opts: &RunOptions) -> RunSettings {
         resize: opts.slicer.resize.to_string(),
         shard: opts.shard.to_string(),
         overwrite: opts.overwrite,
+        formats: opts.formats.to_string(),
     }
 }
 

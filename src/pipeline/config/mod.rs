@@ -243,6 +243,16 @@ pub struct Labels {
     pub classes: BTreeMap<u16, String>,
     /// Classes that are scored (background excluded), ascending.
     pub foreground: Vec<u16>,
+    /// DICOM codes by label name (`[labels.codes]`), for DICOM-SEG outputs.
+    pub codes: BTreeMap<String, LabelCodes>,
+}
+
+/// What a label is, in DICOM's coded terms (SegmentedPropertyCategory/Type/TypeModifier).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelCodes {
+    pub category: crate::io::derived::Code,
+    pub property_type: crate::io::derived::Code,
+    pub modifier: Option<crate::io::derived::Code>,
 }
 
 impl Labels {

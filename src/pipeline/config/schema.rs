@@ -2,10 +2,11 @@
 //! into a [`Pipeline`] ([`build`]): every check names the offending field.
 
 use super::{
-    Interpolation, Labels, ModelSection, Normalise, Origin, Pipeline, PipelineError, Remap,
-    SliceFrame, Slicing, Splits, TrainOptions, Variant, Window,
+    Interpolation, LabelCodes, Labels, ModelSection, Normalise, Origin, Pipeline, PipelineError,
+    Remap, SliceFrame, Slicing, Splits, TrainOptions, Variant, Window,
 };
 use crate::geometry::AxCodes;
+use crate::io::derived::Code;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +32,9 @@ pub(super) fn apply_variant(base: &RawPipeline, v: &Variant) -> RawPipeline {
         }
         if l.foreground.is_some() {
             raw.labels.foreground = l.foreground.clone();
+        }
+        for (name, c) in &l.codes {
+            raw.labels.codes.insert(name.clone(), c.clone());
         }
     }
     raw
@@ -92,6 +96,20 @@ pub(super) struct RawLabels {
     classes: BTreeMap<String, String>,
     #[serde(default)]
     foreground: Option<Vec<u16>>,
+    #[serde(default)]
+    codes: BTreeMap<String, RawCodes>,
+}
+
+/// `[labels.codes]`: a label name → its DICOM codes, each `"SCHEME:VALUE:MEANING"`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCodes {
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(rename = "type")]
+    property_type: String,
+    #[serde(default)]
+    modifier: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -103,6 +121,8 @@ pub(super) struct RawLabelsOverride {
     classes: Option<BTreeMap<String, String>>,
     #[serde(default)]
     foreground: Option<Vec<u16>>,
+    #[serde(default)]
+    codes: BTreeMap<String, RawCodes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -381,12 +401,64 @@ fn build_labels(o: &Origin, raw: &RawLabels, num_classes: usize) -> Result<Label
         }
         None => (1..num_classes as u16).collect(),
     };
+    let codes = build_codes(o, &raw.codes)?;
     Ok(Labels {
         source,
         remap,
         classes,
         foreground,
+        codes,
     })
+}
+
+/// `[labels.codes]`: every code `SCHEME:VALUE:MEANING` with non-empty parts that fit DICOM
+/// (SH: 16 characters for scheme and value, LO: 64 for the meaning); the category defaults
+/// to SCT 91723000 "Anatomical Structure".
+fn build_codes(
+    o: &Origin,
+    raw: &BTreeMap<String, RawCodes>,
+) -> Result<BTreeMap<String, LabelCodes>, PipelineError> {
+    let parse = |name: &str, part: &str, text: &str| -> Result<Code, PipelineError> {
+        let field = format!("labels.codes.\"{name}\".{part}");
+        let mut it = text.splitn(3, ':').map(str::trim);
+        let (scheme, value, meaning) = match (it.next(), it.next(), it.next()) {
+            (Some(s), Some(v), Some(m)) if !s.is_empty() && !v.is_empty() && !m.is_empty() => {
+                (s, v, m)
+            }
+            _ => {
+                return Err(invalid(
+                    o,
+                    &field,
+                    format!("'{text}' is not SCHEME:VALUE:MEANING (e.g. \"SCT:10200004:Liver\")"),
+                ))
+            }
+        };
+        if scheme.len() > 16 || value.len() > 16 || meaning.chars().count() > 64 {
+            return Err(invalid(
+                o,
+                &field,
+                format!("'{text}': scheme and value take at most 16 characters, the meaning 64"),
+            ));
+        }
+        Ok(Code::new(scheme, value, meaning))
+    };
+    let mut out = BTreeMap::new();
+    for (name, c) in raw {
+        let codes = LabelCodes {
+            category: match &c.category {
+                Some(t) => parse(name, "category", t)?,
+                None => Code::new("SCT", "91723000", "Anatomical Structure"),
+            },
+            property_type: parse(name, "type", &c.property_type)?,
+            modifier: c
+                .modifier
+                .as_deref()
+                .map(|t| parse(name, "modifier", t))
+                .transpose()?,
+        };
+        out.insert(name.clone(), codes);
+    }
+    Ok(out)
 }
 
 /// `[splits]`: non-empty case ids, each listed once across test and train.

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::prep::VolumePlan;
 use super::{CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
+use crate::error::ResultExt;
+use crate::pipeline::outputs::{Formats, OutputFormat};
 use crate::pipeline::postprocess::PostprocessError;
 use crate::pipeline::preview::{self, PreviewSlices};
 use crate::pipeline::segmenter::{plane_len, slice_len, NoiseSource, SliceSegmenter, SoftOutput};
@@ -190,6 +192,9 @@ fn read_one(
             .push(crate::pipeline::demo::report_warning());
         engine.observer.demo_input_warning(&job.case);
     }
+    if engine.options.formats.any_dicom() {
+        check_dicom_source(&volume, &job.case.input, &engine.options.formats)?;
+    }
     let files: Vec<PathBuf> = match &volume.provenance().source {
         Source::Dicom(d) => {
             details.series_uid = Some(d.series_instance_uid.clone());
@@ -205,6 +210,27 @@ fn read_one(
     let plan = engine.slicer.plan(&volume);
     details.slices = plan.slices();
     Ok((volume, plan))
+}
+
+/// DICOM outputs need a source they can reference (every SOPInstanceUID, one frame of
+/// reference): checked when the case is read, before the model runs.
+fn check_dicom_source(volume: &Volume, input: &Path, formats: &Formats) -> anyhow::Result<()> {
+    let what = if formats.contains(OutputFormat::DicomSeg) {
+        "a DICOM-SEG"
+    } else {
+        "an RTSTRUCT"
+    };
+    match &volume.provenance().source {
+        Source::Dicom(d) => {
+            crate::io::derived::check_reference(&d.reference, input, what).classified()?;
+            Ok(())
+        }
+        _ => Err(crate::error::UsageError(format!(
+            "{}: DICOM outputs need a DICOM input",
+            input.display()
+        ))
+        .into()),
+    }
 }
 
 /// sha256 of the concatenated bytes of `files`, in order (a DICOM series: its files in slice
@@ -622,20 +648,18 @@ fn write_case(
     preview: Option<&PreviewSlices>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    if let Some(dir) = job
-        .case
-        .output
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating output folder {}", dir.display()))?;
+    for (format, output) in &job.case.outputs {
+        if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating output folder {}", dir.display()))?;
+        }
+        remove_stale_temps(output);
+        match format {
+            OutputFormat::Nifti => engine.io.write_labels(output, labels, meta),
+            dicom => write_derived(engine, output, *dicom, labels, meta),
+        }
+        .with_context(|| format!("writing {}", output.display()))?;
     }
-    remove_stale_temps(&job.case.output);
-    engine
-        .io
-        .write_labels(&job.case.output, labels, meta)
-        .with_context(|| format!("writing {}", job.case.output.display()))?;
     if let (Some(path), Some(p)) = (&job.preview, preview) {
         let (lo, hi) = engine.slicer.window();
         let title = format!("{}   window [{lo}, {hi}] HU", job.case.id);
@@ -644,6 +668,45 @@ fn write_case(
             .with_context(|| format!("writing preview {}", path.display()))?;
     }
     Ok(())
+}
+
+/// One DICOM output of a case: the labels present (or all, `--empty-segments`) as segments.
+fn write_derived(
+    engine: &Engine<'_>,
+    output: &Path,
+    format: OutputFormat,
+    labels: &Array3<u16>,
+    meta: &VolumeMeta,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let settings = engine
+        .options
+        .derived
+        .as_ref()
+        .context("internal: DICOM output without derived settings")?;
+    let Source::Dicom(source) = &meta.provenance.source else {
+        anyhow::bail!("DICOM outputs need a DICOM input");
+    };
+    let segments = settings.segments_for(labels);
+    let request = crate::io::derived::DerivedRequest {
+        labels: labels.view(),
+        reference: &source.reference,
+        segments: &segments,
+        producer: &settings.producer,
+        series_description: settings.series_description.clone(),
+        series_number: derived_series_number(format),
+        created: crate::io::derived::Timestamp::now(),
+    };
+    engine.io.write_derived(output, format, &request)
+}
+
+/// SeriesNumber of a derived series: the convention of viewers that sort derived series after
+/// their source (DICOM-SEG 300, RTSTRUCT 301), fixed so outputs are reproducible.
+fn derived_series_number(format: OutputFormat) -> i32 {
+    match format {
+        OutputFormat::Rtstruct => 301,
+        _ => 300,
+    }
 }
 
 /// Remove temporary files a killed earlier run left for this output (`.NAME.*.part*`, the

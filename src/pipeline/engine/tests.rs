@@ -59,11 +59,11 @@ fn phantom(shape: [usize; 3], affine: Affine) -> Volume {
 
 fn job(id: &str) -> Job {
     Job {
-        case: Case {
-            id: id.into(),
-            input: PathBuf::from(format!("/in/{id}")),
-            output: PathBuf::from(format!("/out/{id}.nii.gz")),
-        },
+        case: Case::new(
+            id.into(),
+            PathBuf::from(format!("/in/{id}")),
+            PathBuf::from(format!("/out/{id}.nii.gz")),
+        ),
         preview: None,
     }
 }
