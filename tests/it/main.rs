@@ -24,6 +24,7 @@ mod pipeline;
 mod real_world;
 mod reproduce;
 mod run;
+mod run_dicom_outputs;
 mod run_kill_resume;
 mod train;
 mod vae_parity;
