@@ -10,7 +10,7 @@ use crate::pipeline::config::{Pipeline, PipelineError};
 use crate::pipeline::engine::prep::Slicer;
 use crate::pipeline::outputs::Formats;
 use crate::pipeline::postprocess::ResizeBack;
-use crate::pipeline::runner::{ModelChoice, PreviewTarget, RunOptions, TestModel};
+use crate::pipeline::runner::{MapTarget, ModelChoice, PreviewTarget, RunOptions, TestModel};
 use crate::pipeline::segmenter::NoiseMode;
 use crate::pipeline::shard::Shard;
 
@@ -45,6 +45,11 @@ pub struct ModelArgs {
     /// warning. On CUDA all four run natively. f16 on the CPU is slow: use it on CUDA.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: DTypeSpec,
+    /// Noise draws per slice (K): the condition encoder runs once, the UNet and decoder on the
+    /// K draws batched; the label comes from the mean (binary: mean probability > 0.5;
+    /// multi-class: argmax of the mean class probabilities). 1 = the official single draw.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub samples: usize,
     /// Seed of the noise latents; the same seed gives bit-identical outputs.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
@@ -90,6 +95,12 @@ pub struct OutputArgs {
     /// in the path when there are several cases.
     #[arg(long, value_name = "FILE")]
     pub preview: Option<String>,
+    /// Write the per-voxel uncertainty of the --samples draws (needs K >= 2) as a float32 NIfTI
+    /// on the input grid: binary models, the standard deviation of the foreground probability
+    /// (0 to 0.5); multi-class, the entropy of the mean class probabilities (nats, 0 to ln K).
+    /// FILE.nii.gz (with {case} for several cases) or a folder (DIR/{case}.nii.gz).
+    #[arg(long, value_name = "FILE|DIR")]
+    pub uncertainty: Option<String>,
     /// Print per-label voxels, volume (ml) and mean HU for every case.
     #[arg(long)]
     pub statistics: bool,
@@ -141,6 +152,15 @@ impl Args {
         let m = &self.model;
         if m.batch_size == 0 {
             return Err(UsageError("--batch-size must be at least 1".into()));
+        }
+        if m.samples == 0 {
+            return Err(UsageError("--samples must be at least 1".into()));
+        }
+        if self.output.uncertainty.is_some() && m.samples < 2 {
+            return Err(UsageError(format!(
+                "--uncertainty needs --samples K with K >= 2 (got {}): the uncertainty is the disagreement between noise draws",
+                m.samples
+            )));
         }
         let out = OutTarget::from_path(&self.out);
         if let OutTarget::File(f) = &out {
@@ -285,6 +305,8 @@ impl Args {
             overwrite: self.output.overwrite,
             formats: self.output.format.clone(),
             empty_segments: self.output.empty_segments,
+            samples: m.samples,
+            uncertainty: self.output.uncertainty.clone().map(MapTarget),
             report: self.output.report.clone(),
             preview,
             statistics: self.output.statistics,

@@ -141,6 +141,9 @@ impl ModelArgs {
         }
         push("--dtype", self.dtype.to_string());
         push("--seed", self.seed.to_string());
+        if self.samples != 1 {
+            push("--samples", self.samples.to_string());
+        }
         push(
             "--noise",
             match self.noise {
@@ -184,6 +187,9 @@ impl OutputArgs {
         }
         if let Some(p) = &self.preview {
             v.extend(["--preview".into(), abs_str(Path::new(p))]);
+        }
+        if let Some(u) = &self.uncertainty {
+            v.extend(["--uncertainty".into(), abs_str(Path::new(u))]);
         }
         for (on, flag) in [
             (self.overwrite, "--overwrite"),

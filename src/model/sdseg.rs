@@ -482,7 +482,27 @@ impl Sdseg {
         noise: &Tensor,
         classes: Option<&[u32]>,
     ) -> Result<Output> {
-        self.run(image, noise, classes, None)
+        self.run(image, noise, 1, classes, None)
+    }
+
+    /// `draws` segmentations of each slice of `image` [B, 3, H, W], one per noise latent:
+    /// `noise` is [draws·B, C, h, w], draw-major (draw d of slice s at row d·B + s). The
+    /// condition encoder runs once per slice; the UNet, latent estimate and decoder run on
+    /// the draws·B rows batched. The output has draws·B rows in the same order; with
+    /// `draws` = 1 it is [`Self::segment`] exactly.
+    pub fn segment_draws(
+        &self,
+        image: &Tensor,
+        noise: &Tensor,
+        draws: usize,
+        classes: Option<&[u32]>,
+    ) -> Result<Output> {
+        if draws == 0 {
+            return Err(ModelError::Input(
+                "at least one noise draw is needed".into(),
+            ));
+        }
+        self.run(image, noise, draws, classes, None)
     }
 
     /// [`Self::segment`] that also returns every intermediate under the `trace` names:
@@ -498,7 +518,7 @@ impl Sdseg {
         classes: Option<&[u32]>,
     ) -> Result<(Output, Trace)> {
         let mut trace = Trace::new();
-        let out = self.run(image, noise, classes, Some(&mut trace))?;
+        let out = self.run(image, noise, 1, classes, Some(&mut trace))?;
         Ok((out, trace))
     }
 
@@ -552,11 +572,18 @@ impl Sdseg {
         &self,
         image: &Tensor,
         noise: &Tensor,
+        draws: usize,
         classes: Option<&[u32]>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Output> {
         let classes = self.resolve_classes(classes)?;
         let cond = self.cond_latent(image)?;
+        // Every draw of a slice shares its condition latent (one encoder pass per slice).
+        let cond = if draws > 1 {
+            Tensor::cat(&vec![&cond; draws], 0)?
+        } else {
+            cond
+        };
         let noise = self.check_noise(noise, &cond)?;
         let b = cond.dim(0)?;
         let x = Tensor::cat(&[&noise, &cond], 1)?;

@@ -615,16 +615,24 @@ pub struct Plan {
 }
 
 /// Keep this shard's cases, each with the files of every requested format; skip those whose
-/// outputs all exist unless `overwrite`.
-pub fn plan(cases: Vec<Case>, shard: Shard, overwrite: bool, formats: &Formats) -> Plan {
+/// outputs (and `extra` files, e.g. the uncertainty map) all exist unless `overwrite`.
+pub fn plan(
+    cases: Vec<Case>,
+    shard: Shard,
+    overwrite: bool,
+    formats: &Formats,
+    extra: &dyn Fn(&Case) -> Vec<PathBuf>,
+) -> Plan {
     let ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
     let mine = shard.select(&ids);
     let mut p = Plan::default();
     for (mut c, m) in cases.into_iter().zip(mine) {
         c.outputs = formats.paths(&c.output);
+        let done =
+            || c.outputs.iter().all(|(_, o)| o.is_file()) && extra(&c).iter().all(|o| o.is_file());
         if !m {
             p.other_shards += 1;
-        } else if !overwrite && c.outputs.iter().all(|(_, o)| o.is_file()) {
+        } else if !overwrite && done() {
             p.skipped.push(c);
         } else {
             p.run.push(c);
@@ -851,25 +859,39 @@ mod tests {
             })
             .collect();
         let nifti = Formats::default();
+        let none = |_: &Case| Vec::new();
         touch(&cases[2].output, b"done");
-        let p = plan(cases.clone(), Shard::ALL, false, &nifti);
+        let p = plan(cases.clone(), Shard::ALL, false, &nifti, &none);
         assert_eq!(p.run.len(), 5);
         assert_eq!(p.skipped, vec![cases[2].clone()]);
-        let p = plan(cases.clone(), Shard::ALL, true, &nifti);
+        let p = plan(cases.clone(), Shard::ALL, true, &nifti, &none);
         assert_eq!(p.run.len(), 6);
         // A case is done when every requested format exists.
         let both: Formats = "nifti,dicom-seg".parse().unwrap();
-        let p = plan(cases.clone(), Shard::ALL, false, &both);
+        let p = plan(cases.clone(), Shard::ALL, false, &both, &none);
         assert_eq!(p.run.len(), 6);
         assert_eq!(p.run[2].outputs.len(), 2);
         touch(&d.path().join("out2.seg.dcm"), b"done");
         touch(&d.path().join("out3.seg.dcm"), b"done");
-        let p = plan(cases.clone(), Shard::ALL, false, &both);
+        let p = plan(cases.clone(), Shard::ALL, false, &both, &none);
         assert_eq!(p.run.len(), 5);
         assert_eq!(p.skipped[0].id, "c2");
         let seg: Formats = "dicom-seg".parse().unwrap();
-        assert_eq!(plan(cases.clone(), Shard::ALL, false, &seg).run.len(), 4);
-        let p = plan(cases, Shard::new(1, 3).unwrap(), false, &nifti);
+        assert_eq!(
+            plan(cases.clone(), Shard::ALL, false, &seg, &none)
+                .run
+                .len(),
+            4
+        );
+        // An extra output (the uncertainty map) must exist too.
+        let map = |c: &Case| vec![c.output.with_extension("u")];
+        assert_eq!(
+            plan(cases.clone(), Shard::ALL, false, &nifti, &map)
+                .run
+                .len(),
+            6
+        );
+        let p = plan(cases, Shard::new(1, 3).unwrap(), false, &nifti, &none);
         assert_eq!(p.other_shards, 4);
         let ids: Vec<&str> = p.run.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["c1", "c4"]);

@@ -47,6 +47,21 @@ pub trait CaseIo: Sync {
         labels: &Array3<u16>,
         like: &VolumeMeta,
     ) -> anyhow::Result<()>;
+    /// Write a float map (uncertainty) on the input grid, atomically.
+    fn write_map(&self, output: &Path, map: &Array3<f32>, like: &VolumeMeta) -> anyhow::Result<()> {
+        let grid = crate::io::nifti::Grid {
+            shape: like.shape,
+            affine: &like.affine,
+            source: &like.provenance.source,
+        };
+        crate::io::nifti::write_array_on(
+            output,
+            map.view(),
+            grid,
+            crate::io::nifti::ArrayRole::Intensity,
+        )
+        .classified()
+    }
     /// Write `labels` as a DICOM object of `format` referencing the input series, atomically.
     fn write_derived(
         &self,
@@ -130,6 +145,10 @@ pub struct EngineOptions {
     pub formats: Formats,
     /// How DICOM outputs describe the labels; set when `formats` has a DICOM format.
     pub derived: Option<DerivedSettings>,
+    /// `--samples K`: noise draws per slice (1 = the official single draw).
+    pub samples: usize,
+    /// Compute the voxel-wise uncertainty of the draws (`--uncertainty`; needs `samples` ≥ 2).
+    pub uncertainty: bool,
 }
 
 impl Default for EngineOptions {
@@ -144,15 +163,18 @@ impl Default for EngineOptions {
             demo_model: false,
             formats: Formats::default(),
             derived: None,
+            samples: 1,
+            uncertainty: false,
         }
     }
 }
 
-/// One case to segment, and where its preview goes (if any).
+/// One case to segment, and where its preview and uncertainty map go (if anywhere).
 #[derive(Clone, Debug)]
 pub struct Job {
     pub case: Case,
     pub preview: Option<PathBuf>,
+    pub uncertainty: Option<PathBuf>,
 }
 
 /// Busy time of each stage for one case (or summed over a run).

@@ -165,6 +165,8 @@ pub struct RunSettings {
     pub overwrite: bool,
     /// `--format`, e.g. `nifti,dicom-seg`.
     pub formats: String,
+    /// `--samples`: noise draws per slice.
+    pub samples: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -84,6 +84,25 @@ impl PreviewTarget {
     }
 }
 
+/// `--uncertainty FILE|DIR`: a `.nii`/`.nii.gz` path (with `{case}` when there are several
+/// cases) or a folder that gets `{case}.nii.gz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapTarget(pub String);
+
+impl MapTarget {
+    pub fn render(&self, case: &str) -> PathBuf {
+        let p = PathBuf::from(self.0.replace("{case}", case));
+        if crate::io::nifti::is_nifti_path(&p) {
+            p
+        } else {
+            p.join(format!("{case}.nii.gz"))
+        }
+    }
+    pub fn per_case(&self) -> bool {
+        self.0.contains("{case}") || !crate::io::nifti::is_nifti_path(Path::new(&self.0))
+    }
+}
+
 /// Everything `run` needs, validated before any model loads.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -106,6 +125,10 @@ pub struct RunOptions {
     pub formats: Formats,
     /// `--empty-segments`: DICOM outputs also list labels absent from the prediction.
     pub empty_segments: bool,
+    /// `--samples K`: noise draws per slice, averaged (1 = the official single draw).
+    pub samples: usize,
+    /// `--uncertainty`: where the per-voxel uncertainty maps go (needs `samples` ≥ 2).
+    pub uncertainty: Option<MapTarget>,
     /// `{shard}` is replaced by the shard index.
     pub report: Option<PathBuf>,
     pub preview: Option<PreviewTarget>,
@@ -274,6 +297,7 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
         .map(|c| Job {
             case: c.clone(),
             preview: opts.preview.as_ref().map(|p| p.render(&c.id)),
+            uncertainty: opts.uncertainty.as_ref().map(|u| u.render(&c.id)),
         })
         .collect();
     let progress = Progress::new(
@@ -386,8 +410,26 @@ fn plan_cases(opts: &RunOptions) -> anyhow::Result<(cases::Plan, usize)> {
     if opts.formats.any_dicom() {
         refuse_nifti_for_dicom_outputs(&disc.cases, &opts.formats)?;
     }
+    if let Some(u) = &opts.uncertainty {
+        if n_cases > 1 && !u.per_case() {
+            return Err(UsageError(format!(
+                "--uncertainty {}: {n_cases} cases would write the same file; put {{case}} in the name or give a folder",
+                u.0
+            ))
+            .into());
+        }
+    }
+    let extra = |c: &cases::Case| -> Vec<PathBuf> {
+        opts.uncertainty.iter().map(|u| u.render(&c.id)).collect()
+    };
     Ok((
-        cases::plan(disc.cases, opts.shard, opts.overwrite, &opts.formats),
+        cases::plan(
+            disc.cases,
+            opts.shard,
+            opts.overwrite,
+            &opts.formats,
+            &extra,
+        ),
         n_cases,
     ))
 }
@@ -476,6 +518,8 @@ fn segment(
             demo_model: info.demo_model,
             formats: opts.formats.clone(),
             derived,
+            samples: opts.samples,
+            uncertainty: opts.uncertainty.is_some(),
         },
     };
     let t = Instant::now();
@@ -558,6 +602,7 @@ fn run_settings(opts: &RunOptions) -> RunSettings {
         shard: opts.shard.to_string(),
         overwrite: opts.overwrite,
         formats: opts.formats.to_string(),
+        samples: opts.samples,
     }
 }
 

@@ -74,6 +74,119 @@ impl SoftOutput {
         let n = self.planes_per_slice() * plane_len(size);
         &self.data()[s * n..(s + 1) * n]
     }
+
+    /// Batches one after the other (all of the same kind).
+    pub fn concat(parts: Vec<SoftOutput>) -> SoftOutput {
+        let mut it = parts.into_iter();
+        let Some(mut first) = it.next() else {
+            return SoftOutput::Probabilities(Vec::new());
+        };
+        for p in it {
+            match (&mut first, p) {
+                (SoftOutput::Probabilities(a), SoftOutput::Probabilities(b)) => a.extend(b),
+                (SoftOutput::Logits { data: a, .. }, SoftOutput::Logits { data: b, .. }) => {
+                    a.extend(b)
+                }
+                _ => unreachable!("one model returns one kind of output"),
+            }
+        }
+        first
+    }
+}
+
+/// What K noise draws of one slice say, at the model's S×S: the planes that decide the label
+/// and how much the draws disagree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DrawSummary {
+    /// Binary: the mean foreground probability (one plane; `> 0.5` decides). Multi-class: the
+    /// mean over draws of each class's probability (softmax of the draw's logits; K planes,
+    /// argmax decides). With one draw: the draw's own planes, unchanged (logits stay logits).
+    pub planes: Vec<f32>,
+    /// Binary: the standard deviation over draws of the foreground probability (0 … 0.5).
+    /// Multi-class: the entropy (nats) of the mean class probabilities (0 … ln K).
+    pub uncertainty: Vec<f32>,
+}
+
+/// Reduce the `draws` soft maps of slice `s` of a draw-major batch of `b` slices.
+pub fn summarise_draws(
+    soft: &SoftOutput,
+    s: usize,
+    b: usize,
+    draws: usize,
+    size: usize,
+) -> DrawSummary {
+    let plane = plane_len(size);
+    let draw = |d: usize| soft.slice_planes(d * b + s, size);
+    match soft {
+        SoftOutput::Probabilities(_) => {
+            let mut mean = vec![0f64; plane];
+            let mut sq = vec![0f64; plane];
+            for d in 0..draws {
+                for ((m, q), &p) in mean.iter_mut().zip(&mut sq).zip(draw(d)) {
+                    let p = f64::from(p);
+                    *m += p;
+                    *q += p * p;
+                }
+            }
+            let n = draws as f64;
+            let planes = if draws == 1 {
+                draw(0).to_vec()
+            } else {
+                mean.iter().map(|m| (m / n) as f32).collect()
+            };
+            let uncertainty = mean
+                .iter()
+                .zip(&sq)
+                .map(|(m, q)| {
+                    let mu = m / n;
+                    ((q / n - mu * mu).max(0.0)).sqrt() as f32
+                })
+                .collect();
+            DrawSummary {
+                planes,
+                uncertainty,
+            }
+        }
+        SoftOutput::Logits { classes, .. } => {
+            let k = *classes;
+            let mut probs = vec![0f64; k * plane];
+            let mut e = vec![0f64; k];
+            for d in 0..draws {
+                let l = draw(d);
+                for px in 0..plane {
+                    let max = (0..k).map(|c| l[c * plane + px]).fold(f32::MIN, f32::max);
+                    let mut z = 0f64;
+                    for (c, ec) in e.iter_mut().enumerate() {
+                        *ec = f64::from(l[c * plane + px] - max).exp();
+                        z += *ec;
+                    }
+                    for (c, ec) in e.iter().enumerate() {
+                        probs[c * plane + px] += ec / z;
+                    }
+                }
+            }
+            let n = draws as f64;
+            probs.iter_mut().for_each(|p| *p /= n);
+            let uncertainty = (0..plane)
+                .map(|px| {
+                    -(0..k)
+                        .map(|c| probs[c * plane + px])
+                        .filter(|&p| p > 0.0)
+                        .map(|p| p * p.ln())
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            let planes = if draws == 1 {
+                draw(0).to_vec()
+            } else {
+                probs.iter().map(|&p| p as f32).collect()
+            };
+            DrawSummary {
+                planes,
+                uncertainty,
+            }
+        }
+    }
 }
 
 /// A model that segments batches of prepared slices.
@@ -98,6 +211,29 @@ pub trait SliceSegmenter: Send {
         noise: &[f32],
         b: usize,
     ) -> Result<SoftOutput, SegmentError>;
+
+    /// `draws` segmentations of each of the `b` slices, one per noise latent: `noise` is
+    /// `[draws·b, C, h, w]`, draw-major (draw d of slice s at row d·b + s), and so is the
+    /// output (`draws·b` slices of soft maps). With `draws` = 1 it is [`Self::segment`]. The
+    /// default runs [`Self::segment`] once per draw; a model whose condition does not depend on
+    /// the noise computes it once ([`SdsegSegmenter`]).
+    fn segment_draws(
+        &mut self,
+        images: &[f32],
+        noise: &[f32],
+        b: usize,
+        draws: usize,
+    ) -> Result<SoftOutput, SegmentError> {
+        if draws <= 1 {
+            return self.segment(images, noise, b);
+        }
+        let per_draw = noise.len() / draws;
+        let mut parts = Vec::with_capacity(draws);
+        for d in 0..draws {
+            parts.push(self.segment(images, &noise[d * per_draw..(d + 1) * per_draw], b)?);
+        }
+        Ok(SoftOutput::concat(parts))
+    }
 }
 
 /// Test double: foreground probability = (channel 0 + 1) / 2, so a pixel is foreground where
@@ -315,6 +451,36 @@ impl SliceSegmenter for SdsegSegmenter {
             },
         })
     }
+
+    fn segment_draws(
+        &mut self,
+        images: &[f32],
+        noise: &[f32],
+        b: usize,
+        draws: usize,
+    ) -> Result<SoftOutput, SegmentError> {
+        use crate::model::sdseg::Output;
+        use candle_core::{DType, Device, Tensor};
+        if draws <= 1 {
+            return self.segment(images, noise, b);
+        }
+        let [c, h, w] = self.latent_shape();
+        let img = Tensor::from_slice(images, (b, 3, self.size, self.size), &Device::Cpu)?;
+        let z = Tensor::from_slice(noise, (draws * b, c, h, w), &Device::Cpu)?;
+        let host = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+            t.to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        Ok(match self.model.segment_draws(&img, &z, draws, None)? {
+            Output::Binary { mask_prob, .. } => SoftOutput::Probabilities(host(&mask_prob)?),
+            Output::MultiClass { logits, .. } => SoftOutput::Logits {
+                classes: logits.dim(1)?,
+                data: host(&logits)?,
+            },
+        })
+    }
 }
 
 /// How noise latents are drawn.
@@ -395,8 +561,21 @@ impl NoiseSource {
 
     /// Fill `out` (length `latent_len`) with the noise of slice `slice` of case `case_id`.
     pub fn fill(&self, case_id: &str, slice: usize, out: &mut [f32]) {
+        self.fill_draw(case_id, slice, 0, out)
+    }
+
+    /// Fill `out` with noise draw `draw` of slice `slice` (`--samples`): draw 0 is
+    /// [`Self::fill`]'s noise, so one draw is today's run; draw d > 0 is ChaCha8 stream d of
+    /// the seed (shared mode: the same for every slice) or keyed by (seed, case, slice, d)
+    /// (per-slice mode).
+    pub fn fill_draw(&self, case_id: &str, slice: usize, draw: usize, out: &mut [f32]) {
         match self.mode {
-            NoiseMode::Shared => out.copy_from_slice(&self.shared),
+            NoiseMode::Shared if draw == 0 => out.copy_from_slice(&self.shared),
+            NoiseMode::Shared => out.copy_from_slice(&crate::model::sdseg::standard_normal(
+                self.seed,
+                draw as u64,
+                out.len(),
+            )),
             NoiseMode::PerSlice => {
                 let mut h = Sha256::new();
                 h.update(b"sdseg-volume noise v1\0");
@@ -404,6 +583,10 @@ impl NoiseSource {
                 h.update((case_id.len() as u64).to_le_bytes());
                 h.update(case_id.as_bytes());
                 h.update((slice as u64).to_le_bytes());
+                if draw > 0 {
+                    h.update(b"draw");
+                    h.update((draw as u64).to_le_bytes());
+                }
                 let key: [u8; 32] = h.finalize().into();
                 let mut rng = ChaCha8Rng::from_seed(key);
                 for v in out.iter_mut() {
@@ -453,6 +636,62 @@ mod tests {
         assert_eq!(rows[1], a);
         per.fill("x", 1, &mut b);
         assert_eq!(rows[0], b);
+    }
+
+    #[test]
+    fn draws_summarise_to_mean_and_spread() {
+        // 2 slices × 3 draws, 1×1 planes, draw-major.
+        let p = SoftOutput::Probabilities(vec![0.2, 0.9, 0.4, 0.9, 0.6, 0.9]);
+        let s0 = summarise_draws(&p, 0, 2, 3, 1);
+        assert!((s0.planes[0] - 0.4).abs() < 1e-6);
+        let sd = ((0.04f64 + 0.0 + 0.04) / 3.0).sqrt() as f32;
+        assert!((s0.uncertainty[0] - sd).abs() < 1e-6);
+        let s1 = summarise_draws(&p, 1, 2, 3, 1);
+        assert_eq!((s1.planes[0], s1.uncertainty[0]), (0.9, 0.0));
+        // One draw: the planes unchanged.
+        let one = summarise_draws(&SoftOutput::Probabilities(vec![0.7]), 0, 1, 1, 1);
+        assert_eq!(one.planes, vec![0.7]);
+        // Multi-class: two draws that disagree completely between two of 3 classes.
+        let big = 30.0;
+        let l = SoftOutput::Logits {
+            classes: 3,
+            data: vec![big, 0.0, 0.0, 0.0, big, 0.0],
+        };
+        let m = summarise_draws(&l, 0, 1, 2, 1);
+        assert!((m.planes[0] - 0.5).abs() < 1e-6 && (m.planes[1] - 0.5).abs() < 1e-6);
+        assert!((m.uncertainty[0] - std::f32::consts::LN_2).abs() < 1e-5);
+        let same = SoftOutput::Logits {
+            classes: 3,
+            data: vec![0.0, big, 0.0, 0.0, big, 0.0],
+        };
+        assert!(summarise_draws(&same, 0, 1, 2, 1).uncertainty[0] < 1e-6);
+    }
+
+    #[test]
+    fn draw_zero_is_the_single_draw_noise_and_draws_differ() {
+        for mode in [NoiseMode::Shared, NoiseMode::PerSlice] {
+            let n = NoiseSource::new(mode, 7, [4, 8, 8]);
+            let (mut a, mut b, mut c) = (vec![0f32; 256], vec![0f32; 256], vec![0f32; 256]);
+            n.fill("case", 3, &mut a);
+            n.fill_draw("case", 3, 0, &mut b);
+            assert_eq!(a, b);
+            n.fill_draw("case", 3, 1, &mut c);
+            assert_ne!(a, c);
+            let mut again = vec![0f32; 256];
+            n.fill_draw("case", 3, 1, &mut again);
+            assert_eq!(c, again);
+        }
+    }
+
+    #[test]
+    fn default_draws_call_segment_per_draw() {
+        let mut m = ThresholdSegmenter::binary().with_size(8);
+        m.noise_weight = 1.0;
+        let img = vec![0.1f32; slice_len(8)];
+        let noise: Vec<f32> = (0..2 * 4).map(|i| i as f32 * 0.01).collect();
+        let both = m.segment_draws(&img, &noise, 1, 2).unwrap();
+        let d1 = m.segment(&img, &noise[4..], 1).unwrap();
+        assert_eq!(both.slice_planes(1, 8), d1.slice_planes(0, 8));
     }
 
     #[test]

@@ -26,5 +26,6 @@ mod reproduce;
 mod run;
 mod run_dicom_outputs;
 mod run_kill_resume;
+mod samples;
 mod train;
 mod vae_parity;

@@ -341,6 +341,41 @@ fn class_chunks_and_shared_noise_agree() {
     ));
 }
 
+/// `--samples`: K draws of a slice in one call equal K separate calls, draw by draw (the
+/// condition latent is shared, so nothing but the noise differs), for binary and multi-class.
+#[test]
+fn noise_draws_in_one_pass_equal_separate_passes() {
+    for name in [BINARY, MULTI] {
+        let fx = Fixture::new(name);
+        let model = fx.load("safetensors", true);
+        let image = fx.get("image").narrow(0, 0, 1).unwrap();
+        let n0 = fx.get("noise").narrow(0, 0, 1).unwrap();
+        let n1 = (n0.clone() * -0.5).unwrap();
+        let draws = Tensor::cat(&[&n0, &n1], 0).unwrap();
+        let both = model.segment_draws(&image, &draws, 2, None).unwrap();
+        for (d, noise) in [&n0, &n1].into_iter().enumerate() {
+            let one = model.segment(&image, noise, None).unwrap();
+            let (got, want) = match (&both, &one) {
+                (Output::Binary { mask_prob: a, .. }, Output::Binary { mask_prob: b, .. }) => {
+                    (a.narrow(0, d, 1).unwrap(), b.clone())
+                }
+                (Output::MultiClass { logits: a, .. }, Output::MultiClass { logits: b, .. }) => {
+                    (a.narrow(0, d, 1).unwrap(), b.clone())
+                }
+                _ => panic!("same kind expected"),
+            };
+            assert_close(&format!("{name} draw {d}"), &got, &want, 1e-6);
+        }
+        assert!(model.segment_draws(&image, &draws, 0, None).is_err());
+        // One draw is `segment` itself.
+        let single = model.segment_draws(&image, &n0, 1, None).unwrap();
+        assert_eq!(
+            values(single.labels()),
+            values(model.segment(&image, &n0, None).unwrap().labels())
+        );
+    }
+}
+
 #[test]
 fn config_json_loads_as_is() {
     let b = Fixture::new(BINARY).config;

@@ -118,6 +118,33 @@ impl Slicer {
         out.assign(&labels);
         Ok(())
     }
+
+    /// One slice's uncertainty plane (S×S) at the native slice size (bilinear, as the soft
+    /// maps), written into `out`.
+    pub fn finish_uncertainty(
+        &self,
+        plan: &VolumePlan,
+        plane: &[f32],
+        mut out: ArrayViewMut2<'_, f32>,
+    ) -> Result<(), PostprocessError> {
+        let s = self.model_size();
+        let u = ArrayView2::from_shape((s, s), plane).map_err(|_| PostprocessError::Shape {
+            expected: vec![s, s],
+            got: vec![plane.len()],
+        })?;
+        let native = plan.geometry.native_size;
+        if native == [s, s] {
+            out.assign(&u);
+        } else {
+            let z = crate::pipeline::resize::zoom_linear_f64(
+                u.mapv(f64::from).view(),
+                native,
+                crate::pipeline::resize::Edge::Clamp,
+            );
+            out.zip_mut_with(&z, |o, &v| *o = v as f32);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

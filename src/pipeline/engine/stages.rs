@@ -15,8 +15,10 @@ use crate::error::ResultExt;
 use crate::pipeline::outputs::{Formats, OutputFormat};
 use crate::pipeline::postprocess::PostprocessError;
 use crate::pipeline::preview::{self, PreviewSlices};
-use crate::pipeline::segmenter::{plane_len, slice_len, NoiseSource, SliceSegmenter, SoftOutput};
-use crate::pipeline::stats::LabelAccumulator;
+use crate::pipeline::segmenter::{
+    plane_len, slice_len, summarise_draws, NoiseSource, SliceSegmenter, SoftOutput,
+};
+use crate::pipeline::stats::{LabelAccumulator, UNCERTAIN_BINARY, UNCERTAIN_ENTROPY};
 use crate::volume::{Source, Volume};
 
 /// A volume read and planned, travelling with what is known about its case.
@@ -75,6 +77,7 @@ enum ToPost {
 struct Finished {
     idx: usize,
     labels: Array3<u16>,
+    uncertainty: Option<Array3<f32>>,
     meta: VolumeMeta,
     details: CaseDetails,
     preview: Option<PreviewSlices>,
@@ -133,7 +136,14 @@ pub(super) fn run(
         s.spawn(|| prepare(engine, jobs, &noise, batch, rx_read, tx_model));
         s.spawn(|| postprocess(engine, jobs, classes, rx_post, tx_write));
         let writer = s.spawn(|| writer(engine, jobs, rx_write));
-        run_model(model, jobs, plane_len(size), rx_model, tx_post);
+        run_model(
+            model,
+            jobs,
+            plane_len(size),
+            engine.options.samples.max(1),
+            rx_model,
+            tx_post,
+        );
         writer.join().expect("writer thread panicked")
     })
 }
@@ -305,10 +315,12 @@ fn prepare(
                         .slicer
                         .prepare(&plan, view.index_axis(Axis(2), first + s), out)
                 });
-            let mut z = vec![0f32; b * latent];
+            // Draw-major: draw d of slice s at d·b + s (draw 0 is the single-draw noise).
+            let draws = engine.options.samples.max(1);
+            let mut z = vec![0f32; draws * b * latent];
             z.par_chunks_mut(latent)
                 .enumerate()
-                .for_each(|(s, out)| noise.fill(case_id, first + s, out));
+                .for_each(|(r, out)| noise.fill_draw(case_id, first + r % b, r / b, out));
             spent += t.elapsed();
             let msg = ToModel::Batch {
                 idx,
@@ -340,10 +352,12 @@ fn run_model(
     model: &mut dyn SliceSegmenter,
     jobs: &[Job],
     plane: usize,
+    samples: usize,
     rx: Receiver<ToModel>,
     tx: Sender<ToPost>,
 ) {
     let classes = model_classes(model);
+    let draws = jobs.first().map(|_| samples).unwrap_or(1);
     let mut failed: Option<usize> = None;
     for msg in rx {
         let out = match msg {
@@ -360,9 +374,9 @@ fn run_model(
             } => {
                 let t = Instant::now();
                 let result = model
-                    .segment(&images, &noise, b)
+                    .segment_draws(&images, &noise, b, draws)
                     .map_err(|e| anyhow::anyhow!("model: {e}"))
-                    .and_then(|soft| check_soft(soft, b, classes, plane));
+                    .and_then(|soft| check_soft(soft, draws * b, classes, plane));
                 let spent = t.elapsed();
                 drop(images);
                 match result {
@@ -421,6 +435,8 @@ fn check_soft(
 struct InProgress {
     loaded: Loaded,
     labels: Array3<u16>,
+    /// `--uncertainty`: the draws' disagreement per voxel, on the input grid.
+    uncertainty: Option<Array3<f32>>,
     acc: LabelAccumulator,
     error: Option<CaseError>,
 }
@@ -442,10 +458,14 @@ fn postprocess(
                     .case_started(&jobs[l.idx].case, l.plan.slices());
                 // Zeroed on demand by the allocator: untouched pages cost nothing.
                 let labels = Array3::<u16>::zeros(l.volume.dim_tuple());
+                let with_u = engine.options.uncertainty;
+                let uncertainty = with_u.then(|| Array3::<f32>::zeros(l.volume.dim_tuple()));
+                let acc = LabelAccumulator::new(classes);
                 cur = Some(InProgress {
                     loaded: l,
                     labels,
-                    acc: LabelAccumulator::new(classes),
+                    uncertainty,
+                    acc: if with_u { acc.with_uncertainty() } else { acc },
                     error: None,
                 });
                 None
@@ -507,19 +527,48 @@ fn finish_batch(
 ) -> Result<(), PostprocessError> {
     let plan = &c.loaded.plan;
     let size = engine.slicer.model_size();
+    let draws = engine.options.samples.max(1);
+    let threshold = if classes > 2 {
+        UNCERTAIN_ENTROPY
+    } else {
+        UNCERTAIN_BINARY
+    };
     let r = &plan.geometry.reorientation;
     let hu = r.view(c.loaded.volume.data().view());
     let mut lab = r.view_mut(c.labels.view_mut());
     let mut sub = lab.slice_axis_mut(Axis(2), Slice::from(first..first + b));
+    let mut unc = c.uncertainty.as_mut().map(|u| r.view_mut(u.view_mut()));
+    let mut unc_slab = unc
+        .as_mut()
+        .map(|u| u.slice_axis_mut(Axis(2), Slice::from(first..first + b)));
+    let unc_sub: Vec<Option<ndarray::ArrayViewMut2<'_, f32>>> = match unc_slab.as_mut() {
+        Some(u) => u.axis_iter_mut(Axis(2)).map(Some).collect(),
+        None => (0..b).map(|_| None).collect(),
+    };
     let accs: Vec<Result<LabelAccumulator, PostprocessError>> = sub
         .axis_iter_mut(Axis(2))
         .into_par_iter()
+        .zip(unc_sub)
         .enumerate()
-        .map(|(s, mut out)| {
-            engine
-                .slicer
-                .finish(plan, soft.slice_planes(s, size), out.view_mut())?;
+        .map(|(s, (mut out, u_out))| {
             let mut a = LabelAccumulator::new(classes);
+            if draws == 1 && u_out.is_none() {
+                engine
+                    .slicer
+                    .finish(plan, soft.slice_planes(s, size), out.view_mut())?;
+            } else {
+                let summary = summarise_draws(soft, s, b, draws, size);
+                engine
+                    .slicer
+                    .finish(plan, &summary.planes, out.view_mut())?;
+                if let Some(mut u) = u_out {
+                    engine
+                        .slicer
+                        .finish_uncertainty(plan, &summary.uncertainty, u.view_mut())?;
+                    a = a.with_uncertainty();
+                    a.add_uncertainty(out.view(), u.view(), threshold);
+                }
+            }
             a.add_slice(out.view(), hu.index_axis(Axis(2), first + s));
             Ok(a)
         })
@@ -536,6 +585,7 @@ fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
     let InProgress {
         loaded,
         labels,
+        uncertainty,
         acc,
         error,
     } = c;
@@ -570,6 +620,7 @@ fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
     ToWriter::Done(Box::new(Finished {
         idx,
         labels,
+        uncertainty,
         meta,
         details,
         preview,
@@ -589,6 +640,7 @@ fn writer(engine: &Engine<'_>, jobs: &[Job], rx: Receiver<ToWriter>) -> Vec<Case
                 let Finished {
                     idx,
                     labels,
+                    uncertainty,
                     meta,
                     mut details,
                     preview,
@@ -596,7 +648,14 @@ fn writer(engine: &Engine<'_>, jobs: &[Job], rx: Receiver<ToWriter>) -> Vec<Case
                 } = *f;
                 let t = Instant::now();
                 let job = &jobs[idx];
-                let res = write_case(engine, job, &labels, &meta, preview.as_ref());
+                let res = write_case(
+                    engine,
+                    job,
+                    &labels,
+                    uncertainty.as_ref(),
+                    &meta,
+                    preview.as_ref(),
+                );
                 drop(labels);
                 details.timings.write = t.elapsed();
                 match res {
@@ -644,10 +703,23 @@ fn write_case(
     engine: &Engine<'_>,
     job: &Job,
     labels: &Array3<u16>,
+    uncertainty: Option<&Array3<f32>>,
     meta: &VolumeMeta,
     preview: Option<&PreviewSlices>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    // The uncertainty map first: a case counts as done (resume) when its labels exist.
+    if let (Some(path), Some(u)) = (&job.uncertainty, uncertainty) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating output folder {}", dir.display()))?;
+        }
+        remove_stale_temps(path);
+        engine
+            .io
+            .write_map(path, u, meta)
+            .with_context(|| format!("writing uncertainty map {}", path.display()))?;
+    }
     for (format, output) in &job.case.outputs {
         if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)

@@ -65,6 +65,7 @@ fn job(id: &str) -> Job {
             PathBuf::from(format!("/out/{id}.nii.gz")),
         ),
         preview: None,
+        uncertainty: None,
     }
 }
 
