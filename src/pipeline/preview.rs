@@ -1,5 +1,7 @@
 //! `--preview`: a PNG with the axial, coronal and sagittal mid-slices of the input (in the
-//! pipeline's HU window) and the labels as a colour overlay, plus a legend.
+//! pipeline's HU window) and the labels as a colour overlay, plus a legend; with
+//! `--uncertainty`, a second row shows the same slices' uncertainty as a heat map (black → red
+//! → yellow, scaled to the largest value shown, printed in the row title).
 //!
 //! Display convention (radiological, as most viewers): axial with anterior up and the
 //! patient's right on the image's left; coronal with superior up and right on the left;
@@ -19,6 +21,8 @@ pub struct Panel {
     pub title: &'static str,
     pub hu: Array2<f32>,
     pub labels: Array2<u16>,
+    /// The uncertainty map's slice, when the run has one.
+    pub uncertainty: Option<Array2<f32>>,
     /// Millimetres per pixel along rows (vertical) and columns (horizontal).
     pub spacing: [f64; 2],
 }
@@ -29,10 +33,12 @@ pub struct PreviewSlices {
     pub panels: Vec<Panel>,
 }
 
-/// Cut the three mid-slices from the input `hu` and `labels` (both on the stored grid).
+/// Cut the three mid-slices from the input `hu`, `labels` and (if any) `uncertainty` (all on
+/// the stored grid).
 pub fn extract(
     hu: ArrayView3<'_, f32>,
     labels: ArrayView3<'_, u16>,
+    uncertainty: Option<ArrayView3<'_, f32>>,
     affine: &Affine,
 ) -> PreviewSlices {
     let s = hu.shape();
@@ -40,38 +46,41 @@ pub fn extract(
     let sp = r.apply_affine(affine).spacing();
     let hu = r.view(hu);
     let lab = r.view(labels);
+    let unc = uncertainty.map(|u| r.view(u));
     let (nx, ny, nz) = hu.dim();
-    let cut = |rows: usize, cols: usize, at: &dyn Fn(usize, usize) -> [usize; 3]| {
-        (
-            Array2::from_shape_fn((rows, cols), |(i, j)| hu[at(i, j)]),
-            Array2::from_shape_fn((rows, cols), |(i, j)| lab[at(i, j)]),
-        )
-    };
+    let cut =
+        |title, rows: usize, cols: usize, spacing, at: &dyn Fn(usize, usize) -> [usize; 3]| Panel {
+            title,
+            hu: Array2::from_shape_fn((rows, cols), |(i, j)| hu[at(i, j)]),
+            labels: Array2::from_shape_fn((rows, cols), |(i, j)| lab[at(i, j)]),
+            uncertainty: unc
+                .as_ref()
+                .map(|u| Array2::from_shape_fn((rows, cols), |(i, j)| u[at(i, j)])),
+            spacing,
+        };
     let (zm, ym, xm) = (nz / 2, ny / 2, nx / 2);
-    let (ah, al) = cut(ny, nx, &|i, j| [nx - 1 - j, ny - 1 - i, zm]);
-    let (ch, cl) = cut(nz, nx, &|i, j| [nx - 1 - j, ym, nz - 1 - i]);
-    let (sh, sl) = cut(nz, ny, &|i, j| [xm, ny - 1 - j, nz - 1 - i]);
     PreviewSlices {
         panels: vec![
-            Panel {
-                title: "AXIAL",
-                hu: ah,
-                labels: al,
-                spacing: [sp[1], sp[0]],
-            },
-            Panel {
-                title: "CORONAL",
-                hu: ch,
-                labels: cl,
-                spacing: [sp[2], sp[0]],
-            },
-            Panel {
-                title: "SAGITTAL",
-                hu: sh,
-                labels: sl,
-                spacing: [sp[2], sp[1]],
-            },
+            cut("AXIAL", ny, nx, [sp[1], sp[0]], &|i, j| {
+                [nx - 1 - j, ny - 1 - i, zm]
+            }),
+            cut("CORONAL", nz, nx, [sp[2], sp[0]], &|i, j| {
+                [nx - 1 - j, ym, nz - 1 - i]
+            }),
+            cut("SAGITTAL", nz, ny, [sp[2], sp[1]], &|i, j| {
+                [xm, ny - 1 - j, nz - 1 - i]
+            }),
         ],
+    }
+}
+
+/// Black → red → yellow for `t` in [0, 1].
+fn heat(t: f32) -> [f32; 3] {
+    let t = t.clamp(0.0, 1.0);
+    if t < 0.5 {
+        [510.0 * t, 0.0, 0.0]
+    } else {
+        [255.0, 510.0 * (t - 0.5), 0.0]
     }
 }
 
@@ -145,7 +154,20 @@ pub fn render(p: &PreviewSlices, window: (f32, f32), legend: &[LabelInfo], title
     let legend_rows = shown.len().div_ceil(legend_cols);
     let top = GAP + LINE * 2;
     let width = panels_w.max(GAP * 2 + text_width(title));
-    let height = top + panels_h + GAP + legend_rows * LINE + GAP;
+    let u_max = p
+        .panels
+        .iter()
+        .filter_map(|q| q.uncertainty.as_ref())
+        .flat_map(|u| u.iter().copied())
+        .fold(None, |m: Option<f32>, v| Some(m.unwrap_or(0.0).max(v)));
+    // The uncertainty row: a title line and the panels again.
+    let u_top = top + panels_h + GAP;
+    let u_height = if u_max.is_some() {
+        LINE + panels_h + GAP
+    } else {
+        0
+    };
+    let height = top + panels_h + GAP + u_height + legend_rows * LINE + GAP;
     let mut img = Rgb::new(width, height);
     draw_text(&mut img, GAP, GAP, title, [255, 255, 255]);
     let (lo, hi) = window;
@@ -178,12 +200,33 @@ pub fn render(p: &PreviewSlices, window: (f32, f32), legend: &[LabelInfo], title
                 );
             }
         }
+        if let (Some(u), Some(max)) = (&q.uncertainty, u_max) {
+            for y in 0..h {
+                let i = (((y as f64 + 0.5) * mm_px / q.spacing[0]) as usize).min(r - 1);
+                for x in 0..w {
+                    let j = (((x as f64 + 0.5) * mm_px / q.spacing[1]) as usize).min(c - 1);
+                    let g = ((q.hu[[i, j]].clamp(lo, hi) - lo) / span * 255.0).round() * 0.35;
+                    let hv = heat(u[[i, j]] / max.max(1e-6));
+                    let px = [0, 1, 2].map(|k| (g + hv[k]).round().clamp(0.0, 255.0) as u8);
+                    img.put(x0 + x, u_top + LINE + y, px);
+                }
+            }
+        }
         x0 += w + GAP;
+    }
+    if let Some(max) = u_max {
+        draw_text(
+            &mut img,
+            GAP,
+            u_top,
+            &format!("UNCERTAINTY (BLACK 0 ... YELLOW {max:.3})"),
+            [200, 200, 200],
+        );
     }
     let col_w = (width - GAP) / legend_cols;
     for (n, l) in shown.iter().enumerate() {
         let x = GAP + (n % legend_cols) * col_w;
-        let y = top + panels_h + GAP + (n / legend_cols) * LINE;
+        let y = top + panels_h + GAP + u_height + (n / legend_cols) * LINE;
         img.fill(x, y, 7 * SCALE, 7 * SCALE, l.color);
         draw_text(
             &mut img,
@@ -311,7 +354,7 @@ mod tests {
         let hu = Array3::from_shape_fn((20, 10, 6), |(i, _, _)| -100.0 + 20.0 * i as f32);
         let labels = Array3::from_shape_fn((20, 10, 6), |(i, _, _)| u16::from(i >= 15));
         let aff = Affine::from_spacing([1.0, 2.0, 5.0]);
-        let p = extract(hu.view(), labels.view(), &aff);
+        let p = extract(hu.view(), labels.view(), None, &aff);
         let ax = &p.panels[0];
         assert_eq!(ax.hu.dim(), (10, 20));
         // Radiological: column 0 is the patient's right (largest x).
@@ -343,5 +386,20 @@ mod tests {
             (img.width, img.height)
         );
         assert_eq!(&buf[..info.buffer_size()], &img.data[..]);
+
+        // With an uncertainty map: a second row, hot where the map is high (patient left).
+        let u = Array3::from_shape_fn((20, 10, 6), |(i, _, _)| if i < 5 { 0.4f32 } else { 0.0 });
+        let pu = extract(hu.view(), labels.view(), Some(u.view()), &aff);
+        let with = render(&pu, (-100.0, 280.0), &legend, "case x");
+        assert!(with.height > img.height);
+        let panels_h = img.height - top - GAP - LINE - GAP; // one legend line
+        let row = top + panels_h + GAP + LINE + 1;
+        let hot = with.pixel(GAP + 205, row);
+        let cold = with.pixel(GAP + 1, row);
+        assert!(
+            hot[0] > 200 && hot[1] > 200,
+            "yellow where u is the max: {hot:?}"
+        );
+        assert!(cold[0] < 100, "dark where u is 0: {cold:?}");
     }
 }

@@ -607,10 +607,14 @@ fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
     let t = Instant::now();
     let voxel_ml = volume.affine().det3().abs() / 1000.0;
     details.stats = acc.finish(voxel_ml, &engine.options.labels);
-    let preview = jobs[idx]
-        .preview
-        .as_ref()
-        .map(|_| preview::extract(volume.data().view(), labels.view(), volume.affine()));
+    let preview = jobs[idx].preview.as_ref().map(|_| {
+        preview::extract(
+            volume.data().view(),
+            labels.view(),
+            uncertainty.as_ref().map(|u| u.view()),
+            volume.affine(),
+        )
+    });
     details.timings.postprocess += t.elapsed();
     let meta = VolumeMeta {
         shape: volume.shape(),
