@@ -34,6 +34,11 @@ pub struct Args {
     /// Batch sizes (slices per pass), repeatable or a comma list.
     #[arg(long = "batch-size", value_delimiter = ',', default_values_t = [1usize, 4, 8])]
     pub batch_size: Vec<usize>,
+    /// Noise draws per slice (`run --samples`), a comma list: the condition encoder runs once
+    /// per slice, the UNet, latent estimate and decoder on every draw. With 1 in the list, a
+    /// summary compares each K with K separate runs.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize])]
+    pub samples: Vec<usize>,
     /// f32, f16, bf16 or bf16-fast (on the CPU: f32 tensors, convolutions on AMX-BF16 in split
     /// bf16, or plain bf16 for bf16-fast; f32 where the CPU has no AMX-BF16).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
@@ -119,6 +124,11 @@ fn print_header(
 }
 
 fn print_row(out: &mut impl Write, r: &BenchResult) -> std::io::Result<()> {
+    let batch = if r.samples > 1 {
+        format!("{}x{}", r.batch_size, r.samples)
+    } else {
+        r.batch_size.to_string()
+    };
     let m = &r.ms_per_slice;
     let g = &r.gflops_per_s;
     let cell = |ms: f64, gf: f64| format!("{} ({gf:.1})", fmt_ms(ms));
@@ -129,7 +139,7 @@ fn print_row(out: &mut impl Write, r: &BenchResult) -> std::io::Result<()> {
     writeln!(
         out,
         "{:>5}  {:>22}  {:>22}  {:>22}  {:>22}  {:>22}  {:>9.3}  {:>9}",
-        r.batch_size,
+        batch,
         cell(m.cond_encoder, g.cond_encoder),
         cell(m.unet, g.unet),
         cell(m.latent_estimate, g.latent_estimate),
@@ -198,11 +208,25 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     let side = model.config().image_size();
     let flops = flops_per_slice(model.config(), side);
 
+    if args.samples.is_empty() || args.samples.contains(&0) {
+        return Err(UsageError(format!(
+            "--samples must be positive, got {:?}",
+            args.samples
+        ))
+        .into());
+    }
     let mut stdout = std::io::stdout().lock();
     let mut header_done = false;
-    for &batch in &args.batch_size {
+    let mut by_draws: Vec<(usize, usize, ModelStageTimes)> = Vec::new();
+    let configs: Vec<(usize, usize)> = args
+        .batch_size
+        .iter()
+        .flat_map(|&b| args.samples.iter().map(move |&k| (b, k)))
+        .collect();
+    for (batch, draws) in configs {
+        let flops = scaled_flops(&flops, draws);
         let can_reset = reset_peak_rss();
-        let inputs = BenchInputs::new(&model, batch, args.seed).classified()?;
+        let inputs = BenchInputs::with_draws(&model, batch, draws, args.seed).classified()?;
         let mut runs = Vec::with_capacity(args.iters);
         for i in 0..args.warmup + args.iters {
             let warm = i < args.warmup;
@@ -216,7 +240,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
                     format!("iter {}/{}", i + 1 - args.warmup, args.iters)
                 };
                 eprintln!(
-                    "bench: batch {batch} {what}: {:.3} s (cond {:.3}, unet {:.3}, latent {:.4}, decoder {:.3})",
+                    "bench: batch {batch} samples {draws} {what}: {:.3} s (cond {:.3}, unet {:.3}, latent {:.4}, decoder {:.3})",
                     t.total(),
                     t.cond_encoder,
                     t.unet,
@@ -229,11 +253,13 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
             }
         }
         let median = ModelStageTimes::median(&runs);
+        by_draws.push((batch, draws, median));
         let (ms, gf, gps, sps) = BenchResult::from_times(batch, &median, &flops);
         let result = BenchResult {
             preset: name.clone(),
             weights: weights.clone(),
             batch_size: batch,
+            samples: draws,
             dtype: args.dtype.to_string(),
             device: args.device.to_string(),
             threads: rayon::current_num_threads(),
@@ -258,6 +284,9 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         }
         header_done = true;
         stdout.flush()?;
+        if args.agree && draws > 1 {
+            continue;
+        }
         if args.agree && model.cpu_precision().is_none() {
             eprintln!(
                 "bench: --agree compares CPU bf16 convolutions with f32; --dtype {} on {} has none",
@@ -285,7 +314,52 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
             }
         }
     }
+    if !args.json {
+        for line in draws_summary(&by_draws) {
+            writeln!(stdout, "{line}")?;
+        }
+    }
     Ok(())
+}
+
+/// FLOPs per input slice with `draws` noise draws: the condition encoder once, the rest per
+/// draw.
+fn scaled_flops(f: &StageFlops, draws: usize) -> StageFlops {
+    let k = draws as f64;
+    StageFlops {
+        cond_encoder: f.cond_encoder,
+        unet: k * f.unet,
+        latent_estimate: k * f.latent_estimate,
+        decoder: k * f.decoder,
+    }
+}
+
+/// For each batch size measured with one draw and with K: the cost of K draws against K
+/// separate runs, and the extra cost of each draw against one draw's UNet + latent estimate
+/// + decoder (what a draw must at most add when the condition encoder is not run again).
+pub fn draws_summary(runs: &[(usize, usize, ModelStageTimes)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for &(batch, k, t) in runs {
+        let Some(&(_, _, one)) = runs.iter().find(|r| r.0 == batch && r.1 == 1) else {
+            continue;
+        };
+        if k == 1 {
+            continue;
+        }
+        let per_draw_share = one.unet + one.latent_estimate + one.decoder;
+        let extra = (t.total() - one.total()) / (k - 1) as f64;
+        out.push(format!(
+            "samples {k}, batch {batch}: {:.0} ms/slice = {:.2}x one draw, {:.2} of {k} separate runs; \
+             each extra draw {:.0} ms/slice (one draw's UNet + latent + decoder: {:.0} ms/slice, ratio {:.2})",
+            1e3 * t.total() / batch as f64,
+            t.total() / one.total(),
+            t.total() / (k as f64 * one.total()),
+            1e3 * extra / batch as f64,
+            1e3 * per_draw_share / batch as f64,
+            extra / per_draw_share
+        ));
+    }
+    out
 }
 
 /// Labels of the timed configuration against the same model with f32 convolutions.

@@ -460,11 +460,48 @@ impl ModelStageTimes {
 #[derive(Clone, Debug)]
 pub struct BenchInputs {
     pub image: Tensor,
+    /// [draws·B, c, h, w], draw-major (`run --samples`).
     pub noise: Tensor,
+    /// Noise draws per slice (1 = the official single draw).
+    pub draws: usize,
 }
 
 impl BenchInputs {
     pub fn new(model: &Sdseg, batch: usize, seed: u64) -> Result<Self, ModelError> {
+        Self::with_draws(model, batch, 1, seed)
+    }
+
+    /// `draws` noise latents per slice (draw d = stream d of the seed), as `run --samples`.
+    pub fn with_draws(
+        model: &Sdseg,
+        batch: usize,
+        draws: usize,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
+        let mut inputs = Self::single(model, batch, seed)?;
+        if draws > 1 {
+            let [lc, lh, lw] = model.latent_shape();
+            let mut rows = vec![inputs.noise.clone()];
+            for d in 1..draws {
+                let one = Tensor::from_vec(
+                    standard_normal(seed, d as u64, lc * lh * lw),
+                    (1, lc, lh, lw),
+                    &Device::Cpu,
+                )?;
+                rows.push(
+                    one.broadcast_as((batch, lc, lh, lw))?
+                        .contiguous()?
+                        .to_dtype(model.dtype())?
+                        .to_device(model.device())?,
+                );
+            }
+            inputs.noise = Tensor::cat(&rows, 0)?;
+            inputs.draws = draws;
+        }
+        Ok(inputs)
+    }
+
+    fn single(model: &Sdseg, batch: usize, seed: u64) -> Result<Self, ModelError> {
         let cfg = model.config();
         let side = cfg.image_size();
         let c = cfg.cond_stage().ddconfig.in_channels;
@@ -484,7 +521,11 @@ impl BenchInputs {
             .contiguous()?
             .to_dtype(model.dtype())?
             .to_device(model.device())?;
-        Ok(Self { image, noise })
+        Ok(Self {
+            image,
+            noise,
+            draws: 1,
+        })
     }
 }
 
@@ -502,6 +543,13 @@ pub fn time_stages(model: &Sdseg, inputs: &BenchInputs) -> Result<ModelStageTime
     let cond = model.cond_latent(&inputs.image)?;
     sync()?;
     t.cond_encoder = start.elapsed().as_secs_f64();
+    // The draws of a slice share its condition latent (one encoder pass, as `run --samples`).
+    let b = b * inputs.draws;
+    let cond = if inputs.draws > 1 {
+        Tensor::cat(&vec![&cond; inputs.draws], 0)?
+    } else {
+        cond
+    };
 
     let classes: Vec<Option<u32>> = match model.task() {
         Task::Binary => vec![None],
@@ -571,6 +619,8 @@ pub struct BenchResult {
     /// "random" or the weights file.
     pub weights: String,
     pub batch_size: usize,
+    /// Noise draws per slice (`--samples`); per-slice figures count all draws of a slice.
+    pub samples: usize,
     pub dtype: String,
     pub device: String,
     /// Rayon threads (CPU work).
