@@ -27,6 +27,7 @@ pub mod image;
 pub mod overlap;
 pub mod protocol;
 pub mod surface;
+pub mod uncertainty;
 
 pub use overlap::Counts;
 pub use protocol::{Hd95Mode, Protocol, Stat};
