@@ -6,6 +6,7 @@
 //! - model time per slice (from the run report) and its ratio to K separate single-draw runs;
 //! - Dice of the K-draw mean against the phantom's labels, and against the single draw;
 //! - AUROC of the uncertainty map as a score for the voxels the K-draw mask gets wrong;
+//!
 //! then the paper's stability figures (`stability`, PSNR/SSIM of the soft maps of 5 seeds).
 //!
 //! Timings only mean something on a quiet machine (no build, no other benchmark).
