@@ -352,6 +352,27 @@ pub(crate) fn put_patient_study(obj: &mut InMemDicomObject, reference: &SeriesRe
     }
 }
 
+/// The Type 2 attributes of the Patient and General Study modules that the source did not
+/// have, present and empty (Type 2: the element must be there, its value may be empty).
+pub(crate) fn put_empty_type2_patient_study(obj: &mut InMemDicomObject) {
+    use dicom_dictionary_std::tags;
+    for (tag, vr) in [
+        (tags::PATIENT_NAME, VR::PN),
+        (tags::PATIENT_ID, VR::LO),
+        (tags::PATIENT_BIRTH_DATE, VR::DA),
+        (tags::PATIENT_SEX, VR::CS),
+        (tags::STUDY_DATE, VR::DA),
+        (tags::STUDY_TIME, VR::TM),
+        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
+        (tags::STUDY_ID, VR::SH),
+        (tags::ACCESSION_NUMBER, VR::SH),
+    ] {
+        if obj.element(tag).is_err() {
+            put(obj, tag, vr, PrimitiveValue::Empty);
+        }
+    }
+}
+
 /// sRGB (0–255) → CIELab scaled as RecommendedDisplayCIELabValue wants (PS3.3 C.10.7.1.1:
 /// L* 0–100 → 0–65535, a* and b* −128–127 → 0–65535), D65 white point.
 pub fn srgb_to_dicom_lab(rgb: [u8; 3]) -> [u16; 3] {
