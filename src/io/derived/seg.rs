@@ -26,13 +26,14 @@
 //! **References.** Every frame names its source image (SourceImageSequence in
 //! DerivationImageSequence, with ReferencedFrameNumber for a multi-frame source) and carries its
 //! ImagePositionPatient; ReferencedSeriesSequence lists each source instance once. Patient and
-//! study attributes are the source's; SeriesInstanceUID, SOPInstanceUID and the dimension
+//! study attributes are the source's (SpecificCharacterSet too, unless some text is not ASCII:
+//! then UTF-8, as `settle_character_set` says); SeriesInstanceUID, SOPInstanceUID and the dimension
 //! organization UID are [`derived_uid`]s.
 
 use super::{
-    check_reference, code_item, derived_uid, ds, ds_multi, item, put, put_empty_type2_patient_study,
-    put_patient_study, put_seq, srgb_to_dicom_lab, write_part10, Code, DerivedError,
-    DerivedRequest,
+    check_reference, code_item, derived_uid, ds, ds_multi, item, put,
+    put_empty_type2_patient_study, put_patient_study, put_seq, settle_character_set,
+    srgb_to_dicom_lab, write_part10, Code, DerivedError, DerivedRequest,
 };
 use dicom_core::{PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -59,13 +60,15 @@ const MAX_PIXEL_DATA_BYTES: u64 = 0xFFFF_FFFE;
 /// is unusable (empty, label 0, a label twice, a code without value, scheme or meaning).
 pub fn write_dicom_seg(path: &Path, req: &DerivedRequest) -> Result<(), DerivedError> {
     let checked = check_reference(req.reference, path, WHAT)?;
-    let source_series_uid = req.reference.series_instance_uid.clone().ok_or_else(|| {
-        DerivedError::Reference {
-            input: path.to_path_buf(),
-            what: WHAT,
-            detail: "the source series has no SeriesInstanceUID (0020,000E)".into(),
-        }
-    })?;
+    let source_series_uid =
+        req.reference
+            .series_instance_uid
+            .clone()
+            .ok_or_else(|| DerivedError::Reference {
+                input: path.to_path_buf(),
+                what: WHAT,
+                detail: "the source series has no SeriesInstanceUID (0020,000E)".into(),
+            })?;
     check_request(req)?;
     let layout = FrameLayout::plan(req);
     let pixel_bytes = layout.pixel_data_len(req);
@@ -141,7 +144,9 @@ fn check_request(req: &DerivedRequest) -> Result<(), DerivedError> {
                 check_code(code).map_err(|why| {
                     DerivedError::Request(format!(
                         "segment \"{}\" (label {}): {role} code {}: {why}",
-                        s.name, s.label, code_text(code)
+                        s.name,
+                        s.label,
+                        code_text(code)
                     ))
                 })?;
             }
@@ -254,8 +259,9 @@ impl FrameLayout {
 
     /// Bytes of Pixel Data: every frame's bits back to back, padded to an even length.
     fn pixel_data_len(&self, req: &DerivedRequest) -> u64 {
-        let bits =
-            self.frames.len() as u64 * u64::from(req.reference.rows) * u64::from(req.reference.columns);
+        let bits = self.frames.len() as u64
+            * u64::from(req.reference.rows)
+            * u64::from(req.reference.columns);
         let bytes = bits.div_ceil(8);
         bytes + bytes % 2
     }
@@ -366,7 +372,11 @@ fn segmentation_derivation() -> Code {
 /// (DCM, 121322, "Source image for image processing operation"): PurposeOfReferenceCodeSequence
 /// of a frame's source image (CID 7202).
 fn source_image_purpose() -> Code {
-    Code::new("DCM", "121322", "Source image for image processing operation")
+    Code::new(
+        "DCM",
+        "121322",
+        "Source image for image processing operation",
+    )
 }
 
 /// (DCM, 123110, "Artificial Intelligence"): AlgorithmFamilyCodeSequence (CID 7162).
@@ -385,11 +395,21 @@ impl Dataset<'_, '_> {
         // Patient, General Study, Patient Study: the source's (SpecificCharacterSet with them).
         put_patient_study(&mut o, r);
         put_empty_type2_patient_study(&mut o);
-        put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, self.study_instance_uid);
+        put(
+            &mut o,
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            self.study_instance_uid,
+        );
 
         // SOP Common.
         put(&mut o, tags::SOP_CLASS_UID, VR::UI, SEGMENTATION_STORAGE);
-        put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, self.sop_instance_uid);
+        put(
+            &mut o,
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            self.sop_instance_uid,
+        );
         put(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, date.as_str());
         put(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, time.as_str());
 
@@ -397,13 +417,28 @@ impl Dataset<'_, '_> {
         put(&mut o, tags::MODALITY, VR::CS, "SEG");
         let series_uid = derived_uid(req, KIND, "series");
         put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
-        put(&mut o, tags::SERIES_NUMBER, VR::IS, req.series_number.to_string());
+        put(
+            &mut o,
+            tags::SERIES_NUMBER,
+            VR::IS,
+            req.series_number.to_string(),
+        );
         put(&mut o, tags::SERIES_DATE, VR::DA, date.as_str());
         put(&mut o, tags::SERIES_TIME, VR::TM, time.as_str());
-        put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, lo(&req.series_description));
+        put(
+            &mut o,
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            lo(&req.series_description),
+        );
 
         // Frame of Reference.
-        put(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, self.frame_of_reference_uid);
+        put(
+            &mut o,
+            tags::FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            self.frame_of_reference_uid,
+        );
         put(&mut o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
 
         // General Equipment, Enhanced General Equipment.
@@ -418,7 +453,12 @@ impl Dataset<'_, '_> {
         };
         let manufacturer = or(&p.manufacturer, "sdseg-volume");
         put(&mut o, tags::MANUFACTURER, VR::LO, manufacturer.as_str());
-        put(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, manufacturer.as_str());
+        put(
+            &mut o,
+            tags::MANUFACTURER_MODEL_NAME,
+            VR::LO,
+            manufacturer.as_str(),
+        );
         // The "device" is the model: its weights' hash tells one from another.
         put(
             &mut o,
@@ -439,12 +479,22 @@ impl Dataset<'_, '_> {
             &mut o,
             tags::IMAGE_TYPE,
             VR::CS,
-            PrimitiveValue::Strs(["DERIVED", "PRIMARY"].map(String::from).into_iter().collect()),
+            PrimitiveValue::Strs(
+                ["DERIVED", "PRIMARY"]
+                    .map(String::from)
+                    .into_iter()
+                    .collect(),
+            ),
         );
         put(&mut o, tags::CONTENT_DATE, VR::DA, date.as_str());
         put(&mut o, tags::CONTENT_TIME, VR::TM, time.as_str());
         put(&mut o, tags::CONTENT_LABEL, VR::CS, "SEGMENTATION");
-        put(&mut o, tags::CONTENT_DESCRIPTION, VR::LO, lo(&req.series_description));
+        put(
+            &mut o,
+            tags::CONTENT_DESCRIPTION,
+            VR::LO,
+            lo(&req.series_description),
+        );
         // The creator is an algorithm, named in each segment's SegmentAlgorithmName.
         put(&mut o, tags::CONTENT_CREATOR_NAME, VR::PN, "");
         put(&mut o, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
@@ -452,7 +502,12 @@ impl Dataset<'_, '_> {
         put(&mut o, tags::SEGMENTS_OVERLAP, VR::CS, "NO");
         put(&mut o, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
         put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 1u16);
-        put(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+        put(
+            &mut o,
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            "MONOCHROME2",
+        );
         put(&mut o, tags::ROWS, VR::US, r.rows as u16);
         put(&mut o, tags::COLUMNS, VR::US, r.columns as u16);
         put(&mut o, tags::BITS_ALLOCATED, VR::US, 1u16);
@@ -468,14 +523,29 @@ impl Dataset<'_, '_> {
             VR::IS,
             self.layout.frames.len().to_string(),
         );
-        put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![self.shared_groups()]);
-        let per_frame = (0..self.layout.frames.len()).map(|f| self.frame_groups(f)).collect();
-        put_seq(&mut o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
+        put_seq(
+            &mut o,
+            tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+            vec![self.shared_groups()],
+        );
+        let per_frame = (0..self.layout.frames.len())
+            .map(|f| self.frame_groups(f))
+            .collect();
+        put_seq(
+            &mut o,
+            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+            per_frame,
+        );
         self.put_dimensions(&mut o);
 
         // Common Instance Reference.
-        put_seq(&mut o, tags::REFERENCED_SERIES_SEQUENCE, vec![self.referenced_series()]);
+        put_seq(
+            &mut o,
+            tags::REFERENCED_SERIES_SEQUENCE,
+            vec![self.referenced_series()],
+        );
 
+        settle_character_set(&mut o);
         put(&mut o, tags::PIXEL_DATA, VR::OB, pixel_data);
         o
     }
@@ -534,7 +604,11 @@ impl Dataset<'_, '_> {
                                 a,
                                 tags::ALGORITHM_VERSION,
                                 VR::LO,
-                                if version.is_empty() { "unknown" } else { &version },
+                                if version.is_empty() {
+                                    "unknown"
+                                } else {
+                                    &version
+                                },
                             );
                         })],
                     );
@@ -551,7 +625,11 @@ impl Dataset<'_, '_> {
                             vec![code_item(m)],
                         );
                     }
-                    put_seq(o, tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE, vec![property]);
+                    put_seq(
+                        o,
+                        tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE,
+                        vec![property],
+                    );
                     put(
                         o,
                         tags::RECOMMENDED_DISPLAY_CIE_LAB_VALUE,
@@ -678,7 +756,9 @@ impl Dataset<'_, '_> {
         put_seq(
             o,
             tags::DIMENSION_ORGANIZATION_SEQUENCE,
-            vec![item(|d| put(d, tags::DIMENSION_ORGANIZATION_UID, VR::UI, uid.as_str()))],
+            vec![item(|d| {
+                put(d, tags::DIMENSION_ORGANIZATION_UID, VR::UI, uid.as_str())
+            })],
         );
         let dimension = |pointer: Tag, group: Tag, label: &str| {
             item(|d| {
@@ -832,10 +912,16 @@ mod tests {
     fn packs_frames_back_to_back_for_odd_sizes_and_both_layouts() {
         // 5 × 3 = 15 pixels a frame: no frame after the first starts on a byte boundary.
         let (columns, rows, n) = (5usize, 3usize, 7usize);
-        let reference = reference(columns as u32, rows as u32, &[0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0]);
+        let reference = reference(
+            columns as u32,
+            rows as u32,
+            &[0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0],
+        );
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut labels = Array3::<u16>::zeros((columns, rows, n).f());
-        labels.iter_mut().for_each(|v| *v = [0, 0, 1, 4, 9][rng.random_range(0..5)]);
+        labels
+            .iter_mut()
+            .for_each(|v| *v = [0, 0, 1, 4, 9][rng.random_range(0..5)]);
         labels.slice_mut(ndarray::s![.., .., 3]).fill(0); // a slice without any label
         let segments = [spec(4), spec(1)];
         let producer = producer();
@@ -843,7 +929,10 @@ mod tests {
         let layout = FrameLayout::plan(&req);
         let len = layout.pixel_data_len(&req) as usize;
         assert_eq!(len % 2, 0);
-        assert_eq!(len, (layout.frames.len() * 15).div_ceil(8).next_multiple_of(2));
+        assert_eq!(
+            len,
+            (layout.frames.len() * 15).div_ceil(8).next_multiple_of(2)
+        );
         let bytes = layout.pack(labels.view(), len);
 
         // Slice 3 is empty for both segments: 6 frames each, segment order, then slices.
@@ -897,7 +986,10 @@ mod tests {
         let len = layout.pixel_data_len(&req) as usize;
         let bytes = layout.pack(labels.view(), len);
         let unpacked = unpack(&bytes, 4, 8);
-        assert!(unpacked[3].iter().all(|b| !b), "the empty segment's frame is empty");
+        assert!(
+            unpacked[3].iter().all(|b| !b),
+            "the empty segment's frame is empty"
+        );
         assert!(unpacked[0][7] && unpacked[1][5] && unpacked[2][0]);
         assert_eq!(unpacked.iter().flatten().filter(|b| **b).count(), 3);
     }
@@ -931,11 +1023,11 @@ mod tests {
         let producer = producer();
         let labels = Array3::<u16>::zeros((3, 2, 2).f());
         let wrong_shape = Array3::<u16>::zeros((2, 3, 2).f());
-        let refused = |labels: &Array3<u16>, segments: &[SegmentSpec]| {
-            match check_request(&request(labels, &reference, segments, &producer)) {
-                Err(DerivedError::Request(m)) => m,
-                other => panic!("expected a refusal, got {other:?}"),
-            }
+        let refused = |labels: &Array3<u16>, segments: &[SegmentSpec]| match check_request(
+            &request(labels, &reference, segments, &producer),
+        ) {
+            Err(DerivedError::Request(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
         };
         assert!(refused(&wrong_shape, &[spec(1)]).contains("source grid"));
         assert!(refused(&labels, &[]).contains("at least one"));
