@@ -10,6 +10,7 @@ mod bench_cli;
 mod corpus;
 mod demo_run;
 mod dicom;
+mod dicom_seg;
 mod eval;
 mod exit_codes;
 mod fuzz_regressions;

@@ -354,6 +354,59 @@ pub(crate) fn put_patient_study(obj: &mut InMemDicomObject, reference: &SeriesRe
     }
 }
 
+/// The Type 2 attributes of the Patient and General Study modules that the source did not
+/// have, present and empty (Type 2: the element must be there, its value may be empty).
+pub(crate) fn put_empty_type2_patient_study(obj: &mut InMemDicomObject) {
+    use dicom_dictionary_std::tags;
+    for (tag, vr) in [
+        (tags::PATIENT_NAME, VR::PN),
+        (tags::PATIENT_ID, VR::LO),
+        (tags::PATIENT_BIRTH_DATE, VR::DA),
+        (tags::PATIENT_SEX, VR::CS),
+        (tags::STUDY_DATE, VR::DA),
+        (tags::STUDY_TIME, VR::TM),
+        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
+        (tags::STUDY_ID, VR::SH),
+        (tags::ACCESSION_NUMBER, VR::SH),
+    ] {
+        if obj.element(tag).is_err() {
+            put(obj, tag, vr, PrimitiveValue::Empty);
+        }
+    }
+}
+
+/// Declares UTF-8 (SpecificCharacterSet "ISO_IR 192") when any text of `obj` (at any depth)
+/// is not plain ASCII; otherwise leaves the source's declaration as copied. The values are
+/// Unicode in memory (the reader decoded them with the source's character set), and the
+/// writer encodes them with the declared one: a segment or ROI name, a producer string or a
+/// copied name that the source's repertoire (or the default one) cannot hold would otherwise
+/// fail to encode. UTF-8 holds them all.
+pub(crate) fn settle_character_set(obj: &mut InMemDicomObject) {
+    if has_non_ascii_text(obj) {
+        use dicom_dictionary_std::tags;
+        put(obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    }
+}
+
+fn has_non_ascii_text(obj: &InMemDicomObject) -> bool {
+    use dicom_core::value::Value;
+    obj.iter().any(|e| match e.value() {
+        Value::Primitive(p) => {
+            // The VRs whose text follows SpecificCharacterSet (PS3.5 6.1.2.3).
+            matches!(
+                e.vr(),
+                VR::LO | VR::LT | VR::PN | VR::SH | VR::ST | VR::UC | VR::UT
+            ) && match p {
+                PrimitiveValue::Str(s) => !s.is_ascii(),
+                PrimitiveValue::Strs(v) => v.iter().any(|s| !s.is_ascii()),
+                _ => false,
+            }
+        }
+        Value::Sequence(seq) => seq.items().iter().any(has_non_ascii_text),
+        Value::PixelSequence(_) => false,
+    })
+}
+
 /// sRGB (0–255) → CIELab scaled as RecommendedDisplayCIELabValue wants (PS3.3 C.10.7.1.1:
 /// L* 0–100 → 0–65535, a* and b* −128–127 → 0–65535), D65 white point.
 pub fn srgb_to_dicom_lab(rgb: [u8; 3]) -> [u16; 3] {
@@ -448,6 +501,34 @@ mod tests {
         assert!((f64::from(red[0]) * 100.0 / 65535.0 - 53.24).abs() < 0.05);
         assert!((f64::from(red[1]) * 255.0 / 65535.0 - 128.0 - 80.09).abs() < 0.1);
         assert!((f64::from(red[2]) * 255.0 / 65535.0 - 128.0 - 67.20).abs() < 0.1);
+    }
+
+    #[test]
+    fn utf8_is_declared_only_for_non_ascii_text() {
+        use dicom_dictionary_std::tags;
+        let charset = |o: &InMemDicomObject| {
+            o.element(tags::SPECIFIC_CHARACTER_SET)
+                .ok()
+                .map(|e| e.to_str().unwrap().into_owned())
+        };
+        let mut ascii = item(|o| {
+            put(o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
+            put(o, tags::PATIENT_NAME, VR::PN, "Doe^John");
+        });
+        settle_character_set(&mut ascii);
+        assert_eq!(charset(&ascii).as_deref(), Some("ISO_IR 100"));
+
+        // Deep in a sequence, in a VR that follows the character set.
+        let mut nested = item(|o| {
+            put(o, tags::PATIENT_NAME, VR::PN, "Doe^John");
+            put_seq(
+                o,
+                tags::SEGMENT_SEQUENCE,
+                vec![item(|s| put(s, tags::SEGMENT_LABEL, VR::LO, "Ösophagus"))],
+            );
+        });
+        settle_character_set(&mut nested);
+        assert_eq!(charset(&nested).as_deref(), Some("ISO_IR 192"));
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The tools the interoperability tests compare against: a Python interpreter with the
-//! reference packages (numpy, scipy, nibabel, pydicom and its pylibjpeg decoders, medpy) and
-//! dcm2niix. `.ci/run python_venv` installs the pinned versions into `.venv`.
+//! reference packages (numpy, scipy, nibabel, pydicom and its pylibjpeg decoders, medpy,
+//! highdicom) and dcm2niix. `.ci/run python_venv` installs the pinned versions into `.venv`, and
+//! pydicom-seg, which needs older numpy and pydicom, into `.venv-pydicom-seg`. `dciodvfy` comes
+//! from the Debian package dicom3tools.
 //!
-//! A test asks for what it needs with [`require_python`] or [`require_dcm2niix`]. A missing
+//! A test asks for what it needs with [`require_python`], [`require_dcm2niix`],
+//! [`require_pydicom_seg`] or [`require_dciodvfy`]. A missing
 //! tool fails the test, saying what to do: a green run has checked everything. A run may opt
 //! out with `SDSEG_ALLOW_MISSING_TOOLS=1`: the test then returns early (libtest counts it as
 //! passed), prints `SKIPPED`, and appends `<test>\t<what is missing>` to
@@ -77,6 +80,54 @@ pub fn require_dcm2niix() -> Option<PathBuf> {
     }
     missing_tool(&format!("cannot run `{} -v`", dcm2niix.display()));
     None
+}
+
+/// The interpreter of pydicom-seg's own environment: `$SDSEG_PYDICOM_SEG_PYTHON`, else
+/// `.venv-pydicom-seg/bin/python` in the repository (`.ci/run python_venv` makes it). pydicom-seg
+/// 0.4.1, its last release, needs numpy < 2 and pydicom 2 (it imports a module pydicom 3
+/// removed), so it cannot share `.venv`. `None` when it is missing and missing tools are
+/// allowed (the skip is recorded).
+///
+/// # Panics
+/// When it is missing and `SDSEG_ALLOW_MISSING_TOOLS` is not `1`.
+pub fn require_pydicom_seg() -> Option<PathBuf> {
+    let py = std::env::var_os("SDSEG_PYDICOM_SEG_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::repo().join(".venv-pydicom-seg/bin/python"));
+    let import = "import pydicom_seg, SimpleITK";
+    let problem = match Command::new(&py).args(["-c", import]).output() {
+        Ok(o) if o.status.success() => return Some(py),
+        Ok(o) => {
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let last = stderr.lines().last().unwrap_or("").trim().to_owned();
+            format!("`{} -c '{import}'` fails: {last}", py.display())
+        }
+        Err(e) => format!(
+            "cannot start pydicom-seg's interpreter {}: {e}",
+            py.display()
+        ),
+    };
+    missing_tool(&problem);
+    None
+}
+
+/// `dciodvfy` (Debian package dicom3tools) on PATH; `None` when it is missing and missing
+/// tools are allowed (the skip is recorded).
+///
+/// # Panics
+/// When it is missing and `SDSEG_ALLOW_MISSING_TOOLS` is not `1`.
+pub fn require_dciodvfy() -> Option<PathBuf> {
+    let dciodvfy = PathBuf::from("dciodvfy");
+    // Without arguments it prints its usage and exits non-zero; a start failure means missing.
+    match Command::new(&dciodvfy).output() {
+        Ok(_) => Some(dciodvfy),
+        Err(e) => {
+            missing_tool(&format!(
+                "cannot run `dciodvfy` ({e}); install the Debian package dicom3tools"
+            ));
+            None
+        }
+    }
 }
 
 /// Where skipped tests are recorded: `$SDSEG_SKIPPED_TESTS_FILE`, else
