@@ -23,6 +23,7 @@ mod parity;
 mod pipeline;
 mod real_world;
 mod reproduce;
+mod rtstruct;
 mod run;
 mod run_kill_resume;
 mod train;

@@ -3,11 +3,17 @@
 //!
 //! Modules written: Patient and General Study (copied from the source series, with empty
 //! type 2 attributes where the source lacks them), RT Series (Modality RTSTRUCT, a new
-//! SeriesInstanceUID), General Equipment, Structure Set (ReferencedFrameOfReferenceSequence →
+//! SeriesInstanceUID), Frame of Reference (the source's FrameOfReferenceUID; the
+//! PositionReferenceIndicator, type 2, empty), General Equipment, Structure Set (ReferencedFrameOfReferenceSequence →
 //! RTReferencedStudySequence → RTReferencedSeriesSequence → ContourImageSequence listing every
 //! source image; StructureSetROISequence), ROI Contour, RT ROI Observations (interpreted type
-//! ORGAN, the segment's property type as RTROIIdentificationCodeSequence), Approval
+//! ORGAN; the segment's codes as in a DICOM-SEG: SegmentedPropertyCategoryCodeSequence, and
+//! RTROIIdentificationCodeSequence holding the property type with its modifier), Approval
 //! (UNAPPROVED: an automatic result a clinician has not reviewed) and SOP Common.
+//!
+//! An ROI without contours (a label absent from the prediction, written only when the
+//! caller asks for it) has no ContourSequence (the module allows none, not an empty one);
+//! rt-utils 1.2.7 cannot rasterise such an ROI (it expects the sequence on every ROI).
 //!
 //! Contours come from [`super::contour`] (its docs say how islands, holes and degenerate
 //! islands are traced and why through pixel centres). Holes are separate contours of the same
@@ -142,10 +148,10 @@ impl<'a> PatientPlane<'a> {
         let ipp = self.reference.slices[k].position;
         let mut values = Vec::with_capacity(contour.points.len() * 3);
         for &[c, r] in &contour.points {
-            for d in 0..3 {
-                values.push(coordinate(
-                    ipp[d] + c * self.column_step[d] + r * self.row_step[d],
-                ));
+            for ((origin, along_row), along_column) in
+                ipp.iter().zip(self.column_step).zip(self.row_step)
+            {
+                values.push(coordinate(origin + c * along_row + r * along_column));
             }
         }
         PrimitiveValue::Strs(values.into())
@@ -239,6 +245,20 @@ fn structure_set(
         clip(&req.series_description, 64),
     );
     put(&mut o, tags::OPERATORS_NAME, VR::PN, PrimitiveValue::Empty);
+
+    // Frame of Reference (the source's: the contours are in its patient coordinates).
+    put(
+        &mut o,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        checked.frame_of_reference_uid.as_str(),
+    );
+    put(
+        &mut o,
+        tags::POSITION_REFERENCE_INDICATOR,
+        VR::LO,
+        PrimitiveValue::Empty,
+    );
 
     // General Equipment.
     let producer = req.producer;
@@ -367,8 +387,21 @@ fn structure_set(
                 put(r, tags::REFERENCED_ROI_NUMBER, VR::IS, (n + 1).to_string());
                 put_seq(
                     r,
+                    tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
+                    vec![code_item(&s.category)],
+                );
+                let mut identification = code_item(&s.property_type);
+                if let Some(m) = &s.modifier {
+                    put_seq(
+                        &mut identification,
+                        tags::SEGMENTED_PROPERTY_TYPE_MODIFIER_CODE_SEQUENCE,
+                        vec![code_item(m)],
+                    );
+                }
+                put_seq(
+                    r,
                     tags::RTROI_IDENTIFICATION_CODE_SEQUENCE,
-                    vec![code_item(&s.property_type)],
+                    vec![identification],
                 );
                 put(r, tags::RTROI_INTERPRETED_TYPE, VR::CS, "ORGAN");
                 put(r, tags::ROI_INTERPRETER, VR::PN, PrimitiveValue::Empty);
@@ -420,8 +453,10 @@ fn roi_contour(
             VR::IS,
             PrimitiveValue::Strs(color.iter().map(|c| c.to_string()).collect()),
         );
-        // Present even when empty: readers (rt-utils) expect it on every ROI.
-        put_seq(r, tags::CONTOUR_SEQUENCE, items);
+        // Absent for an ROI without contours: present, it needs one item or more (C.8.8.6).
+        if !items.is_empty() {
+            put_seq(r, tags::CONTOUR_SEQUENCE, items);
+        }
         put(r, tags::REFERENCED_ROI_NUMBER, VR::IS, (n + 1).to_string());
     })
 }
