@@ -36,7 +36,8 @@ pub struct SeriesReference {
     /// into derived objects (absent in the source = absent here). In tag order.
     pub patient_study: Vec<CopiedAttribute>,
     pub study_instance_uid: Option<String>,
-    /// SeriesInstanceUID of the source series (`None` where its files have none).
+    /// SeriesInstanceUID of the source series (what an RTSTRUCT's RTReferencedSeriesSequence
+    /// and a DICOM-SEG's ReferencedSeriesSequence name); `None` where the files lack it.
     pub series_instance_uid: Option<String>,
     /// FrameOfReferenceUID of each slice (same order as `slices`; `None` where absent).
     pub frame_of_reference_uids: Vec<Option<String>>,

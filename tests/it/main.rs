@@ -24,6 +24,7 @@ mod parity;
 mod pipeline;
 mod real_world;
 mod reproduce;
+mod rtstruct;
 mod run;
 mod run_dicom_outputs;
 mod run_kill_resume;

@@ -328,7 +328,6 @@ pub(crate) fn item(f: impl FnOnce(&mut InMemDicomObject)) -> InMemDicomObject {
 }
 
 /// A code sequence item (CodeValue, CodingSchemeDesignator, CodeMeaning).
-#[allow(dead_code)] // used by the writers (being merged)
 pub(crate) fn code_item(c: &Code) -> InMemDicomObject {
     use dicom_dictionary_std::tags;
     item(|o| {
@@ -339,7 +338,6 @@ pub(crate) fn code_item(c: &Code) -> InMemDicomObject {
 }
 
 /// The copied patient/study attributes, each with its dictionary VR.
-#[allow(dead_code)] // used by the writers (being merged)
 pub(crate) fn put_patient_study(obj: &mut InMemDicomObject, reference: &SeriesReference) {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     use dicom_dictionary_std::StandardDataDictionary;
@@ -441,7 +439,6 @@ pub fn srgb_to_dicom_lab(rgb: [u8; 3]) -> [u16; 3] {
 }
 
 /// Write `obj` as a DICOM Part 10 file (Explicit VR Little Endian) atomically.
-#[allow(dead_code)] // used by the writers (being merged)
 pub(crate) fn write_part10(
     obj: InMemDicomObject,
     path: &Path,

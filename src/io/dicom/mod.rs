@@ -355,7 +355,7 @@ fn series_reference(headers: &[FileHeader], geom: &Geometry) -> SeriesReference 
             .iter()
             .find(|a| a.tag == (0x0020, 0x000D))
             .map(|a| a.value.clone()),
-        series_instance_uid: Some(first.series_uid.clone()).filter(|u| !u.is_empty()),
+        series_instance_uid: (!first.series_uid.is_empty()).then(|| first.series_uid.clone()),
         frame_of_reference_uids: geom
             .slices
             .iter()
