@@ -11,6 +11,7 @@ use std::process::Command;
 use crate::support::python::require_python;
 use crate::support::run_util::*;
 use crate::support::{tempdir, testdata};
+use sdseg_volume::volume::Source;
 
 /// `run` with the demo model (quiet), `SOURCE_DATE_EPOCH` fixed so outputs are byte-equal.
 fn run_demo(dir: &Path, extra: &[&str]) -> std::process::Output {
@@ -191,5 +192,171 @@ fn a_source_that_cannot_be_referenced_is_refused_by_name() {
             .filter(|f| f.ends_with(".dcm") || f.ends_with(".nii.gz") || f.contains(".part"))
             .collect();
         assert!(written.is_empty(), "{edit}: {written:?}");
+    }
+}
+
+fn dciodvfy_errors(path: &Path) -> Vec<String> {
+    let o = Command::new("dciodvfy")
+        .arg(path)
+        .output()
+        .expect("run dciodvfy (Debian package dicom3tools)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    println!("dciodvfy {}:\n{text}", path.display());
+    text.lines()
+        .filter(|l| l.starts_with("Error"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// README's command end to end: the demo model on the demo series, all three formats, then
+/// dciodvfy, highdicom (DICOM-SEG voxel for voxel against the NIfTI) and rt-utils (RTSTRUCT
+/// rasterised back, Dice ≥ 0.98); resume skips the case, and redoes it when one format is
+/// missing; the report lists every file.
+#[test]
+fn demo_run_writes_every_format_that_other_tools_read_back() {
+    let d = tempdir();
+    let p = d.path();
+    let series = testdata("demo-ct");
+    let args = [
+        series.to_str().unwrap(),
+        "--out",
+        "out",
+        "--format",
+        "nifti,dicom-seg,rtstruct",
+        "--report",
+        "run.json",
+    ];
+    let o = run_demo(p, &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = p.join("out");
+    let (nii, seg, rt) = (
+        out.join("demo-ct.nii.gz"),
+        out.join("demo-ct.seg.dcm"),
+        out.join("demo-ct.rtstruct.dcm"),
+    );
+    for f in [&nii, &seg, &rt] {
+        assert!(f.is_file(), "{} written", f.display());
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.join("run.json")).unwrap()).unwrap();
+    let outputs = report["cases"][0]["outputs"].as_array().unwrap();
+    let formats: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, ["nifti", "dicom-seg", "rtstruct"]);
+    assert_eq!(report["settings"]["formats"], "nifti,dicom-seg,rtstruct");
+
+    // Byte-equal on a second run (content-derived UIDs, SOURCE_DATE_EPOCH).
+    let again = p.join("again");
+    let o = run_demo(
+        p,
+        &[
+            series.to_str().unwrap(),
+            "--out",
+            again.to_str().unwrap(),
+            "--format",
+            "dicom-seg,rtstruct",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for name in ["demo-ct.seg.dcm", "demo-ct.rtstruct.dcm"] {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(again.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(
+        !again.join("demo-ct.nii.gz").exists(),
+        "no NIfTI unless asked"
+    );
+
+    // Resume: done when every format exists; redone when one is missing.
+    let o = run_demo(p, &[&args[..], &["--json"]].concat());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"status\":\"skipped\""));
+    std::fs::remove_file(&rt).unwrap();
+    let o = run_demo(p, &[&args[..], &["--json"]].concat());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"status\":\"written\""));
+    assert!(rt.is_file());
+
+    for f in [&seg, &rt] {
+        let errors = dciodvfy_errors(f);
+        assert!(errors.is_empty(), "{}: {errors:?}", f.display());
+    }
+    let labels = sdseg_volume::io::read_volume(&nii, &Default::default()).unwrap();
+    let fg = labels.data().iter().filter(|&&v| v > 0.0).count();
+    assert!(fg > 1000, "the demo model finds the organs: {fg} voxels");
+
+    if let Some(py) = require_python(&["highdicom", "nibabel", "numpy"]) {
+        let o = Command::new(&py)
+            .arg(crate::support::repo().join("tests/it/dicom_seg.py"))
+            .args(["highdicom"])
+            .arg(&seg)
+            .arg(&series)
+            .arg(&nii)
+            .arg(r#"{"1": 1}"#)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        println!("highdicom: {r}");
+        assert_eq!(r["segments"]["1"]["read"].as_u64(), Some(fg as u64), "{r}");
+        assert_eq!(r["segments"]["1"]["mismatched"].as_u64(), Some(0), "{r}");
+        assert_eq!(r["combined_mismatched"].as_u64(), Some(0), "{r}");
+    }
+
+    if let Some(py) = require_python(&["numpy", "pydicom", "rt_utils", "cv2"]) {
+        // rtstruct.py's case file: the labels in [i, j, k] C order and each slice's image.
+        let Source::Dicom(src) = &sdseg_volume::io::read_volume(&series, &Default::default())
+            .unwrap()
+            .provenance()
+            .source
+            .clone()
+        else {
+            panic!("a DICOM source")
+        };
+        let raw = p.join("labels.u16");
+        let bytes: Vec<u8> = labels
+            .data()
+            .iter()
+            .flat_map(|&v| (v as u16).to_le_bytes())
+            .collect();
+        std::fs::write(&raw, bytes).unwrap();
+        let images: Vec<serde_json::Value> = src
+            .reference
+            .slices
+            .iter()
+            .map(|s| serde_json::json!({"uid": s.sop_instance_uid, "frame": s.frame_number}))
+            .collect();
+        let case = p.join("case.json");
+        std::fs::write(
+            &case,
+            serde_json::json!({
+                "labels": raw,
+                "shape": labels.shape(),
+                "images": images,
+                "rois": [{"name": "organs (spleen, kidneys, liver, aorta)", "label": 1}],
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let o = Command::new(&py)
+            .arg(crate::support::repo().join("tests/it/rtstruct.py"))
+            .arg(&series)
+            .arg(&rt)
+            .arg(&case)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        println!("rt-utils: {r}");
+        let roi = &r["rois"][0];
+        assert!(roi["dice_rt_utils"].as_f64().unwrap() >= 0.98, "{r}");
+        assert_eq!(roi["exact_own"], true, "{r}");
     }
 }
