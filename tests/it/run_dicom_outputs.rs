@@ -360,3 +360,49 @@ fn demo_run_writes_every_format_that_other_tools_read_back() {
         assert_eq!(roi["exact_own"], true, "{r}");
     }
 }
+
+/// `slurm-script` passes the output formats (and the draws) on to every task.
+#[test]
+fn slurm_script_passes_formats_and_samples_on() {
+    let d = tempdir();
+    let data = d.path().join("data/case1");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in std::fs::read_dir(testdata("demo-ct")).unwrap().flatten() {
+        std::fs::copy(f.path(), data.join(f.file_name())).unwrap();
+    }
+    let o = run_env(
+        d.path(),
+        &[
+            "slurm-script",
+            "--data",
+            "data",
+            "--out",
+            "out",
+            "--array",
+            "2",
+            "--time",
+            "00:10:00",
+            "--format",
+            "nifti,rtstruct",
+            "--empty-segments",
+            "--samples",
+            "3",
+            "--uncertainty",
+            "maps",
+        ],
+        &[(
+            "SDSEG_DATA_DIR",
+            d.path().join("data-dir").to_str().unwrap(),
+        )],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    for want in [
+        "--format 'nifti,rtstruct'",
+        "--empty-segments",
+        "--samples '3'",
+        "--uncertainty '",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
