@@ -8,7 +8,8 @@
 //! - pydicom and the even-odd rasteriser of `rtstruct.py` place every contour on the slice its
 //!   ContourImageSequence names, using the source files' own geometry: every ROI comes back
 //!   voxel for voxel (this is also the check for a multi-frame source, which rt-utils cannot
-//!   read: it takes each file for one slice).
+//!   read: it takes each file for one slice, and for a tilted series with non-square pixels,
+//!   which rt-utils places wrongly).
 //!
 //! `SDSEG_RTSTRUCT_OUT=DIR` keeps a copy of each case's RTSTRUCT in `DIR`.
 //!
@@ -152,12 +153,13 @@ fn phantom_case(
     shape: [usize; 3],
     affine_of: impl Fn(&Volume) -> sdseg_volume::Affine,
     opts: &DicomWriteOptions,
+    read: &ReadOptions,
 ) -> Case {
     let ph = abdomen_phantom(&PhantomParams::new(shape), 5);
     let v = with_affine(&ph.volume, affine_of(&ph.volume));
     let series = dir.join(name);
     write_dicom_series(&v, &series, opts).expect("write the source series");
-    let volume = read_volume(&series, &ReadOptions::default()).expect("read the source series");
+    let volume = read_volume(&series, read).expect("read the source series");
     let d = volume.affine().max_abs_diff(v.affine());
     assert!(
         d < 1e-4,
@@ -291,15 +293,23 @@ fn check_case(case: &Case, rt_utils: bool) -> Vec<serde_json::Value> {
         );
     } else {
         println!(
-            "{}: rt-utils does not read this source: {rt_error:?}",
+            "{}: rt-utils not judged on this source (its error: {rt_error:?})",
             case.name
         );
     }
     let rois = result["rois"].as_array().unwrap().clone();
     for r in &rois {
         println!(
-            "{}: ROI {:<18} {:>6} voxels  Dice rt-utils {}  Dice own reader {} (exact: {})",
-            case.name, r["name"], r["voxels"], r["dice_rt_utils"], r["dice_own"], r["exact_own"]
+            "{}: ROI {:<18} {:>6} voxels  Dice rt-utils {}  Dice own reader {} (exact: {}){}",
+            case.name,
+            r["name"],
+            r["voxels"],
+            r["dice_rt_utils"],
+            r["dice_own"],
+            r["exact_own"],
+            r.get("rt_utils_roi_error")
+                .map(|e| format!("  rt-utils: {e}"))
+                .unwrap_or_default()
         );
     }
     for r in &rois {
@@ -337,6 +347,7 @@ fn oblique_series_through_rt_utils() {
             seed: 31,
             ..Default::default()
         },
+        &ReadOptions::default(),
     );
     check_case(&case, true);
 }
@@ -361,6 +372,7 @@ fn feet_first_series_through_rt_utils() {
             shuffle_file_names: true,
             ..Default::default()
         },
+        &ReadOptions::default(),
     );
     check_case(&case, true);
 }
@@ -378,11 +390,43 @@ fn multi_frame_source_through_pydicom() {
             layout: FrameLayout::MultiFrame,
             ..Default::default()
         },
+        &ReadOptions::default(),
     );
     assert!(
         reference(&case.volume).slices[0].frame_number.is_some(),
         "a multi-frame source"
     );
+    check_case(&case, false);
+}
+
+/// Gantry tilt (slices shifted along the column direction, read with `allow_tilt`), non-square
+/// pixels and a non-square image: each contour must use its own slice's position and the
+/// right spacing for rows and columns. rt-utils 1.2.7 places every slice with the first
+/// slice's position, takes PixelSpacing's first value for columns and needs Rows = Columns,
+/// so only the pydicom reader judges this case.
+#[test]
+fn tilted_series_with_non_square_pixels_through_pydicom() {
+    let dir = tempdir();
+    let case = phantom_case(
+        "tilted-non-square",
+        dir.path(),
+        [96, 80, 24],
+        |v| {
+            let mut a = *v.affine();
+            a.0[1][2] = 0.3 * a.0[2][2];
+            a
+        },
+        &DicomWriteOptions {
+            seed: 34,
+            ..Default::default()
+        },
+        &ReadOptions {
+            allow_tilt: true,
+            ..Default::default()
+        },
+    );
+    let r = reference(&case.volume);
+    assert_ne!(r.pixel_spacing[0], r.pixel_spacing[1], "non-square pixels");
     check_case(&case, false);
 }
 
@@ -396,6 +440,7 @@ fn small_case(dir: &Path) -> Case {
         [48, 48, 8],
         |v| *v.affine(),
         &DicomWriteOptions::default(),
+        &ReadOptions::default(),
     )
 }
 

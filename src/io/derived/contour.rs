@@ -62,9 +62,10 @@
 //! # Cost
 //! Linear in the slice size: one pass finds each label's bounding box, the border following
 //! runs on that box only and visits each border pixel a bounded number of times.
-//! [`volume_contours`] runs slices in parallel (rayon), reading the volume in memory order.
+//! [`volume_contours`] runs slices in parallel (rayon), reading the volume in memory order
+//! (C or Fortran).
 
-use ndarray::{s, ArrayView3};
+use ndarray::{s, ArrayView3, Axis};
 use rayon::prelude::*;
 
 /// Half-width (pixels) of the thin polygons written for islands without interior.
@@ -126,9 +127,20 @@ pub fn slice_contours(
 /// `result[k][n]` holds those of `labels[n]` on slice `k`. Slices run in parallel.
 pub fn volume_contours(volume: ArrayView3<u16>, labels: &[u16]) -> Vec<Vec<Vec<Contour>>> {
     let (columns, rows, slices) = volume.dim();
-    // Slices in blocks of consecutive k: a block is gathered in one pass in the volume's
-    // logical (i, j, k) order, which is memory order for the usual C-ordered arrays, instead
-    // of one strided pass per slice.
+    let stride = |axis: usize| volume.strides()[axis].unsigned_abs();
+    if stride(2) > stride(0).min(stride(1)) {
+        // k is not the fastest axis (e.g. Fortran order, as NIfTI stores): each slice is
+        // (nearly) contiguous, read on its own in row-major (j, i) order.
+        return (0..slices)
+            .into_par_iter()
+            .map(|k| {
+                let plane: Vec<u16> = volume.index_axis(Axis(2), k).t().iter().copied().collect();
+                slice_contours(&plane, rows, columns, labels)
+            })
+            .collect();
+    }
+    // k is the fastest axis (C order): slices in blocks of consecutive k, a block gathered in
+    // one pass in memory order, instead of one pass per slice that reads every k-th value.
     const BLOCK: usize = 16;
     let blocks: Vec<usize> = (0..slices).step_by(BLOCK).collect();
     let per_block: Vec<Vec<Vec<Vec<Contour>>>> = blocks
