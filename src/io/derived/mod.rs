@@ -12,9 +12,10 @@
 //! reference) before any work. Files are written atomically (`io::atomic`).
 //!
 //! UIDs: `2.25.<decimal>` (ISO/IEC 9834-8, no registered root needed), the first 127 bits of
-//! SHA-256 over the source SeriesInstanceUID, the object kind, the producer and the label
-//! voxels. The same prediction of the same series gives the same UIDs (re-runs, shards and
-//! resumed runs agree); any change to the labels gives new ones.
+//! SHA-256 over the object kind and purpose, the producer, the source images' SOPInstanceUIDs,
+//! the segments and the label voxels (in the array's memory order: `run` always holds labels
+//! in the reader's Fortran order). The same prediction of the same series gives the same UIDs
+//! (re-runs, shards and resumed runs agree); any change to the labels gives new ones.
 
 pub mod contour;
 pub mod rtstruct;
