@@ -22,6 +22,7 @@ mod nifti;
 mod parity;
 mod pipeline;
 mod real_world;
+mod refine;
 mod reproduce;
 mod run;
 mod run_dicom_outputs;

@@ -10,9 +10,11 @@
 //! (maximal stretches of one non-zero value: start, end, value). A run touches a run of one of
 //! the 8 neighbouring rows when their extents, each widened by one voxel, overlap and the values
 //! match; those pairs are merged in a union-find whose links always point to the smaller run
-//! index, so the first run of a component in scan order is its root and one pass over the runs
-//! numbers the components in scan order. Work and memory are proportional to the voxels read
-//! once plus the runs (a few per row for segmentation masks, far fewer than voxels).
+//! index, so the first run of a component is its root and one pass over the runs numbers the
+//! components. They are then renumbered in C-order scan of their first voxel (smallest
+//! `(i, j, k)`), scipy's numbering, whatever the memory layout. Work and memory are
+//! proportional to the voxels read once plus the runs (a few per row for segmentation masks,
+//! far fewer than voxels).
 //!
 //! **Parallel.** Rows are grouped into slabs along the outer row axis; each slab extracts its
 //! runs and merges within itself on its own thread, then the pairs of rows that straddle two
@@ -59,10 +61,12 @@ pub struct Component {
     pub voxels: u64,
     /// Bounding box per array axis (`lo..hi`, `hi` exclusive).
     pub bbox: [Range<usize>; 3],
+    /// The first voxel in C order (lexicographically smallest `[i, j, k]`).
+    pub first: [usize; 3],
 }
 
-/// The components of a volume (see the module documentation), numbered 0.. in scan order of
-/// their first voxel along the labelling's row order.
+/// The components of a volume (see the module documentation), numbered 0.. in C-order scan
+/// of their first voxel (as `scipy.ndimage.label` numbers them, from 1).
 #[derive(Clone, Debug)]
 pub struct Components {
     shape: [usize; 3],
@@ -293,7 +297,12 @@ impl Components {
                 components.push(Component {
                     label: runs[i].value,
                     voxels: 0,
-                    bbox: [usize::MAX..0, usize::MAX..0, usize::MAX..0],
+                    // Empty until the first run widens it.
+                    bbox: std::array::from_fn(|_| Range {
+                        start: usize::MAX,
+                        end: 0,
+                    }),
+                    first: [usize::MAX; 3],
                 });
                 (components.len() - 1) as u32
             } else {
@@ -304,6 +313,11 @@ impl Components {
             let comp = &mut components[c as usize];
             comp.voxels += u64::from(run.end - run.start);
             let (a, b) = (row / dims[1], row % dims[1]);
+            let mut start = [0; 3];
+            start[order[0]] = a;
+            start[order[1]] = b;
+            start[order[2]] = run.start as usize;
+            comp.first = comp.first.min(start);
             for (axis, lo, hi) in [
                 (order[0], a, a + 1),
                 (order[1], b, b + 1),
@@ -314,6 +328,21 @@ impl Components {
                 r.end = r.end.max(hi);
             }
         }
+        // Renumber in C order of the first voxels.
+        let mut by_first: Vec<u32> = (0..components.len() as u32).collect();
+        by_first.sort_unstable_by_key(|&c| components[c as usize].first);
+        let mut rank = vec![0u32; components.len()];
+        for (new, &old) in by_first.iter().enumerate() {
+            rank[old as usize] = new as u32;
+        }
+        for c in parent.iter_mut() {
+            *c = rank[*c as usize];
+        }
+        let mut slots: Vec<Option<Component>> = components.into_iter().map(Some).collect();
+        let components = by_first
+            .iter()
+            .map(|&old| slots[old as usize].take().expect("a permutation"))
+            .collect();
         Ok(Components {
             shape,
             order,
@@ -325,7 +354,7 @@ impl Components {
         })
     }
 
-    /// The components, in scan order.
+    /// The components, in C-order scan of their first voxel.
     pub fn components(&self) -> &[Component] {
         &self.components
     }
@@ -472,9 +501,10 @@ mod tests {
         (out, comps)
     }
 
-    /// Two labelings are the same partition (up to numbering) with the same sizes.
+    /// Two labelings are the same partition, numbered alike, with the same sizes.
     fn assert_same_partition(ours: &Components, want: &(Array3<u32>, Vec<(u16, u64)>), what: &str) {
         let got = ours.to_array();
+        assert_eq!(got, want.0, "{what}: numbering");
         assert_eq!(ours.len(), want.1.len(), "{what}: component count");
         let mut map = vec![u32::MAX; ours.len() + 1];
         for (g, w) in got.iter().zip(want.0.iter()) {

@@ -12,7 +12,7 @@
 //! 1. *Components below `min_component_ml`*: 3D components (26-connectivity, see
 //!    [`Components`]) with fewer voxels than `min_component_ml / voxel_ml` become background.
 //! 2. *Largest component*: of the components left, only the one with most voxels stays (ties:
-//!    the first in scan order). With both steps, a label whose components are all below the
+//!    the one whose first voxel comes first in C order, whatever the memory layout). With both steps, a label whose components are all below the
 //!    minimum disappears.
 //! 3. *Holes per slice*: in each 2D slice along the volume's **third array axis `k`** (the axis
 //!    SDSeg slices along, so each hole is a defect of one model prediction), background voxels
@@ -113,7 +113,8 @@ impl LabelSteps {
         !self.removes() && !self.fill_holes
     }
 
-    /// Which of a label's components (voxel counts, in scan order) survive steps 1 and 2.
+    /// Which of a label's components (voxel counts, in [`Components`] order) survive steps 1
+    /// and 2.
     pub fn kept(&self, sizes: &[u64], voxel_ml: f64) -> Vec<bool> {
         let min_voxels = self.min_ml().map_or(0, |m| min_voxels(m, voxel_ml));
         let mut keep: Vec<bool> = sizes.iter().map(|&s| s >= min_voxels).collect();

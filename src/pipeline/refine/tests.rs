@@ -1,5 +1,5 @@
 use super::*;
-use ndarray::Array3;
+use ndarray::{Array3, ShapeBuilder};
 
 fn count(a: &Array3<u16>, v: u16) -> usize {
     a.iter().filter(|&&x| x == v).count()
@@ -69,13 +69,21 @@ fn largest_component_keeps_only_the_biggest_and_leaves_other_labels() {
             voxels_filled: 0,
         }]
     );
-    // Ties: the first component in scan order stays.
+    // Ties: the component whose first voxel comes first in C order stays, in any layout.
     let mut t = Array3::<u16>::zeros((5, 5, 5));
     t[[0, 0, 0]] = 3;
     t[[4, 4, 4]] = 3;
+    t[[4, 0, 4]] = 3;
+    t[[3, 0, 3]] = 3;
+    t[[0, 4, 4]] = 3;
+    t[[1, 3, 3]] = 3;
+    let mut f = Array3::<u16>::zeros((5, 5, 5).f());
+    f.assign(&t);
     plan(&[(3, LCC)]).apply(&mut t, 1.0).unwrap();
-    assert_eq!(t[[0, 0, 0]], 3);
-    assert_eq!(t[[4, 4, 4]], 0);
+    plan(&[(3, LCC)]).apply(&mut f, 1.0).unwrap();
+    assert_eq!(t[[0, 4, 4]], 3);
+    assert_eq!(count(&t, 3), 2);
+    assert_eq!(f, t);
 }
 
 #[test]
