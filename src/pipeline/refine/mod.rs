@@ -15,7 +15,10 @@
 //!    the one whose first voxel comes first in C order, whatever the memory layout). With both steps, a label whose components are all below the
 //!    minimum disappears.
 //! 3. *Holes per slice*: in each 2D slice along the volume's **third array axis `k`** (the axis
-//!    SDSeg slices along, so each hole is a defect of one model prediction), background voxels
+//!    SDSeg slices along, so each hole is a defect of one model prediction: the stored `k` for
+//!    the `btcv` and `sts3d` pipelines, whose slicing frame is `native`; a pipeline that
+//!    reorients first slices along its frame's third axis, and [`RefinePlan::apply_view`] on
+//!    the label volume seen in that frame fills along it), background voxels
 //!    that the label encloses (not 4-connected to the slice border through non-label voxels)
 //!    become the label: `scipy.ndimage.binary_fill_holes(labels[:, :, k] == label)` applied to
 //!    the background only. A hole that contains another label keeps that label's voxels; only
@@ -34,7 +37,7 @@ mod holes;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ndarray::{s, Array3};
+use ndarray::{s, Array3, ArrayViewMut3};
 use serde::{Deserialize, Serialize};
 
 pub use choose::{
@@ -323,6 +326,17 @@ impl RefinePlan {
     pub fn apply(
         &self,
         labels: &mut Array3<u16>,
+        voxel_ml: f64,
+    ) -> Result<RefineSummary, RefineError> {
+        self.apply_view(labels.view_mut(), voxel_ml)
+    }
+
+    /// [`RefinePlan::apply`] on a view in any memory layout: holes are filled along the view's
+    /// third axis, so a label volume seen in the pipeline's slicing frame
+    /// (`Reorientation::view_mut`, no copy) is filled along the axis the model sliced.
+    pub fn apply_view(
+        &self,
+        mut labels: ArrayViewMut3<'_, u16>,
         voxel_ml: f64,
     ) -> Result<RefineSummary, RefineError> {
         if self.is_noop() {

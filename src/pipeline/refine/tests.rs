@@ -149,12 +149,18 @@ fn holes_are_filled_per_slice_with_background_only() {
     let s = plan(&[(1, HOLES)]).apply(&mut b, 1.0).unwrap();
     assert_eq!(s.labels[0].voxels_filled, 0);
     assert_eq!(b[[1, 1, 0]], 0);
-    // A hole along another axis (in the i-k plane) is not a slice hole.
+    // A hole along another axis (in the i-k plane) is not a slice hole...
     let mut c = Array3::<u16>::zeros((5, 1, 5));
     c.slice_mut(s![1..4, 0, 1..4]).fill(1);
     c[[2, 0, 2]] = 0;
     plan(&[(1, HOLES)]).apply(&mut c, 1.0).unwrap();
     assert_eq!(c[[2, 0, 2]], 0);
+    // ...unless the volume is seen in a frame whose third axis is j.
+    let s = plan(&[(1, HOLES)])
+        .apply_view(c.view_mut().permuted_axes([0, 2, 1]), 1.0)
+        .unwrap();
+    assert_eq!(s.labels[0].voxels_filled, 1);
+    assert_eq!(c[[2, 0, 2]], 1);
 }
 
 #[test]
