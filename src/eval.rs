@@ -12,13 +12,20 @@
 //! Every ground-truth case needs a prediction (else an error lists the missing ones);
 //! predictions without ground truth are reported and ignored. FILE/FILE is one case, named
 //! after the ground truth.
+//!
+//! **Post-processing** ([`evaluate_pair_refined`], `eval --postprocess`): a
+//! [`RefinePlan`] is applied to the prediction as stored, on its own grid, before the label
+//! remapping and any resampling (what `run --postprocess` would have written); [`Comparison`]
+//! renders the scores with and without it.
 
+mod compare;
 mod write;
 
 use crate::geometry::Affine;
 use crate::metrics::protocol::{resampled_spacing, SDSEG_IN_PLANE};
 use crate::metrics::{self, LabelMetrics, MetricOptions, MetricsError, Stat};
-use crate::pipeline::{resize_labels_nearest, Pipeline};
+use crate::pipeline::refine::{voxel_ml, RefineError, RefineSummary};
+use crate::pipeline::{resize_labels_nearest, Pipeline, RefinePlan};
 use ndarray::Array3;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -81,6 +88,12 @@ pub enum EvalError {
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error("case {case}: {error}")]
     Metrics { case: String, error: MetricsError },
+    #[error("case {case}: post-processing {pred}: {error}")]
+    Refine {
+        case: String,
+        pred: PathBuf,
+        error: RefineError,
+    },
 }
 
 impl crate::error::Classify for EvalError {
@@ -88,6 +101,7 @@ impl crate::error::Classify for EvalError {
         match self {
             EvalError::Read(e) => e.is_input_error(),
             EvalError::Pipeline(e) => e.is_input_error(),
+            EvalError::Refine { error, .. } => error.is_input_error(),
             _ => true,
         }
     }
@@ -418,6 +432,54 @@ pub struct CaseResult {
     pub labels: Vec<LabelMetrics>,
 }
 
+/// The prediction and ground truth of a case are on the same grid: same shape, affines equal
+/// within [`AFFINE_TOLERANCE_MM`].
+pub fn check_same_grid(
+    pair: &CasePair,
+    (pred, pred_affine): (&Array3<u16>, &Affine),
+    (gt, gt_affine): (&Array3<u16>, &Affine),
+) -> Result<(), EvalError> {
+    let shape = |a: &Array3<u16>| {
+        let (x, y, z) = a.dim();
+        [x, y, z]
+    };
+    if pred.dim() != gt.dim() {
+        return Err(EvalError::ShapeMismatch {
+            case: pair.case.clone(),
+            pred: pair.pred.clone(),
+            gt: pair.gt.clone(),
+            pred_shape: shape(pred),
+            gt_shape: shape(gt),
+        });
+    }
+    let max_diff = pred_affine.max_abs_diff(gt_affine);
+    if max_diff.is_nan() || max_diff > AFFINE_TOLERANCE_MM {
+        return Err(EvalError::AffineMismatch {
+            case: pair.case.clone(),
+            pred: pair.pred.clone(),
+            gt: pair.gt.clone(),
+            pred_affine: Box::new(*pred_affine),
+            gt_affine: Box::new(*gt_affine),
+            max_diff,
+        });
+    }
+    Ok(())
+}
+
+/// Apply `plan` to a prediction as stored, with the voxel volume of its own affine.
+pub fn refine_prediction(
+    pair: &CasePair,
+    plan: &RefinePlan,
+    (pred, pred_affine): (&mut Array3<u16>, &Affine),
+) -> Result<RefineSummary, EvalError> {
+    plan.apply(pred, voxel_ml(pred_affine))
+        .map_err(|error| EvalError::Refine {
+            case: pair.case.clone(),
+            pred: pair.pred.clone(),
+            error,
+        })
+}
+
 /// Check geometry, remap, resample (sdseg protocol) and score one case held in memory.
 pub fn evaluate_arrays(
     pair: &CasePair,
@@ -429,26 +491,7 @@ pub fn evaluate_arrays(
         let (x, y, z) = a.dim();
         [x, y, z]
     };
-    if pred.dim() != gt.dim() {
-        return Err(EvalError::ShapeMismatch {
-            case: pair.case.clone(),
-            pred: pair.pred.clone(),
-            gt: pair.gt.clone(),
-            pred_shape: shape(&pred),
-            gt_shape: shape(&gt),
-        });
-    }
-    let max_diff = pred_affine.max_abs_diff(&gt_affine);
-    if max_diff.is_nan() || max_diff > AFFINE_TOLERANCE_MM {
-        return Err(EvalError::AffineMismatch {
-            case: pair.case.clone(),
-            pred: pair.pred.clone(),
-            gt: pair.gt.clone(),
-            pred_affine: Box::new(pred_affine),
-            gt_affine: Box::new(gt_affine),
-            max_diff,
-        });
-    }
+    check_same_grid(pair, (&pred, &pred_affine), (&gt, &gt_affine))?;
     opts.scheme.remap_gt(&mut gt);
     opts.scheme.remap_pred(&mut pred);
     let mut spacing = gt_affine.spacing();
@@ -478,6 +521,23 @@ pub fn evaluate_arrays(
 pub fn evaluate_pair(pair: &CasePair, opts: &EvalOptions) -> Result<CaseResult, EvalError> {
     let (p, g) = rayon::join(|| read_labels(&pair.pred), || read_labels(&pair.gt));
     evaluate_arrays(pair, p?, g?, opts)
+}
+
+/// Read both files of a pair once and score the prediction as it is and after `plan`:
+/// (without, with).
+pub fn evaluate_pair_refined(
+    pair: &CasePair,
+    opts: &EvalOptions,
+    plan: &RefinePlan,
+) -> Result<(CaseResult, CaseResult), EvalError> {
+    let (p, g) = rayon::join(|| read_labels(&pair.pred), || read_labels(&pair.gt));
+    let ((pred, pred_affine), gt) = (p?, g?);
+    check_same_grid(pair, (&pred, &pred_affine), (&gt.0, &gt.1))?;
+    let mut refined = pred.clone();
+    refine_prediction(pair, plan, (&mut refined, &pred_affine))?;
+    let without = evaluate_arrays(pair, (pred, pred_affine), gt.clone(), opts)?;
+    let with = evaluate_arrays(pair, (refined, pred_affine), gt, opts)?;
+    Ok((without, with))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -607,6 +667,7 @@ impl Report {
     }
 }
 
+pub use compare::Comparison;
 pub use write::{OutputFormat, ASSD_DEFINITION, NSD_DEFINITION, SURFACE_DEFINITION};
 
 #[cfg(test)]

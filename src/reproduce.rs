@@ -15,6 +15,17 @@
 //!    default), with the pipeline's label scheme (BTCV: `transfer_to_9` then the union of the
 //!    8 organs). Tables go to `DIR/scores-<protocol>.{md,csv,json}` ([`crate::eval::Report`]
 //!    writers) and the combined report to `DIR/reproduce.{md,json}`.
+//! 4. **Post-processing** (not the paper's protocol, whose tables above are unchanged): the same
+//!    cases are scored again after a [`RefinePlan`] (`--postprocess`, the `default` plan unless
+//!    told otherwise) into `DIR/scores-<protocol>-postprocessed.{md,csv,json}` and the
+//!    combined report's post-processing sections; the plan goes to `DIR/postprocessing.json`.
+//!    With [`Postprocessing::Choose`] (`--choose-postprocessing`) the plan is chosen first, per
+//!    label, on the pipeline's `[splits] train` cases ([`choose_postprocessing`], nnU-Net's rule:
+//!    a step is kept only where it raises the label's mean Dice), predicted like the test cases
+//!    into `DIR/pred-train/` (manifest `DIR/cases-train.csv`, report
+//!    `DIR/run-report-train.json`, reused on reruns). SDSeg has no cross-validation folds, so
+//!    these are cases the model was trained on: its errors there are milder than on unseen
+//!    cases, which makes the choice conservative rather than optimistic about removal.
 //!
 //! **Resize back.** The official code never resizes predictions back to the native grid: it
 //! scores the 256×256 masks against labels zoomed to 256 with `order=0` (its resize back,
@@ -32,10 +43,11 @@ use serde_json::{json, Value};
 
 use crate::dataset::{CaseFiles, DatasetError, DatasetLayout};
 use crate::error::ResultExt;
-use crate::eval::{self, CasePair, EvalError, EvalOptions, LabelScheme, Report};
+use crate::eval::{self, CasePair, Comparison, EvalError, EvalOptions, LabelScheme, Report};
 use crate::metrics::{MetricOptions, Protocol};
+use crate::pipeline::refine::{voxel_ml, Choice, MinComponentScore, PlanChooser};
 use crate::pipeline::runner::RunOptions;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, RefinePlan};
 
 /// The protocols every reproduction is scored under, in table order.
 pub const PROTOCOLS: [Protocol; 2] = [Protocol::Sdseg, Protocol::Nnunet];
@@ -84,6 +96,8 @@ pub enum ReproduceError {
     Dataset(#[from] DatasetError),
     #[error("pipeline '{0}' has no [splits] test list")]
     NoTestSplit(String),
+    #[error("pipeline '{0}' has no [splits] train list to choose the post-processing on")]
+    NoTrainSplit(String),
 }
 
 impl crate::error::Classify for ReproduceError {
@@ -101,6 +115,20 @@ pub fn find_test_cases(
     let ids = &pipeline.splits.test;
     if ids.is_empty() {
         return Err(ReproduceError::NoTestSplit(pipeline.name.clone()));
+    }
+    Ok(crate::dataset::find_cases(dataset.layout(), root, ids)?)
+}
+
+/// Locate the pipeline's training cases (`[splits] train`) under `root`, for
+/// `--choose-postprocessing`.
+pub fn find_train_cases(
+    dataset: Dataset,
+    root: &Path,
+    pipeline: &Pipeline,
+) -> Result<Vec<CaseFiles>, ReproduceError> {
+    let ids = &pipeline.splits.train;
+    if ids.is_empty() {
+        return Err(ReproduceError::NoTrainSplit(pipeline.name.clone()));
     }
     Ok(crate::dataset::find_cases(dataset.layout(), root, ids)?)
 }
@@ -152,18 +180,43 @@ impl OutputFolder {
     pub fn combined(&self, ext: &str) -> PathBuf {
         self.dir.join(format!("reproduce.{ext}"))
     }
+    /// Predictions of the training cases (`--choose-postprocessing`).
+    pub fn train_pred_dir(&self) -> PathBuf {
+        self.dir.join("pred-train")
+    }
+    pub fn train_prediction(&self, id: &str) -> PathBuf {
+        self.train_pred_dir().join(format!("{id}.nii.gz"))
+    }
+    pub fn train_manifest(&self) -> PathBuf {
+        self.dir.join("cases-train.csv")
+    }
+    pub fn train_run_report(&self) -> PathBuf {
+        self.dir.join("run-report-train.json")
+    }
+    /// The tables of the post-processed predictions.
+    pub fn scores_postprocessed(&self, p: Protocol, ext: &str) -> PathBuf {
+        self.dir
+            .join(format!("scores-{}-postprocessed.{ext}", p.name()))
+    }
+    /// The plan the post-processed tables used (`run --postprocess FILE` reads it).
+    pub fn plan(&self) -> PathBuf {
+        self.dir.join("postprocessing.json")
+    }
 }
 
-/// Score every case's prediction (`layout.prediction(id)`) under each protocol of
-/// [`PROTOCOLS`]; both files are read once. `on_case` is called before each case.
-pub fn score(
-    cases: &[CaseFiles],
-    layout: &OutputFolder,
-    pipeline: &Pipeline,
-    mut on_case: impl FnMut(&str),
-) -> Result<Vec<Report>, EvalError> {
+/// What the post-processed tables apply.
+#[derive(Clone, Debug)]
+pub enum Postprocessing {
+    /// A given plan; `source` says where it came from (`default`, a file).
+    Plan { plan: RefinePlan, source: String },
+    /// Choose the plan on these cases (the pipeline's training split) first.
+    Choose { cases: Vec<CaseFiles> },
+}
+
+/// The options of every protocol's scoring, in [`PROTOCOLS`] order.
+fn protocol_options(pipeline: &Pipeline) -> Vec<EvalOptions> {
     let scheme = LabelScheme::from_pipeline(pipeline);
-    let opts: Vec<EvalOptions> = PROTOCOLS
+    PROTOCOLS
         .iter()
         .map(|&protocol| EvalOptions {
             metrics: MetricOptions {
@@ -173,8 +226,30 @@ pub fn score(
             scheme: scheme.clone(),
             labels: None,
         })
-        .collect();
-    let mut results: Vec<Vec<eval::CaseResult>> = vec![Vec::new(); opts.len()];
+        .collect()
+}
+
+/// The reports of one reproduction, per protocol in [`PROTOCOLS`] order: the predictions as
+/// they are (the paper's tables) and after the post-processing plan.
+#[derive(Clone, Debug)]
+pub struct Scores {
+    pub plain: Vec<Report>,
+    pub postprocessed: Vec<Report>,
+}
+
+/// Score every case's prediction (`layout.prediction(id)`) under each protocol of
+/// [`PROTOCOLS`], as it is and after `plan`; both files are read once. `on_case` is called
+/// before each case.
+pub fn score(
+    cases: &[CaseFiles],
+    layout: &OutputFolder,
+    pipeline: &Pipeline,
+    plan: &RefinePlan,
+    mut on_case: impl FnMut(&str),
+) -> Result<Scores, EvalError> {
+    let opts = protocol_options(pipeline);
+    let mut plain: Vec<Vec<eval::CaseResult>> = vec![Vec::new(); opts.len()];
+    let mut refined: Vec<Vec<eval::CaseResult>> = vec![Vec::new(); opts.len()];
     for c in cases {
         on_case(&c.id);
         let pair = CasePair {
@@ -187,15 +262,68 @@ pub fn score(
             || eval::read_labels(&pair.gt),
         );
         let (p, g) = (p?, g?);
-        for (o, r) in opts.iter().zip(results.iter_mut()) {
-            r.push(eval::evaluate_arrays(&pair, p.clone(), g.clone(), o)?);
+        eval::check_same_grid(&pair, (&p.0, &p.1), (&g.0, &g.1))?;
+        let mut post = p.0.clone();
+        eval::refine_prediction(&pair, plan, (&mut post, &p.1))?;
+        for (i, o) in opts.iter().enumerate() {
+            plain[i].push(eval::evaluate_arrays(&pair, p.clone(), g.clone(), o)?);
+            refined[i].push(eval::evaluate_arrays(
+                &pair,
+                (post.clone(), p.1),
+                g.clone(),
+                o,
+            )?);
         }
     }
-    Ok(opts
-        .iter()
-        .zip(results)
-        .map(|(o, r)| Report::new(r, o))
-        .collect())
+    let reports = |results: Vec<Vec<eval::CaseResult>>| -> Vec<Report> {
+        opts.iter()
+            .zip(results)
+            .map(|(o, r)| Report::new(r, o))
+            .collect()
+    };
+    Ok(Scores {
+        plain: reports(plain),
+        postprocessed: reports(refined),
+    })
+}
+
+/// Choose a post-processing plan on `cases` (prediction of case `id`: `prediction(id)`): per
+/// scored label of the pipeline, nnU-Net's rule ([`PlanChooser`]) on the Dice at native
+/// resolution after the pipeline's label remapping. The plan's label ids are the scored ids,
+/// which are the values the pipeline's model writes. `on_case` is called before each case.
+pub fn choose_postprocessing(
+    cases: &[CaseFiles],
+    prediction: impl Fn(&str) -> PathBuf,
+    pipeline: &Pipeline,
+    mut on_case: impl FnMut(&str),
+) -> Result<Choice, EvalError> {
+    let scheme = LabelScheme::from_pipeline(pipeline);
+    let labels: Vec<u16> = scheme.labels.iter().map(|l| l.id).collect();
+    let mut chooser = PlanChooser::new(&labels);
+    for c in cases {
+        on_case(&c.id);
+        let pair = CasePair {
+            case: c.id.clone(),
+            pred: prediction(&c.id),
+            gt: c.label.clone(),
+        };
+        let (p, g) = rayon::join(
+            || eval::read_labels(&pair.pred),
+            || eval::read_labels(&pair.gt),
+        );
+        let ((mut pred, pred_affine), (mut gt, gt_affine)) = (p?, g?);
+        eval::check_same_grid(&pair, (&pred, &pred_affine), (&gt, &gt_affine))?;
+        scheme.remap_gt(&mut gt);
+        scheme.remap_pred(&mut pred);
+        chooser
+            .add_case(pred.view(), gt.view(), voxel_ml(&pred_affine))
+            .map_err(|error| EvalError::Refine {
+                case: pair.case.clone(),
+                pred: pair.pred.clone(),
+                error,
+            })?;
+    }
+    Ok(chooser.choose())
 }
 
 /// Everything [`execute`] needs; `run` is the validated `run` options (model, pipeline,
@@ -209,63 +337,148 @@ pub struct ReproduceOptions {
     pub run: RunOptions,
     /// Name of the method in the tables' summary row.
     pub method: String,
+    pub postprocess: Postprocessing,
+}
+
+/// The plan the post-processed tables used, where it came from, and the evidence when it was
+/// chosen.
+#[derive(Clone, Debug)]
+pub struct UsedPlan {
+    pub plan: RefinePlan,
+    pub source: String,
+    pub choice: Option<Choice>,
 }
 
 /// The scores of a reproduction and its rendered reports.
 #[derive(Clone, Debug)]
 pub struct Reproduction {
+    /// The paper's tables: predictions as they are, per protocol.
     pub reports: Vec<Report>,
+    /// The same after post-processing.
+    pub postprocessed: Vec<Report>,
+    pub plan: UsedPlan,
     pub markdown: String,
     pub json: Value,
 }
 
-/// Run inference for the missing predictions, score them, write every table.
-pub fn execute(opts: &ReproduceOptions) -> anyhow::Result<Reproduction> {
-    let layout = &opts.layout;
-    let pred_dir = layout.pred_dir();
-    std::fs::create_dir_all(&pred_dir)
+/// Run `run` on `cases` into `pred_dir` (named by case id) unless every prediction exists;
+/// the run report goes to `report` only when something runs.
+fn predict(
+    base: &RunOptions,
+    cases: &[CaseFiles],
+    manifest: &Path,
+    pred_dir: &Path,
+    report: PathBuf,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(pred_dir)
         .with_context(|| format!("creating {}", pred_dir.display()))?;
-    write_manifest(&layout.manifest(), &opts.cases)
-        .with_context(|| format!("writing {}", layout.manifest().display()))?;
-    let mut run = opts.run.clone();
+    write_manifest(manifest, cases).with_context(|| format!("writing {}", manifest.display()))?;
+    let mut run = base.clone();
     run.inputs = Vec::new();
-    run.manifest = Some(layout.manifest());
-    run.out = crate::pipeline::cases::OutTarget::Dir(pred_dir.clone());
+    run.manifest = Some(manifest.to_path_buf());
+    run.out = crate::pipeline::cases::OutTarget::Dir(pred_dir.to_path_buf());
     run.name = crate::pipeline::cases::NamePattern::default();
     run.json = false;
     run.preview = None;
     // Keep the provenance of the run that made the predictions: a rerun that only reuses
     // them writes no new run report.
     let any_to_run = run.overwrite
-        || opts
-            .cases
+        || cases
             .iter()
-            .any(|c| !layout.prediction(&c.id).exists());
-    run.report = any_to_run.then(|| layout.run_report());
+            .any(|c| !pred_dir.join(format!("{}.nii.gz", c.id)).exists());
+    run.report = any_to_run.then_some(report);
     crate::pipeline::runner::execute(&run)?;
+    Ok(())
+}
 
+fn progress_bar(quiet: bool, what: &str, n: usize) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(n as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} cases, {{elapsed}} ({{eta}} left) {{msg}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    b
+}
+
+/// Run inference for the missing predictions, choose the post-processing if asked, score,
+/// write every table.
+pub fn execute(opts: &ReproduceOptions) -> anyhow::Result<Reproduction> {
+    let layout = &opts.layout;
     let quiet = opts.run.quiet;
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(opts.cases.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "scoring [{bar:30}] {pos}/{len} cases, {elapsed} ({eta} left) {msg}",
+    predict(
+        &opts.run,
+        &opts.cases,
+        &layout.manifest(),
+        &layout.pred_dir(),
+        layout.run_report(),
+    )?;
+
+    let pipeline = &opts.run.slicer.pipeline;
+    let used = match &opts.postprocess {
+        Postprocessing::Plan { plan, source } => UsedPlan {
+            plan: plan.clone(),
+            source: source.clone(),
+            choice: None,
+        },
+        Postprocessing::Choose { cases } => {
+            if !quiet {
+                eprintln!(
+                    "reproduce: predicting the {} training cases to choose the post-processing on",
+                    cases.len()
+                );
+            }
+            predict(
+                &opts.run,
+                cases,
+                &layout.train_manifest(),
+                &layout.train_pred_dir(),
+                layout.train_run_report(),
+            )?;
+            let bar = progress_bar(quiet, "choosing post-processing", cases.len());
+            let choice = choose_postprocessing(
+                cases,
+                |id| layout.train_prediction(id),
+                pipeline,
+                |id| {
+                    bar.set_message(id.to_string());
+                    bar.inc(1);
+                },
             )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b
+            .classified()?;
+            bar.finish_and_clear();
+            UsedPlan {
+                plan: choice.plan.clone(),
+                source: format!("chosen on the {} training cases", cases.len()),
+                choice: Some(choice),
+            }
+        }
     };
-    let reports = score(&opts.cases, layout, &opts.run.slicer.pipeline, |id| {
+    let plan_path = layout.plan();
+    crate::io::atomic::write_atomic(&plan_path, |f| {
+        f.write_all(used.plan.to_json_string().as_bytes())
+    })
+    .with_context(|| format!("writing {}", plan_path.display()))?;
+
+    let bar = progress_bar(quiet, "scoring", opts.cases.len());
+    let scores = score(&opts.cases, layout, pipeline, &used.plan, |id| {
         bar.set_message(id.to_string());
         bar.inc(1);
     })
     .classified()?;
     bar.finish_and_clear();
 
-    for r in &reports {
+    let tables = scores
+        .plain
+        .iter()
+        .map(|r| (r, false))
+        .chain(scores.postprocessed.iter().map(|r| (r, true)));
+    for (r, post) in tables {
         let p = r.metrics.protocol;
         let files = [
             ("md", r.to_markdown(&opts.method)),
@@ -273,13 +486,17 @@ pub fn execute(opts: &ReproduceOptions) -> anyhow::Result<Reproduction> {
             ("json", format!("{:#}\n", r.to_json())),
         ];
         for (ext, text) in files {
-            let path = layout.scores(p, ext);
+            let path = if post {
+                layout.scores_postprocessed(p, ext)
+            } else {
+                layout.scores(p, ext)
+            };
             crate::io::atomic::write_atomic(&path, |f| f.write_all(text.as_bytes()))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    let markdown = render_markdown(opts, &reports);
-    let json = render_json(opts, &reports);
+    let markdown = render_markdown(opts, &scores, &used);
+    let json = render_json(opts, &scores, &used);
     for (ext, text) in [("md", markdown.clone()), ("json", format!("{json:#}\n"))] {
         let path = layout.combined(ext);
         crate::io::atomic::write_atomic(&path, |f| f.write_all(text.as_bytes()))
@@ -292,9 +509,17 @@ pub fn execute(opts: &ReproduceOptions) -> anyhow::Result<Reproduction> {
             PROTOCOLS.map(|p| p.name()).join(" and "),
             layout.dir.display()
         );
+        eprintln!(
+            "reproduce: post-processed tables with the plan {} ({}), saved as {}",
+            used.source,
+            used.plan.describe(),
+            plan_path.display()
+        );
     }
     Ok(Reproduction {
-        reports,
+        reports: scores.plain,
+        postprocessed: scores.postprocessed,
+        plan: used,
         markdown,
         json,
     })
@@ -325,7 +550,8 @@ pub fn protocol_role(p: Protocol) -> &'static str {
     }
 }
 
-fn render_markdown(opts: &ReproduceOptions, reports: &[Report]) -> String {
+fn render_markdown(opts: &ReproduceOptions, scores: &Scores, used: &UsedPlan) -> String {
+    let reports = &scores.plain;
     let run = &opts.run;
     let ids: Vec<&str> = opts.cases.iter().map(|c| c.id.as_str()).collect();
     let mut s = format!(
@@ -385,16 +611,90 @@ fn render_markdown(opts: &ReproduceOptions, reports: &[Report]) -> String {
         s.push_str(&demote_headings(&r.to_markdown(&opts.method), 2));
         s.push('\n');
     }
+    s.push_str(&postprocessing_markdown(opts, scores, used));
     s
 }
 
-fn render_json(opts: &ReproduceOptions, reports: &[Report]) -> Value {
-    let run = &opts.run;
-    let protocols: serde_json::Map<String, Value> = reports
-        .iter()
-        .map(|r| (r.metrics.protocol.name().to_string(), r.to_json()))
-        .collect();
-    let summary: serde_json::Map<String, Value> = reports
+fn fx(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_string(), |v| format!("{v:.4}"))
+}
+
+/// The post-processing sections: the plan (and how it was chosen), then per protocol the
+/// effect table and the post-processed tables.
+fn postprocessing_markdown(opts: &ReproduceOptions, scores: &Scores, used: &UsedPlan) -> String {
+    let plan_file = opts.layout.plan();
+    let mut s = String::from("## Post-processing (beyond the paper's protocol)\n\n");
+    s.push_str(&format!(
+        "- Plan ({}): {}. Saved as {}; `run --postprocess {}` applies it.\n",
+        used.source,
+        used.plan.describe(),
+        plan_file.display(),
+        plan_file.display()
+    ));
+    if let Some(choice) = &used.choice {
+        s.push_str(&format!(
+            "- Chosen per label on {} training cases (predictions in {}), as nnU-Net does: a \
+             step is kept only where it raises the label's mean Dice (native resolution, \
+             undefined cases skipped); the model was trained on these cases.\n\n",
+            choice.cases,
+            opts.layout.train_pred_dir().display()
+        ));
+        s.push_str(
+            "| Label | Dice as is | Largest component | Best removal below (ml) | + holes \
+             filled | Chosen | Dice chosen |\n|---|---|---|---|---|---|---|\n",
+        );
+        for l in &choice.labels {
+            // The first best, as the chooser breaks ties (toward the smaller volume).
+            let mut best_min: Option<&MinComponentScore> = None;
+            for m in &l.dice_min_component {
+                let better = match (m.dice, best_min.and_then(|b| b.dice)) {
+                    (Some(d), Some(b)) => d > b,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if better {
+                    best_min = Some(m);
+                }
+            }
+            let best_min = best_min.map_or_else(
+                || "–".to_string(),
+                |m| format!("{} ({})", fx(m.dice), m.min_component_ml),
+            );
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                l.label,
+                fx(l.dice_without),
+                fx(l.dice_largest_component),
+                best_min,
+                fx(l.dice_fill_holes),
+                l.chosen.describe(),
+                fx(l.dice_chosen),
+            ));
+        }
+    }
+    s.push('\n');
+    for (without, with) in scores.plain.iter().zip(&scores.postprocessed) {
+        let p = with.metrics.protocol;
+        s.push_str(&format!(
+            "## With post-processing, protocol `{}`: {}\n\n",
+            p.name(),
+            protocol_role(p)
+        ));
+        let c = Comparison {
+            without,
+            with,
+            plan: &used.plan,
+            source: &used.source,
+        };
+        s.push_str(&demote_headings(&c.to_markdown(), 1));
+        s.push_str(&demote_headings(&with.to_markdown(&opts.method), 2));
+        s.push('\n');
+    }
+    s
+}
+
+fn means_json(reports: &[Report]) -> serde_json::Map<String, Value> {
+    reports
         .iter()
         .map(|r| {
             let n = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
@@ -409,7 +709,44 @@ fn render_json(opts: &ReproduceOptions, reports: &[Report]) -> Value {
                 }),
             )
         })
+        .collect()
+}
+
+fn render_json(opts: &ReproduceOptions, scores: &Scores, used: &UsedPlan) -> Value {
+    let reports = &scores.plain;
+    let run = &opts.run;
+    let protocols: serde_json::Map<String, Value> = reports
+        .iter()
+        .map(|r| (r.metrics.protocol.name().to_string(), r.to_json()))
         .collect();
+    let summary = means_json(reports);
+    let post_protocols: serde_json::Map<String, Value> = scores
+        .postprocessed
+        .iter()
+        .map(|r| (r.metrics.protocol.name().to_string(), r.to_json()))
+        .collect();
+    let effect: serde_json::Map<String, Value> = reports
+        .iter()
+        .zip(&scores.postprocessed)
+        .map(|(without, with)| {
+            let c = Comparison {
+                without,
+                with,
+                plan: &used.plan,
+                source: &used.source,
+            };
+            (with.metrics.protocol.name().to_string(), c.effect_json())
+        })
+        .collect();
+    let choice = used.choice.as_ref().map(|c| {
+        json!({
+            "cases": c.cases,
+            "predictions": opts.layout.train_pred_dir(),
+            "rule": "per label, a step is kept only where it raises the label's mean Dice \
+                     (native resolution, nnU-Net's Dice, undefined cases skipped)",
+            "labels": c.labels,
+        })
+    });
     json!({
         "version": 1,
         "dataset": opts.dataset,
@@ -436,6 +773,16 @@ fn render_json(opts: &ReproduceOptions, reports: &[Report]) -> Value {
         },
         "summary": summary,
         "protocols": protocols,
+        "postprocessing": {
+            "plan": used.plan,
+            "source": used.source,
+            "description": used.plan.describe(),
+            "file": opts.layout.plan(),
+            "choice": choice,
+            "summary": means_json(&scores.postprocessed),
+            "effect": effect,
+            "protocols": post_protocols,
+        },
     })
 }
 

@@ -2,8 +2,9 @@
 
 use super::Globals;
 use crate::error::{ResultExt, UsageError};
-use crate::eval::{self, EvalOptions, LabelScheme, OutputFormat, Report};
+use crate::eval::{self, Comparison, EvalOptions, LabelScheme, OutputFormat, Report};
 use crate::metrics::{Hd95Mode, MetricOptions, Protocol, DEFAULT_NSD_TOLERANCE_MM};
+use crate::pipeline::RefinePlan;
 use anyhow::Context;
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,6 +43,19 @@ pub struct Args {
     /// Print the JSON report on stdout instead of the Markdown tables.
     #[arg(long)]
     pub json: bool,
+    /// Score the predictions after 3D post-processing, and compare with the scores without:
+    /// `default` (no value; largest connected component and per-slice hole filling for every
+    /// label) or a plan file (`reproduce`'s postprocessing.json or reproduce.json, a run
+    /// report). The plan is applied to each prediction as stored, before --pipeline's
+    /// remapping, as `run --postprocess` would. The tables, --json and --out are the
+    /// post-processed scores; Markdown and JSON add the scores without and the difference.
+    #[arg(
+        long,
+        value_name = "PLAN.json|default",
+        num_args = 0..=1,
+        default_missing_value = "default"
+    )]
+    pub postprocess: Option<String>,
 }
 
 pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
@@ -75,6 +89,15 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         labels: args.labels.clone(),
     };
 
+    let plan = match args.postprocess.as_deref() {
+        Some(spec) => Some(
+            RefinePlan::from_spec(spec)
+                .classified()
+                .context("--postprocess")?,
+        ),
+        None => None,
+    };
+
     let pairing = eval::pair_cases(&args.pred, &args.gt).classified()?;
     if !g.quiet {
         for p in &pairing.unmatched_predictions {
@@ -98,9 +121,17 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         b
     };
     let mut results = Vec::with_capacity(pairing.pairs.len());
+    let mut unrefined = Vec::new();
     for pair in &pairing.pairs {
         bar.set_message(pair.case.clone());
-        let r = eval::evaluate_pair(pair, &opts)
+        let scored = match &plan {
+            Some(plan) => eval::evaluate_pair_refined(pair, &opts, plan).map(|(without, with)| {
+                unrefined.push(without);
+                with
+            }),
+            None => eval::evaluate_pair(pair, &opts),
+        };
+        let r = scored
             .classified()
             .with_context(|| format!("scoring case {}", pair.case))?;
         results.push(r);
@@ -109,12 +140,29 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     let report = Report::new(results, &opts);
+    let without = plan.as_ref().map(|_| Report::new(unrefined, &opts));
+    let comparison = match (&plan, &without) {
+        (Some(plan), Some(without)) => Some(Comparison {
+            without,
+            with: &report,
+            plan,
+            source: args.postprocess.as_deref().unwrap_or("default"),
+        }),
+        _ => None,
+    };
     if !g.quiet {
         eprintln!(
             "eval: {} cases; {}",
             report.cases.len(),
             report.definitions_line()
         );
+        if let Some(c) = &comparison {
+            eprintln!(
+                "eval: scores after post-processing ({}); mean Dice {} without",
+                c.plan.describe(),
+                fmt_mean(c.without.mean.dice)
+            );
+        }
     }
     let method = args
         .pred
@@ -123,9 +171,9 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         .unwrap_or_else(|| "prediction".into());
     if let (Some(path), Some(format)) = (&args.out, format) {
         let text = match format {
-            OutputFormat::Markdown => report.to_markdown(&method),
+            OutputFormat::Markdown => markdown(&report, comparison.as_ref(), &method),
             OutputFormat::Csv => report.to_csv(),
-            OutputFormat::Json => format!("{:#}\n", report.to_json()),
+            OutputFormat::Json => format!("{:#}\n", json(&report, comparison.as_ref())),
         };
         crate::io::atomic::write_atomic(path, |f| f.write_all(text.as_bytes()))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -134,13 +182,37 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         }
     }
     let stdout = if args.json {
-        format!("{:#}\n", report.to_json())
+        format!("{:#}\n", json(&report, comparison.as_ref()))
     } else {
-        report.to_markdown(&method)
+        markdown(&report, comparison.as_ref(), &method)
     };
     let mut out = std::io::stdout().lock();
     match out.write_all(stdout.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("writing to stdout"),
+    }
+}
+
+fn markdown(report: &Report, comparison: Option<&Comparison<'_>>, method: &str) -> String {
+    let mut s = report.to_markdown(method);
+    if let Some(c) = comparison {
+        s.push('\n');
+        s.push_str(&c.to_markdown());
+    }
+    s
+}
+
+fn json(report: &Report, comparison: Option<&Comparison<'_>>) -> serde_json::Value {
+    match comparison {
+        Some(c) => c.to_json(),
+        None => report.to_json(),
+    }
+}
+
+fn fmt_mean(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.4}")
+    } else {
+        "undefined".into()
     }
 }

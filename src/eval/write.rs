@@ -79,7 +79,7 @@ impl OutputFormat {
     }
 }
 
-fn num(v: f64) -> Value {
+pub(super) fn num(v: f64) -> Value {
     if v.is_finite() {
         json!(v)
     } else {
@@ -390,7 +390,7 @@ impl Report {
 }
 
 /// A number with `d` decimals; `–` when undefined, `inf` for infinity.
-fn fx(v: f64, d: usize) -> String {
+pub(super) fn fx(v: f64, d: usize) -> String {
     if v.is_nan() {
         "–".into()
     } else if v.is_infinite() {
@@ -408,7 +408,7 @@ fn pm(s: &Stat, d: usize) -> String {
     }
 }
 
-fn md_cell(s: &str) -> String {
+pub(super) fn md_cell(s: &str) -> String {
     s.replace('|', "\\|")
 }
 

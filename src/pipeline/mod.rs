@@ -5,6 +5,9 @@
 //!   per slice ([`SliceSource`]), returning the [`SliceGeometry`] that inverts it.
 //! * [`postprocess`]: soft maps / logits → native-size label slices → label volume on the
 //!   input grid ([`Reassembler`]); label remapping and the 256² label resize for scoring.
+//! * [`refine`]: optional 3D post-processing of the label volume (`--postprocess`): largest
+//!   connected component, small-component removal, per-slice hole filling ([`RefinePlan`]),
+//!   and choosing them on cases with ground truth ([`refine::PlanChooser`]).
 //! * [`resize`]: `scipy.ndimage.zoom` (order 0 and 1) reimplemented exactly.
 //! * [`engine`]: the streaming `run` stages (read → preprocess → model → postprocess → write),
 //!   with [`cases`], [`shard`], [`stats`], [`preview`], [`labels_sidecar`] and the model seam
@@ -21,6 +24,7 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod preview;
 pub mod progress;
+pub mod refine;
 pub mod report;
 pub mod resize;
 pub mod runner;
@@ -41,3 +45,4 @@ pub use preprocess::{
     prepare_slices, to_model_input, window_hu, LabelSlices, NormStats, PreprocessError,
     SliceGeometry, SliceSource,
 };
+pub use refine::{RefineError, RefinePlan};

@@ -402,3 +402,112 @@ fn cli_rejects_bad_input_with_exit_code_2() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------
+// Post-processing
+
+/// `eval --postprocess`: a prediction of the label-1 cube with a spurious 2×2×2 island
+/// (Dice 2·64 / (72 + 64) without, 1 with the largest component); label 2 exact either way.
+#[test]
+fn cli_scores_with_and_without_postprocessing() {
+    let d = tempdir();
+    let gt = gt_volume();
+    let mut pred = gt.clone();
+    pred.slice_mut(s![7..9, 6..8, 6..8]).fill(1);
+    // Label 1 gt is 4×4×4 = 64 voxels; label 2 must not be touched by label 1's island.
+    assert_eq!(gt.iter().filter(|&&v| v == 1).count(), 64);
+    assert_eq!(pred.iter().filter(|&&v| v == 1).count(), 72);
+    let (p, g) = (d.path().join("pred.nii"), d.path().join("gt.nii"));
+    write_nifti(&p, &pred, &affine());
+    write_nifti(&g, &gt, &affine());
+    let eval = |extra: &[&str]| {
+        let o = bin()
+            .args(["eval", "--json", "--quiet", "--pred"])
+            .arg(&p)
+            .arg("--gt")
+            .arg(&g)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let dice = |j: &serde_json::Value, label: usize| {
+        j["summary"]["labels"][label]["dice"]["mean"]
+            .as_f64()
+            .unwrap()
+    };
+    let hd95 = |j: &serde_json::Value, label: usize| {
+        j["summary"]["labels"][label]["hd95_mm"]["mean"]
+            .as_f64()
+            .unwrap()
+    };
+    let plain = eval(&[]);
+    assert!((dice(&plain, 0) - 128.0 / 136.0).abs() < 1e-12);
+    assert!(plain.get("postprocessing").is_none());
+    let post = eval(&["--postprocess"]);
+    assert_eq!(dice(&post, 0), 1.0);
+    assert_eq!(hd95(&post, 0), 0.0);
+    assert!(hd95(&plain, 0) > 0.0);
+    assert_eq!(dice(&post, 1), 1.0);
+    let pp = &post["postprocessing"];
+    assert_eq!(pp["source"], "default");
+    assert_eq!(pp["plan"]["other_labels"]["largest_component"], true);
+    assert_eq!(dice(&pp["without"], 0), dice(&plain, 0));
+    assert_eq!(pp["without"]["cases"], plain["cases"]);
+    let e = &pp["effect"]["labels"][0];
+    assert_eq!(e["dice_with"], 1.0);
+    assert!((e["dice_without"].as_f64().unwrap() - 128.0 / 136.0).abs() < 1e-12);
+    assert_eq!(post["cases"][0]["labels"][0]["fp"], 0);
+
+    // A plan file for label 2 only leaves label 1's island (and its score) alone.
+    let plan = d.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"version": 1, "labels": {"2": {"largest_component": true}}}"#,
+    )
+    .unwrap();
+    let only2 = eval(&["--postprocess", plan.to_str().unwrap()]);
+    assert_eq!(dice(&only2, 0), dice(&plain, 0));
+    assert_eq!(only2["postprocessing"]["source"], plan.to_str().unwrap());
+
+    // Markdown: the post-processed tables, then the effect table.
+    let o = bin()
+        .args(["eval", "--quiet", "--postprocess", "default", "--pred"])
+        .arg(&p)
+        .arg("--gt")
+        .arg(&g)
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        md.contains("## Post-processing (effect on these scores)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 1 | label 1 | 0.9412 | 1.0000 | +0.0588 |"),
+        "{md}"
+    );
+
+    // A bad plan: exit 2, naming the file.
+    std::fs::write(
+        &plan,
+        r#"{"version": 1, "labels": {"1": {"largest": true}}}"#,
+    )
+    .unwrap();
+    let o = bin()
+        .args(["eval", "--postprocess"])
+        .arg(&plan)
+        .arg("--pred")
+        .arg(&p)
+        .arg("--gt")
+        .arg(&g)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("plan.json: not a post-processing plan") && stderr.contains("largest"),
+        "{stderr}"
+    );
+}

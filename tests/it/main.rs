@@ -23,6 +23,7 @@ mod nifti;
 mod parity;
 mod pipeline;
 mod real_world;
+mod refine;
 mod reproduce;
 mod rtstruct;
 mod run;

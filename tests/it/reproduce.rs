@@ -458,3 +458,303 @@ fn stability_on_a_dataset_split() {
     assert_eq!(j["pipeline"], "btcv");
     assert_eq!(j["slices"]["selection"], "non-empty label at 256x256");
 }
+
+// ---------------------------------------------------------------------------------------
+// Post-processing
+
+const BTCV_TRAIN: [&str; 18] = [
+    "0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024", "0026", "0027", "0028", "0030",
+    "0031", "0033", "0034", "0037", "0039", "0040",
+];
+
+/// A volume with bright balls (180 HU, what the threshold model segments) on -300 HU:
+/// `(centre, radius)` in voxels, the third axis squeezed by 3.
+fn balls(shape: [usize; 3], centres: &[([f32; 3], f32)]) -> Array3<bool> {
+    Array3::from_shape_fn(shape, |(i, j, k)| {
+        centres.iter().any(|&(c, r)| {
+            let d = (i as f32 - c[0]).powi(2)
+                + (j as f32 - c[1]).powi(2)
+                + (3.0 * (k as f32 - c[2])).powi(2);
+            d.sqrt() < r
+        })
+    })
+}
+
+fn hu(mask: &Array3<bool>) -> Array3<i16> {
+    mask.mapv(|b| if b { 180 } else { -300 })
+}
+
+fn plan_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("postprocessing.json")).unwrap()).unwrap()
+}
+
+/// BTCV layout, every test and training case: the labelled organ (liver, 6) is a ball, and the
+/// image has a second bright blob that is not labelled, so the threshold model's predictions
+/// have a spurious island: the largest component is chosen, and it raises the test Dice.
+#[test]
+fn reproduce_chooses_the_largest_component_for_predictions_with_islands() {
+    let d = tempdir();
+    let shape = [32, 32, 6];
+    let raw = d.path().join("Abdomen/RawData");
+    for dir in ["Training/img", "Training/label"] {
+        std::fs::create_dir_all(raw.join(dir)).unwrap();
+    }
+    let aff = diag([0.8, 0.8, 2.5]);
+    for (n, id) in BTCV_TEST.iter().chain(BTCV_TRAIN.iter()).enumerate() {
+        let organ = balls(shape, &[([12.0 + (n % 3) as f32, 14.0, 2.5], 7.0)]);
+        let island = balls(shape, &[([27.0, 26.0, 4.0], 2.5)]);
+        let image = hu(&(&organ | &island));
+        write_nifti(
+            &raw.join(format!("Training/img/img{id}.nii.gz")),
+            &image,
+            aff,
+        );
+        let label = organ.mapv(|b| if b { 6i16 } else { 0 });
+        write_nifti(
+            &raw.join(format!("Training/label/label{id}.nii.gz")),
+            &label,
+            aff,
+        );
+    }
+    let args = [
+        "reproduce",
+        "btcv",
+        "--data",
+        raw.to_str().unwrap(),
+        "--out",
+        "out",
+        "--test-segmenter",
+        "threshold",
+        "--choose-postprocessing",
+        "--json",
+    ];
+    let o = run(d.path(), &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("predicting the 18 training cases"), "{err}");
+    let out = d.path().join("out");
+    for id in BTCV_TRAIN {
+        assert!(
+            out.join(format!("pred-train/{id}.nii.gz")).is_file(),
+            "{id}"
+        );
+    }
+    assert!(out.join("run-report-train.json").is_file());
+    assert!(out.join("cases-train.csv").is_file());
+    // The choice: the largest component, nothing else.
+    let plan = plan_of(&out);
+    assert_eq!(plan["version"], 1);
+    assert_eq!(
+        plan["labels"]["1"],
+        serde_json::json!({"largest_component": true, "min_component_ml": null, "fill_holes": false})
+    );
+    assert!(plan["other_labels"].is_null());
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(out.join("reproduce.json")).unwrap()
+        )
+        .unwrap(),
+        j
+    );
+    let pp = &j["postprocessing"];
+    assert_eq!(pp["plan"], plan);
+    assert_eq!(pp["source"], "chosen on the 18 training cases");
+    let choice = &pp["choice"]["labels"][0];
+    assert_eq!(pp["choice"]["cases"], 18);
+    assert_eq!(choice["cases_scored"], 18);
+    let without = choice["dice_without"].as_f64().unwrap();
+    let lcc = choice["dice_largest_component"].as_f64().unwrap();
+    assert!(lcc > without, "{choice}");
+    // The paper's tables are the predictions as they are; the new ones are better.
+    for p in ["sdseg", "nnunet"] {
+        let plain = j["summary"][p]["dice"].as_f64().unwrap();
+        let post = pp["summary"][p]["dice"].as_f64().unwrap();
+        assert!(post > plain, "{p}: {post} <= {plain}");
+        assert_eq!(
+            pp["effect"][p]["mean"]["dice_without"],
+            j["summary"][p]["dice"]
+        );
+        assert_eq!(j["protocols"][p]["protocol"], p);
+        assert_eq!(pp["protocols"][p]["cases"].as_array().unwrap().len(), 12);
+        for ext in ["md", "csv", "json"] {
+            assert!(out.join(format!("scores-{p}.{ext}")).is_file());
+            assert!(out
+                .join(format!("scores-{p}-postprocessed.{ext}"))
+                .is_file());
+        }
+        let table: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("scores-{p}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(table, j["protocols"][p], "the paper's table is unchanged");
+    }
+    let md = std::fs::read_to_string(out.join("reproduce.md")).unwrap();
+    assert!(
+        md.contains("## Post-processing (beyond the paper's protocol)"),
+        "{md}"
+    );
+    assert!(md.contains("chosen on the 18 training cases"), "{md}");
+    assert!(
+        md.contains("| 1 | ") && md.contains("| largest component | "),
+        "{md}"
+    );
+    assert!(
+        md.contains("## With post-processing, protocol `sdseg`"),
+        "{md}"
+    );
+    assert!(
+        md.contains("## With post-processing, protocol `nnunet`"),
+        "{md}"
+    );
+
+    // The plan round-trips: eval applies postprocessing.json (or reproduce.json) to a test
+    // prediction and gets reproduce's post-processed score for that case.
+    let case_dice = |report: &serde_json::Value| {
+        report["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["case"] == "0001")
+            .unwrap()["labels"][0]["dice"]
+            .as_f64()
+            .unwrap()
+    };
+    for plan_file in ["out/postprocessing.json", "out/reproduce.json"] {
+        let o = run(
+            d.path(),
+            &[
+                "eval",
+                "--pred",
+                "out/pred/0001.nii.gz",
+                "--gt",
+                raw.join("Training/label/label0001.nii.gz")
+                    .to_str()
+                    .unwrap(),
+                "--pipeline",
+                "btcv",
+                "--postprocess",
+                plan_file,
+                "--json",
+                "--quiet",
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let e: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(e["postprocessing"]["plan"], plan, "{plan_file}");
+        assert_eq!(
+            case_dice(&e),
+            case_dice(&pp["protocols"]["nnunet"]),
+            "{plan_file}"
+        );
+        assert_eq!(
+            case_dice(&e["postprocessing"]["without"]),
+            case_dice(&j["protocols"]["nnunet"])
+        );
+    }
+
+    // A rerun reuses both prediction sets and chooses the same.
+    let o = run(d.path(), &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resume: 18 case(s) already have outputs"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(plan_of(&out), plan);
+
+    // --postprocess with the saved plan gives the same post-processed tables without choosing.
+    let o = run(
+        d.path(),
+        &[
+            "reproduce",
+            "btcv",
+            "--data",
+            raw.to_str().unwrap(),
+            "--out",
+            "out",
+            "--test-segmenter",
+            "threshold",
+            "--postprocess",
+            "out/reproduce.json",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let again: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(again["postprocessing"]["summary"], pp["summary"]);
+    assert!(again["postprocessing"]["choice"].is_null());
+    assert_eq!(again["postprocessing"]["source"], "out/reproduce.json");
+
+    // Both at once is a usage error.
+    let mut both = args.to_vec();
+    both.extend(["--postprocess", "default"]);
+    assert_eq!(code(&run(d.path(), &both)), 2);
+}
+
+/// STS-3D layout: every tooth label has two separate blobs and the model finds both, so the
+/// largest component would lose one: it is not chosen. Missing training cases are an input
+/// error before anything runs.
+#[test]
+fn reproduce_does_not_choose_the_largest_component_where_it_hurts() {
+    let d = tempdir();
+    let root = d.path().join("sts");
+    for dir in ["labelled/image", "labelled/label"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    let ids: Vec<String> = (1..=12).map(|n| format!("Teeth_{n:04}")).collect();
+    let shape = [32, 32, 6];
+    let aff = diag([0.3, 0.3, 0.3]);
+    for (n, id) in ids.iter().enumerate() {
+        let teeth = balls(
+            shape,
+            &[
+                ([9.0, 9.0, 2.5], 6.0),
+                ([23.0 - (n % 2) as f32, 22.0, 2.5], 5.0),
+            ],
+        );
+        let image = teeth.mapv(|b| if b { 800i16 } else { -400 });
+        write_nifti(
+            &root.join(format!("labelled/image/{id}_0000.nii.gz")),
+            &image,
+            aff,
+        );
+        let label = teeth.mapv(i16::from);
+        write_nifti(
+            &root.join(format!("labelled/label/{id}_0000.nii.gz")),
+            &label,
+            aff,
+        );
+    }
+    let args = [
+        "reproduce",
+        "sts3d",
+        "--data",
+        "sts",
+        "--test-segmenter",
+        "threshold",
+        "--choose-postprocessing",
+        "--json",
+        "--quiet",
+    ];
+    let o = run(d.path(), &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = d.path().join("reproduce-sts3d");
+    let plan = plan_of(&out);
+    assert_eq!(plan["labels"]["1"]["largest_component"], false, "{plan}");
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let choice = &j["postprocessing"]["choice"]["labels"][0];
+    assert_eq!(j["postprocessing"]["choice"]["cases"], 9);
+    let without = choice["dice_without"].as_f64().unwrap();
+    let lcc = choice["dice_largest_component"].as_f64().unwrap();
+    assert!(lcc < without - 0.1, "{choice}");
+    assert!(choice["dice_chosen"].as_f64().unwrap() >= without);
+
+    // A training case missing: exit 2 naming it, before any inference.
+    std::fs::remove_file(root.join("labelled/label/Teeth_0004_0000.nii.gz")).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let o = run(d.path(), &args);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("Teeth_0004"), "{}", stderr(&o));
+    assert!(!out.join("pred").exists(), "nothing ran");
+}
