@@ -92,6 +92,7 @@ impl ModelFlags {
                 format: Default::default(),
                 empty_segments: false,
                 uncertainty: None,
+                postprocess: None,
                 overwrite,
                 report: None,
                 preview: None,

@@ -101,6 +101,12 @@ pub struct OutputArgs {
     /// FILE.nii.gz (with {case} for several cases) or a folder (DIR/{case}.nii.gz).
     #[arg(long, value_name = "FILE|DIR")]
     pub uncertainty: Option<String>,
+    /// 3D post-processing of the labels before they are written (off by default: the paper's
+    /// protocol): `default` (per label, the largest 26-connected component and per-slice hole
+    /// filling) or a plan JSON (`reproduce --choose-postprocessing` writes one; a run report
+    /// holding one works too).
+    #[arg(long, value_name = "default|PLAN.json")]
+    pub postprocess: Option<String>,
     /// Print per-label voxels, volume (ml) and mean HU for every case.
     #[arg(long)]
     pub statistics: bool,
@@ -307,6 +313,13 @@ impl Args {
             empty_segments: self.output.empty_segments,
             samples: m.samples,
             uncertainty: self.output.uncertainty.clone().map(MapTarget),
+            refine: self
+                .output
+                .postprocess
+                .as_deref()
+                .map(crate::pipeline::refine::RefinePlan::from_spec)
+                .transpose()
+                .map_err(|e| UsageError(format!("--postprocess: {e}")))?,
             report: self.output.report.clone(),
             preview,
             statistics: self.output.statistics,

@@ -191,6 +191,13 @@ impl OutputArgs {
         if let Some(u) = &self.uncertainty {
             v.extend(["--uncertainty".into(), abs_str(Path::new(u))]);
         }
+        match self.postprocess.as_deref() {
+            Some(p) if Path::new(p).is_file() => {
+                v.extend(["--postprocess".into(), abs_str(Path::new(p))])
+            }
+            Some(p) => v.extend(["--postprocess".into(), p.to_string()]),
+            None => {}
+        }
         for (on, flag) in [
             (self.overwrite, "--overwrite"),
             (self.empty_segments, "--empty-segments"),

@@ -149,6 +149,9 @@ pub struct EngineOptions {
     pub samples: usize,
     /// Compute the voxel-wise uncertainty of the draws (`--uncertainty`; needs `samples` ≥ 2).
     pub uncertainty: bool,
+    /// `--postprocess`: 3D post-processing of each case's labels before they are written
+    /// (`None`: the official protocol, labels as the model gives them).
+    pub refine: Option<super::refine::RefinePlan>,
 }
 
 impl Default for EngineOptions {
@@ -165,6 +168,7 @@ impl Default for EngineOptions {
             derived: None,
             samples: 1,
             uncertainty: false,
+            refine: None,
         }
     }
 }

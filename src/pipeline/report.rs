@@ -167,6 +167,8 @@ pub struct RunSettings {
     pub formats: String,
     /// `--samples`: noise draws per slice.
     pub samples: usize,
+    /// `--postprocess`: the 3D post-processing applied (`null`: none, the official protocol).
+    pub postprocess: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -129,6 +129,8 @@ pub struct RunOptions {
     pub samples: usize,
     /// `--uncertainty`: where the per-voxel uncertainty maps go (needs `samples` ≥ 2).
     pub uncertainty: Option<MapTarget>,
+    /// `--postprocess`: 3D post-processing applied to every case's labels (off by default).
+    pub refine: Option<super::refine::RefinePlan>,
     /// `{shard}` is replaced by the shard index.
     pub report: Option<PathBuf>,
     pub preview: Option<PreviewTarget>,
@@ -520,6 +522,7 @@ fn segment(
             derived,
             samples: opts.samples,
             uncertainty: opts.uncertainty.is_some(),
+            refine: opts.refine.clone(),
         },
     };
     let t = Instant::now();
@@ -603,6 +606,7 @@ fn run_settings(opts: &RunOptions) -> RunSettings {
         overwrite: opts.overwrite,
         formats: opts.formats.to_string(),
         samples: opts.samples,
+        postprocess: opts.refine.as_ref().map(|p| p.describe()),
     }
 }
 

@@ -33,6 +33,11 @@ impl LabelAccumulator {
         }
     }
 
+    /// Label values counted so far (at least the `classes` it was made for).
+    pub fn classes(&self) -> usize {
+        self.counts.len()
+    }
+
     /// Also accumulate uncertainty per label ([`Self::add_uncertainty`]).
     pub fn with_uncertainty(mut self) -> LabelAccumulator {
         self.with_uncertainty = true;

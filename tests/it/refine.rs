@@ -164,3 +164,95 @@ fn hole_filling_matches_scipy_binary_fill_holes_per_slice() {
         "the random volumes have holes to fill ({filled})"
     );
 }
+
+/// `run --postprocess default` on a volume whose thresholded mask has a big body, a spurious
+/// island and a hole: the island goes, the hole is filled, the statistics count what is
+/// written, the report names the plan; without the flag nothing changes; a bad plan exits 2.
+#[test]
+fn run_postprocess_keeps_the_largest_component_and_fills_holes() {
+    use crate::support::run_util::*;
+    let d = tempdir();
+    // btcv window [-125, 275] HU: foreground (> 75 HU after normalising) where HU is high.
+    let mut hu = Array3::<i16>::from_elem((40, 40, 6), -1000);
+    for k in 0..6 {
+        for i in 5..30 {
+            for j in 5..30 {
+                hu[[i, j, k]] = 250;
+            }
+        }
+        for i in 15..18 {
+            for j in 15..18 {
+                hu[[i, j, k]] = -1000; // a hole in every slice
+            }
+        }
+        hu[[36, 36, k]] = 250; // an island
+    }
+    let input = d.path().join("ct.nii.gz");
+    write_nifti(&input, &hu, diag([1.0, 1.0, 2.0]));
+    let base = [
+        "run",
+        "--quiet",
+        "--test-segmenter",
+        "threshold",
+        "--pipeline",
+        "btcv",
+        input.to_str().unwrap(),
+    ];
+    let o = run(d.path(), &[&base[..], &["--out", "plain.nii.gz"]].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(
+        d.path(),
+        &[
+            &base[..],
+            &[
+                "--out",
+                "post.nii.gz",
+                "--postprocess",
+                "default",
+                "--report",
+                "r.json",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let read = |name: &str| {
+        sdseg_volume::io::read_volume(&d.path().join(name), &Default::default())
+            .unwrap()
+            .data()
+            .clone()
+    };
+    let (plain, post) = (read("plain.nii.gz"), read("post.nii.gz"));
+    assert_eq!(
+        plain[[36, 36, 2]],
+        1.0,
+        "the threshold model sees the island"
+    );
+    assert_eq!(plain[[16, 16, 2]], 0.0, "and the hole");
+    assert_eq!(post[[36, 36, 2]], 0.0, "the island is gone");
+    assert_eq!(post[[16, 16, 2]], 1.0, "the hole is filled");
+    let fg = post.iter().filter(|&&v| v > 0.0).count() as u64;
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["cases"][0]["labels"][0]["voxels"].as_u64(),
+        Some(fg),
+        "{r}"
+    );
+    assert!(
+        r["settings"]["postprocess"].is_string(),
+        "{}",
+        r["settings"]
+    );
+    std::fs::write(d.path().join("bad.json"), "{ not json").unwrap();
+    let o = run(
+        d.path(),
+        &[
+            &base[..],
+            &["--out", "x.nii.gz", "--postprocess", "bad.json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad.json"), "{}", stderr(&o));
+}

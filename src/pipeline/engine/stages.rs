@@ -584,17 +584,17 @@ fn finish_batch(
 fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
     let InProgress {
         loaded,
-        labels,
+        mut labels,
         uncertainty,
-        acc,
+        mut acc,
         error,
     } = c;
     let Loaded {
         idx,
         volume,
+        plan,
         mut details,
         started,
-        ..
     } = loaded;
     if let Some(error) = error {
         return ToWriter::Failed(Box::new(Failure {
@@ -606,6 +606,30 @@ fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
     }
     let t = Instant::now();
     let voxel_ml = volume.affine().det3().abs() / 1000.0;
+    if let Some(refine) = &engine.options.refine {
+        // Holes are filled slice by slice along the axis the model sliced.
+        let view = plan.geometry.reorientation.view_mut(labels.view_mut());
+        match refine.apply_view(view, voxel_ml) {
+            Ok(summary) => {
+                if summary
+                    .labels
+                    .iter()
+                    .any(|e| e.voxels_removed + e.voxels_filled > 0)
+                {
+                    acc = recount(&labels, volume.data(), uncertainty.as_ref(), acc.classes());
+                }
+            }
+            Err(e) => {
+                let e = crate::error::classified(e).context("3D post-processing");
+                return ToWriter::Failed(Box::new(Failure {
+                    idx,
+                    error: failure(&jobs[idx], "postprocess", &e),
+                    details,
+                    started,
+                }));
+            }
+        }
+    }
     details.stats = acc.finish(voxel_ml, &engine.options.labels);
     let preview = jobs[idx].preview.as_ref().map(|_| {
         preview::extract(
@@ -630,6 +654,29 @@ fn end_case(engine: &Engine<'_>, jobs: &[Job], c: InProgress) -> ToWriter {
         preview,
         started,
     }))
+}
+
+/// The label statistics of a whole volume again (after 3D post-processing changed labels).
+fn recount(
+    labels: &Array3<u16>,
+    hu: &Array3<f32>,
+    uncertainty: Option<&Array3<f32>>,
+    classes: usize,
+) -> LabelAccumulator {
+    let threshold = if classes > 2 {
+        UNCERTAIN_ENTROPY
+    } else {
+        UNCERTAIN_BINARY
+    };
+    let mut acc = LabelAccumulator::new(classes);
+    for k in 0..labels.shape()[2] {
+        let l = labels.index_axis(Axis(2), k);
+        acc.add_slice(l, hu.index_axis(Axis(2), k));
+        if let Some(u) = uncertainty {
+            acc.add_uncertainty(l, u.index_axis(Axis(2), k), threshold);
+        }
+    }
+    acc
 }
 
 // ---------------------------------------------------------------------------------------------
