@@ -14,7 +14,8 @@
 //! [`ConvPath::Avx512Bf16`] (`avx512bf16.rs`) where it has AVX512-BF16 (AMD Zen 4/5); with
 //! neither, the f32 paths, bit for bit. Stride-1 3×3 convs with ≥ 16 channels onto planes over
 //! 256 px take [`ConvPath::Winograd`] (`winograd.rs`) in f32, [`ConvPath::WinogradAmxBf16`] in
-//! split bf16 on AMX and [`ConvPath::WinogradAvx512Bf16`] in either bf16 on AVX512-BF16.
+//! split bf16 on AMX and [`ConvPath::WinogradAvx512Bf16`] on AVX512-BF16 (split products
+//! under either bf16 precision: see [`Bf16Winograd`]).
 //! Asymmetric padding ([`Padding2d`], e.g. the LDM `Downsample`'s `F.pad(x, (0, 1, 0, 1))`) is
 //! part of the conv: no padded copy of the activation on the fast path.
 //!

@@ -99,7 +99,7 @@ unsafe fn broadcast_pair(p: *const u32) -> __m512bh {
 ///
 /// ```text
 /// for step t:  x_v = pairs at x[v] + taps[t]  (x_lo_v at + lo, split)      v < NV
-///              acc[c][v] += x_v · w_hi[t][c]  (+ x_v · w_lo[t][c] + x_lo_v · w_hi[t][c])
+///              acc[c][v] += x_v · w_hi[t][c]  (+ x_lo_v · w_hi[t][c] + x_v · w_lo[t][c])
 /// ```
 ///
 /// # Safety
@@ -153,11 +153,27 @@ unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool, const SPLIT
         let xh: [__m512bh; NV] = std::array::from_fn(|v| unsafe {
             load_pairs::<TAIL>(tile.x[v].offset(off), tile.mask[v])
         });
+        // SAFETY: with `SPLIT`, the residual band's 16 pairs at `x[v] + off + lo` are
+        // readable (contract); without, nothing is read.
+        let xl: [__m512bh; NV] = std::array::from_fn(|v| unsafe {
+            if SPLIT {
+                load_pairs::<TAIL>(tile.x[v].offset(off + lo), tile.mask[v])
+            } else {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512())
+            }
+        });
+        // `w_hi` meets `x_hi` and `x_lo` while it is in a register, then `w_lo` meets
+        // `x_hi`: 24 accumulators, 6 inputs and one broadcast in the 32 registers.
         for (c, row) in acc.iter_mut().enumerate() {
             // SAFETY: `wp` is at the current step of `w`, which holds `step >= CO` pairs.
             let wh = unsafe { broadcast_pair(wp.add(c)) };
             for (a, x) in row.iter_mut().zip(&xh) {
                 *a = _mm512_dpbf16_ps(*a, *x, wh);
+            }
+            if SPLIT {
+                for (a, x) in row.iter_mut().zip(&xl) {
+                    *a = _mm512_dpbf16_ps(*a, *x, wh);
+                }
             }
         }
         if SPLIT {
@@ -166,18 +182,6 @@ unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool, const SPLIT
                 let wl = unsafe { broadcast_pair(wp.add(CO + c)) };
                 for (a, x) in row.iter_mut().zip(&xh) {
                     *a = _mm512_dpbf16_ps(*a, *x, wl);
-                }
-            }
-            // SAFETY: the residual band's 16 pairs at `x[v] + off + lo` are readable
-            // (contract, `SPLIT`).
-            let xl: [__m512bh; NV] = std::array::from_fn(|v| unsafe {
-                load_pairs::<TAIL>(tile.x[v].offset(off + lo), tile.mask[v])
-            });
-            for (c, row) in acc.iter_mut().enumerate() {
-                // SAFETY: as for `wh` above.
-                let wh = unsafe { broadcast_pair(wp.add(c)) };
-                for (a, x) in row.iter_mut().zip(&xl) {
-                    *a = _mm512_dpbf16_ps(*a, *x, wh);
                 }
             }
         }
