@@ -52,9 +52,11 @@ const NV: usize = 3;
 /// `u32`s past a band's end: a margin for the last step's reads.
 const SLACK: usize = 32;
 
-/// Whether this CPU runs the kernels: AVX-512F and AVX512-BF16 (std caches the CPUID answers).
+/// Whether this CPU runs the kernels: AVX-512F, AVX-512BW (the band fills are compiled for it)
+/// and AVX512-BF16 (std caches the CPUID answers).
 pub fn hardware() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512bf16")
 }
 
@@ -705,8 +707,8 @@ impl Bf16Conv2d<'_> {
                     }
                     for kb in (0..g.cp).step_by(plan.cbp) {
                         let kn = plan.cbp.min(g.cp - kb);
-                        // SAFETY: AVX-512F (from `hardware()`, checked above); the band holds
-                        // `band_len` `u32`s.
+                        // SAFETY: AVX-512F and BW (from `hardware()`, checked above); the band
+                        // holds `band_len` `u32`s.
                         unsafe {
                             if plan.flat {
                                 fill_flat(&mut buf, x_img, &g, &plan, kb, kn, p0, np, split);
@@ -816,7 +818,7 @@ fn convert(dst: &mut [u32], dst_lo: Option<&mut [u32]>, lo: &[f32], hi: &[f32]) 
 /// band at `plan.lo`.
 ///
 /// # Safety
-/// The CPU has AVX-512F (the loops are compiled for it).
+/// The CPU has AVX-512F and AVX-512BW (the loops are compiled for them).
 #[target_feature(enable = "avx512f,avx512bw")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn fill_rows(
@@ -897,7 +899,7 @@ unsafe fn fill_rows(
 /// unpadded stride-1 convs), and with `split` the residual band at `plan.lo`.
 ///
 /// # Safety
-/// The CPU has AVX-512F (the loops are compiled for it).
+/// The CPU has AVX-512F and AVX-512BW (the loops are compiled for them).
 #[target_feature(enable = "avx512f,avx512bw")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn fill_flat(
@@ -997,8 +999,8 @@ impl WinogradProducts {
     /// The first `cols` columns of the band from `v` (`c` rows of `ts`).
     ///
     /// # Safety
-    /// AVX-512F is available; `v` holds `c · ts` floats, `cols <= ts`, `band` holds
-    /// [`WinogradProducts::band_len`] `u32`s.
+    /// AVX-512F and AVX-512BW are available; `v` holds `c · ts` floats, `cols <= ts`, `band`
+    /// holds [`WinogradProducts::band_len`] `u32`s.
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn fill(&self, c: usize, v: *const f32, cols: usize, band: &mut [u32]) {
         let ts = self.ts;
@@ -1024,7 +1026,7 @@ impl WinogradProducts {
     /// columns (lanes past `nt` are neither read nor written).
     ///
     /// # Safety
-    /// The CPU has AVX-512F and AVX512-BF16; `v` holds `c · ts` floats, `m` `co · ts`; `pw`
+    /// [`hardware`] is true; `v` holds `c · ts` floats, `m` `co · ts`; `pw`
     /// was packed from `[co, c, 1, 1]` with `self`'s split; `nt <= ts`; `band` holds
     /// [`WinogradProducts::band_len`] `u32`s; nothing else accesses `m` meanwhile.
     pub(super) unsafe fn run(
@@ -1036,8 +1038,8 @@ impl WinogradProducts {
         m: *mut f32,
     ) {
         let ts = self.ts;
-        // SAFETY: AVX-512F (contract); `v` holds `c` rows of `ts >= nt` floats, and `band` its
-        // full length.
+        // SAFETY: AVX-512F and BW (contract); `v` holds `c` rows of `ts >= nt` floats, and
+        // `band` its full length.
         unsafe { self.fill(pw.c, v, nt, band) };
         let segs = flat_segments(0, nt);
         let lo = (self.cp * ts) as isize;
@@ -1050,7 +1052,7 @@ impl WinogradProducts {
                     Init::Accumulate
                 }
             };
-            // SAFETY: AVX512-BF16 (contract). Segments are masked to the first `nt` lanes of
+            // SAFETY: AVX512-BF16 (contract: `hardware`). Segments are masked to the first `nt` lanes of
             // rows `kb .. kb + kn` of the band (steps `k · ts`, the residual band at `lo`),
             // filled above; outputs are rows of `m` (`co · ts` floats, `y_plane = ts`).
             unsafe {
