@@ -1,15 +1,26 @@
 //! GFLOP/s of `sdseg_kernels::conv::Conv2d` (the fast CPU path) against candle 0.11's conv2d on the
 //! SDSeg model's convolution shapes, f32, all rayon threads.
 //!
-//! `cargo bench --bench conv [-- [FILTER] [--reps N] [--ours-only] [--kernel avx512|avx2]]`:
+//! `cargo bench --bench conv [-- [FILTER] [--reps N] [--ours-only] [--kernel avx512|avx2]
+//! [--dtype f32|bf16|bf16-fast] [--bf16-level amx|avx512bf16]]`:
 //! each shape runs ours (the path `Conv2d::forward` picks: the fastest micro-kernel, or one
 //! gemm per image for 1×1 convs; with `--kernel`, that micro-kernel for every shape) and
-//! candle back to back `N` times (default 5) and prints the medians; on a shared machine, read
-//! the ratio, not the absolute numbers. FLOPs count a multiply-add as 2.
+//! candle (f32) back to back `N` times (default 5) and prints the medians; on a shared machine,
+//! read the ratio, not the absolute numbers. FLOPs count a multiply-add as 2.
+//!
+//! `--dtype` as the CLI's: `bf16` runs our convs in split bf16, `bf16-fast` in plain bf16, on
+//! the bf16 level this machine uses (`Bf16Kernel::best`: AMX, else AVX512-BF16; the switches
+//! `SDSEG_CONV_KERNEL=avx512bf16`, `SDSEG_AMX=0`, `SDSEG_AVX512BF16=0` apply) or the one
+//! `--bf16-level` forces; the header names the level and the `path` column what each shape
+//! ran, so levels compare on one machine: e.g. `--dtype bf16-fast --bf16-level amx` against
+//! `--dtype bf16-fast --bf16-level avx512bf16` against `--dtype f32`.
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::Conv2dConfig;
-use sdseg_kernels::conv::{fast_available, Conv2d, CpuKernel, Padding2d};
+use sdseg_kernels::conv::{
+    fast_available, with_cpu_precision, Bf16Kernel, Conv2d, CpuKernel, CpuPrecision, KernelLevel,
+    Padding2d,
+};
 use std::time::Instant;
 
 struct Shape {
@@ -141,6 +152,8 @@ fn main() -> candle_core::Result<()> {
     let mut ours_only = false;
     let mut filter = None;
     let mut kernel = None;
+    let mut precision = CpuPrecision::F32;
+    let mut bf16_level = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -153,18 +166,39 @@ fn main() -> candle_core::Result<()> {
                     k => panic!("--kernel {k:?}: expected avx512 or avx2"),
                 }
             }
+            "--dtype" => {
+                precision = match it.next().map(String::as_str) {
+                    Some("f32") => CpuPrecision::F32,
+                    Some("bf16") => CpuPrecision::Bf16x3,
+                    Some("bf16-fast") => CpuPrecision::Bf16,
+                    d => panic!("--dtype {d:?}: expected f32, bf16 or bf16-fast"),
+                }
+            }
+            "--bf16-level" => {
+                bf16_level = match it.next().map(String::as_str) {
+                    Some("amx") => Some(Bf16Kernel::Amx),
+                    Some("avx512bf16") => Some(Bf16Kernel::Avx512Bf16),
+                    l => panic!("--bf16-level {l:?}: expected amx or avx512bf16"),
+                }
+            }
             f => filter = Some(f.to_string()),
         }
     }
+    let level = match (precision, bf16_level) {
+        (CpuPrecision::F32, _) | (_, None) => KernelLevel::of_run(precision).to_string(),
+        (_, Some(l)) if l.available() => format!("{} (forced)", l.name()),
+        (_, Some(l)) => format!("{} forced but not on this CPU: f32", l.name()),
+    };
     println!(
-        "fast path available: {}, kernel: {:?}, rayon threads: {}",
+        "fast path available: {}, kernel: {:?}, precision: {precision:?}, kernel level: {level}, \
+         rayon threads: {}",
         fast_available(),
         kernel.or(CpuKernel::best()).filter(|k| k.available()),
         rayon::current_num_threads()
     );
     let threads = rayon::current_num_threads();
     println!(
-        "{:<38} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "{:<38} {:>18} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7}",
         "shape",
         "path",
         "ours ms",
@@ -195,8 +229,13 @@ fn main() -> candle_core::Result<()> {
         if let Some(k) = kernel {
             conv = conv.with_cpu_kernel(k);
         }
-        let path = conv.path_for(&x);
-        let y = conv.forward(&x)?;
+        if let Some(l) = bf16_level {
+            conv = conv.with_bf16_kernel(l);
+        }
+        let ours_fwd = || with_cpu_precision(precision, || conv.forward(&x));
+        let path = with_cpu_precision(precision, || conv.path_for(&x));
+        // The first call also packs the weights (bf16 paths, Winograd).
+        let y = ours_fwd()?;
         let (_, co, oh, ow) = y.dims4()?;
         let flops = 2.0 * (s.x[0] * co * oh * ow * s.x[1] * s.k * s.k) as f64;
         // Warm up both, then alternate.
@@ -205,7 +244,7 @@ fn main() -> candle_core::Result<()> {
         }
         let (mut ours, mut cand) = (Vec::new(), Vec::new());
         for _ in 0..reps {
-            ours.push(time(|| conv.forward(&x).unwrap()));
+            ours.push(time(|| ours_fwd().unwrap()));
             if !ours_only {
                 cand.push(time(|| conv.forward_candle(&x).unwrap()));
             }
@@ -213,7 +252,7 @@ fn main() -> candle_core::Result<()> {
         let ours = Stats::of(&ours, flops, threads);
         let cand = Stats::of(&cand, flops, threads);
         println!(
-            "{:<38} {:>8} {:>8.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>6.2}x {:>6.2}x",
+            "{:<38} {:>18} {:>8.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>6.2}x {:>6.2}x",
             s.name,
             format!("{path:?}"),
             ours.ms,

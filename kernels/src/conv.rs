@@ -9,9 +9,13 @@
 //! 1×1 convs (stride 1, unpadded) and convs onto small planes on the same tensors go to
 //! [`ConvPath::Matmul`] instead: one `gemm` per image (`gemm.rs`), faster there.
 //! Under a [`CpuPrecision`] other than f32 (`--dtype bf16` on the CPU, see
-//! [`with_cpu_precision`]) the same tensors go to [`ConvPath::AmxBf16`] (`amx.rs`) where the
-//! CPU has AMX-BF16. Stride-1 3×3 convs with ≥ 16 channels onto planes over 256 px take
-//! [`ConvPath::Winograd`] (`winograd.rs`) in f32, [`ConvPath::WinogradAmxBf16`] in split bf16.
+//! [`with_cpu_precision`]) the same tensors go to the bf16 level [`Bf16Kernel::best`] names:
+//! [`ConvPath::AmxBf16`] (`amx.rs`) where the CPU has AMX-BF16, else
+//! [`ConvPath::Avx512Bf16`] (`avx512bf16.rs`) where it has AVX512-BF16 (AMD Zen 4/5); with
+//! neither, the f32 paths, bit for bit. Stride-1 3×3 convs with ≥ 16 channels onto planes over
+//! 256 px take [`ConvPath::Winograd`] (`winograd.rs`) in f32, [`ConvPath::WinogradAmxBf16`] in
+//! split bf16 on AMX and [`ConvPath::WinogradAvx512Bf16`] on AVX512-BF16 (split products
+//! under either bf16 precision: see [`Bf16Winograd`]).
 //! Asymmetric padding ([`Padding2d`], e.g. the LDM `Downsample`'s `F.pad(x, (0, 1, 0, 1))`) is
 //! part of the conv: no padded copy of the activation on the fast path.
 //!
@@ -76,6 +80,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod avx512bf16;
+#[cfg(target_arch = "x86_64")]
 mod cpu;
 mod gemm;
 mod im2col;
@@ -92,12 +98,12 @@ pub enum CpuPrecision {
     /// f32 products and sums.
     #[default]
     F32,
-    /// Input and weights rounded to bf16 (nearest even), f32 sums: [`ConvPath::AmxBf16`] where
-    /// the CPU has AMX-BF16 and the shape fits, f32 otherwise.
+    /// Input and weights rounded to bf16 (nearest even), f32 sums, on the level
+    /// [`Bf16Kernel::best`] names where the shape fits it, f32 otherwise.
     Bf16,
     /// Split bf16: input and weights as a bf16 plus a bf16 residual, three bf16 products per
     /// f32 one (all but residual × residual), f32 sums: products good to ~16 mantissa bits, on
-    /// the same AMX path, at three times its tile work.
+    /// the same levels, at three times their bf16 work.
     Bf16x3,
 }
 
@@ -124,16 +130,162 @@ pub fn cpu_precision() -> CpuPrecision {
     CPU_PRECISION.with(|c| c.get())
 }
 
-/// Whether this machine computes [`CpuPrecision::Bf16`] convolutions in bf16 (x86-64 with
-/// AMX-BF16, granted by the OS); elsewhere they run in f32.
+/// Whether this machine computes [`CpuPrecision::Bf16`] convolutions in bf16 ([`Bf16Kernel::best`]
+/// is some level: x86-64 with AMX-BF16 granted by the OS, or with AVX512-BF16, and the switches
+/// leave it on); elsewhere they run in f32, bit for bit.
 pub fn bf16_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        amx::available()
+    Bf16Kernel::best().is_some()
+}
+
+/// The bf16 levels of [`CpuPrecision::Bf16`] / [`CpuPrecision::Bf16x3`] convolutions, fastest
+/// first. A run uses one of them ([`Bf16Kernel::best`]); the convs it does not take run in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bf16Kernel {
+    /// Intel AMX tiles (`tdpbf16ps`): [`ConvPath::AmxBf16`], [`ConvPath::WinogradAmxBf16`].
+    Amx,
+    /// AVX512-BF16 (`vdpbf16ps`, AMD Zen 4/5, Intel Cooper Lake and later):
+    /// [`ConvPath::Avx512Bf16`], [`ConvPath::WinogradAvx512Bf16`].
+    Avx512Bf16,
+}
+
+impl Bf16Kernel {
+    /// Whether this machine can run the level (CPUID, and for AMX the OS's grant of the tile
+    /// state), whatever the switches say.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Bf16Kernel::Amx => amx::available(),
+                Bf16Kernel::Avx512Bf16 => avx512bf16::hardware(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Every level this machine runs, fastest first (tests and benches run each).
+    pub fn all_available() -> Vec<Bf16Kernel> {
+        [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    }
+
+    /// The level bf16 runs use (detected once): the first of [`Bf16Kernel::all_available`]
+    /// the switches leave on. `SDSEG_CONV_KERNEL` names the highest kernel level:
+    /// `avx512bf16` skips AMX, `avx512` or `avx2` (an f32 micro-kernel) skips both bf16
+    /// levels; `SDSEG_AMX=0` skips AMX, `SDSEG_AVX512BF16=0` AVX512-BF16. `None`: bf16 runs
+    /// compute in f32.
+    pub fn best() -> Option<Bf16Kernel> {
+        static BEST: std::sync::OnceLock<Option<Bf16Kernel>> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let var = |name| std::env::var(name).ok();
+            best_bf16_with(
+                var("SDSEG_CONV_KERNEL").as_deref(),
+                var("SDSEG_AMX").as_deref(),
+                var("SDSEG_AVX512BF16").as_deref(),
+                Bf16Kernel::available,
+            )
+        })
+    }
+
+    /// The level's name in `bench` reports and warnings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "amx-bf16",
+            Bf16Kernel::Avx512Bf16 => "avx512-bf16",
+        }
+    }
+}
+
+/// What the products of [`ConvPath::WinogradAvx512Bf16`] compute in, for either bf16 precision
+/// (`SDSEG_BF16_WINOGRAD=split|plain|f32`, read once; default `split`).
+///
+/// Plain bf16 products in Winograd's transformed domain lose ~31× more than on a direct path
+/// (the F(4×4, 3×3) transforms amplify rounding errors by that factor, for f32 too): rel err
+/// 5–8e-2 per conv against 2e-3 for plain bf16 direct, and the tiny fixtures' decisions agree
+/// with f32 on 98.54 % / 94.06 % of pixels (binary / multi-class), below `bf16-fast`'s bar
+/// (98.5 %, no flips where the margin is ≥ 1e-2: 366 / 2481 there). So both precisions take
+/// split products on Winograd shapes by default (1.0–1.7e-4 per conv; 99.997 % / 99.991 %),
+/// and `--dtype bf16-fast` differs from `bf16` on the other convs only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Winograd {
+    /// Split bf16 products (three `vdpbf16ps` per step) under either precision.
+    Split,
+    /// Plain bf16 products under [`CpuPrecision::Bf16`] (experimental: misses the accuracy
+    /// bar above), split under [`CpuPrecision::Bf16x3`].
+    Plain,
+    /// The f32 Winograd path ([`ConvPath::Winograd`]) for these convs, bit for bit.
+    F32,
+}
+
+impl Bf16Winograd {
+    /// The mode in force (`SDSEG_BF16_WINOGRAD`, read once; unknown values: `split`).
+    pub fn current() -> Bf16Winograd {
+        static MODE: std::sync::OnceLock<Bf16Winograd> = std::sync::OnceLock::new();
+        *MODE.get_or_init(
+            || match std::env::var("SDSEG_BF16_WINOGRAD").ok().as_deref() {
+                Some("plain") => Bf16Winograd::Plain,
+                Some("f32") => Bf16Winograd::F32,
+                _ => Bf16Winograd::Split,
+            },
+        )
+    }
+}
+
+/// [`Bf16Kernel::best`] for the given values of `SDSEG_CONV_KERNEL`, `SDSEG_AMX` and
+/// `SDSEG_AVX512BF16` and the given hardware.
+fn best_bf16_with(
+    conv_kernel: Option<&str>,
+    amx: Option<&str>,
+    avx512bf16: Option<&str>,
+    available: impl Fn(Bf16Kernel) -> bool,
+) -> Option<Bf16Kernel> {
+    let allowed = |k: Bf16Kernel| match (k, conv_kernel) {
+        (_, Some("avx512" | "avx2")) => false,
+        (Bf16Kernel::Amx, Some("avx512bf16")) => false,
+        (Bf16Kernel::Amx, _) => amx != Some("0"),
+        (Bf16Kernel::Avx512Bf16, _) => avx512bf16 != Some("0"),
+    };
+    [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16]
+        .into_iter()
+        .find(|&k| allowed(k) && available(k))
+}
+
+/// The highest kernel level a run in precision `p` uses on this machine (what `bench`
+/// reports): the bf16 level for a bf16 precision where there is one, else the f32
+/// micro-kernel; convs a level does not take run on the next (f32) one, see
+/// [`Conv2d::path_for`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelLevel {
+    Bf16(Bf16Kernel),
+    F32(CpuKernel),
+    /// No fast path on this CPU: candle's conv2d.
+    Candle,
+}
+
+impl KernelLevel {
+    /// The level of a run in `p`: [`Bf16Kernel::best`] (bf16 precisions), else
+    /// [`CpuKernel::best`].
+    pub fn of_run(p: CpuPrecision) -> KernelLevel {
+        match (p, Bf16Kernel::best(), CpuKernel::best()) {
+            (CpuPrecision::Bf16 | CpuPrecision::Bf16x3, Some(b), _) => KernelLevel::Bf16(b),
+            (_, _, Some(k)) => KernelLevel::F32(k),
+            (_, _, None) => KernelLevel::Candle,
+        }
+    }
+}
+
+impl std::fmt::Display for KernelLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelLevel::Bf16(b) => f.write_str(b.name()),
+            KernelLevel::F32(CpuKernel::Avx512) => f.write_str("avx512"),
+            KernelLevel::F32(CpuKernel::Avx2Fma) => f.write_str("avx2"),
+            KernelLevel::Candle => f.write_str("candle"),
+        }
     }
 }
 
@@ -176,9 +328,13 @@ impl Padding2d {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
     /// bf16 products with f32 sums on AMX tiles (`amx.rs`), for f32 CPU tensors without
-    /// gradients under [`CpuPrecision::Bf16`], when the CPU has AMX-BF16 and the conv has
-    /// output channels in 16s.
+    /// gradients under a bf16 [`CpuPrecision`], when the level is [`Bf16Kernel::Amx`] and the
+    /// conv has output channels in 16s.
     AmxBf16,
+    /// bf16 products with f32 sums by AVX512-BF16's `vdpbf16ps` (`avx512bf16.rs`, plain or
+    /// split bf16 as the precision says), for the same tensors when the level is
+    /// [`Bf16Kernel::Avx512Bf16`]: every conv but those [`ConvPath::Winograd`] would take.
+    Avx512Bf16,
     /// Our direct CPU convolution, with the micro-kernel [`Conv2d::cpu_kernel_for`] names.
     FastCpu,
     /// Winograd F(4×4, 3×3) (`winograd.rs`): stride-1 3×3 convs with at least 16 input and
@@ -191,6 +347,11 @@ pub enum ConvPath {
     /// is also one [`ConvPath::Winograd`] takes (so `SDSEG_WINOGRAD=0` turns this off too) and
     /// has output channels in 16s.
     WinogradAmxBf16,
+    /// The same Winograd transforms with the 36 products on AVX512-BF16 (`vdpbf16ps`; split
+    /// bf16, see [`Bf16Winograd`] for why and the other choices): the convs
+    /// [`ConvPath::Winograd`] takes (so `SDSEG_WINOGRAD=0` turns this off too), when the level
+    /// is [`Bf16Kernel::Avx512Bf16`].
+    WinogradAvx512Bf16,
     /// One matrix product per image (`gemm` crate, bias accumulated in place; an im2col copy
     /// first unless 1×1): 1×1 stride-1 unpadded convs, and any conv whose output plane has at
     /// most 256 pixels, on the tensors [`ConvPath::FastCpu`] takes (f32 CPU, no gradients), any
@@ -269,6 +430,8 @@ pub struct Conv2d {
     padding: Padding2d,
     /// Forced micro-kernel (tests, benches); `None`: [`CpuKernel::best`].
     kernel: Option<CpuKernel>,
+    /// Forced bf16 level (tests, benches); `None`: [`Bf16Kernel::best`].
+    bf16_kernel: Option<Bf16Kernel>,
     /// The weights as AMX tiles, packed on the first [`ConvPath::AmxBf16`] call (the weights
     /// of a conv never change: gradient-tracked ones never take that path).
     #[cfg(target_arch = "x86_64")]
@@ -283,6 +446,15 @@ pub struct Conv2d {
     /// The same packed for AMX in split bf16, on the first [`ConvPath::WinogradAmxBf16`] call.
     #[cfg(target_arch = "x86_64")]
     winograd_amx: std::sync::Arc<std::sync::OnceLock<winograd::AmxWinogradWeights>>,
+    /// The weights as bf16 pairs for [`ConvPath::Avx512Bf16`], plain and split (each packed on
+    /// its first call).
+    #[cfg(target_arch = "x86_64")]
+    avx512bf16_weights: [std::sync::Arc<std::sync::OnceLock<avx512bf16::PackedWeights>>; 2],
+    /// The Winograd-transformed weights as bf16 pairs for [`ConvPath::WinogradAvx512Bf16`],
+    /// plain and split.
+    #[cfg(target_arch = "x86_64")]
+    winograd_avx512bf16:
+        [std::sync::Arc<std::sync::OnceLock<winograd::Avx512Bf16WinogradWeights>>; 2],
 }
 
 impl Conv2d {
@@ -294,6 +466,7 @@ impl Conv2d {
             padding: Padding2d::symmetric(config.padding),
             config,
             kernel: None,
+            bf16_kernel: None,
             #[cfg(target_arch = "x86_64")]
             amx_weights: Default::default(),
             #[cfg(target_arch = "x86_64")]
@@ -302,6 +475,10 @@ impl Conv2d {
             winograd_weights: Default::default(),
             #[cfg(target_arch = "x86_64")]
             winograd_amx: Default::default(),
+            #[cfg(target_arch = "x86_64")]
+            avx512bf16_weights: Default::default(),
+            #[cfg(target_arch = "x86_64")]
+            winograd_avx512bf16: Default::default(),
         }
     }
 
@@ -320,6 +497,26 @@ impl Conv2d {
     pub fn with_cpu_kernel(mut self, kernel: CpuKernel) -> Conv2d {
         self.kernel = Some(kernel);
         self
+    }
+
+    /// Forces the bf16 level of a bf16 precision (tests and benches compare them on one
+    /// machine, whatever the switches say); when the CPU cannot run it, the conv runs in f32.
+    pub fn with_bf16_kernel(mut self, kernel: Bf16Kernel) -> Conv2d {
+        self.bf16_kernel = Some(kernel);
+        self
+    }
+
+    /// The bf16 level convs of this thread's precision use: `None` under
+    /// [`CpuPrecision::F32`], with a forced f32 micro-kernel, or without a level (the forced
+    /// one unavailable, or none at all).
+    fn bf16_level(&self) -> Option<Bf16Kernel> {
+        if cpu_precision() == CpuPrecision::F32 || self.kernel.is_some() {
+            return None;
+        }
+        match self.bf16_kernel {
+            Some(k) => Some(k).filter(|k| k.available()),
+            None => Bf16Kernel::best(),
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -344,6 +541,12 @@ impl Conv2d {
         }
         if self.amx_for(x) {
             return ConvPath::AmxBf16;
+        }
+        if self.winograd_avx512bf16_for(x) {
+            return ConvPath::WinogradAvx512Bf16;
+        }
+        if self.avx512bf16_for(x) {
+            return ConvPath::Avx512Bf16;
         }
         if self.pointwise_for(x) {
             return ConvPath::Matmul;
@@ -400,14 +603,19 @@ impl Conv2d {
         }
     }
 
-    /// The micro-kernel `forward(x)` will run, `None` when it goes to candle or to
-    /// [`ConvPath::Matmul`].
+    /// The micro-kernel `forward(x)` will run, `None` when it goes to candle, to
+    /// [`ConvPath::Matmul`], Winograd or a bf16 path.
     pub fn cpu_kernel_for(&self, x: &Tensor) -> Option<CpuKernel> {
         let kernel = match self.kernel {
             Some(k) => Some(k).filter(|k| k.available()),
             None => CpuKernel::best(),
         }?;
-        (self.fast_tensors(x) && !self.pointwise_for(x) && !self.winograd_for(x)).then_some(kernel)
+        let bf16 = self.winograd_amx_for(x)
+            || self.amx_for(x)
+            || self.winograd_avx512bf16_for(x)
+            || self.avx512bf16_for(x);
+        (self.fast_tensors(x) && !bf16 && !self.pointwise_for(x) && !self.winograd_for(x))
+            .then_some(kernel)
     }
 
     /// f32 NCHW CPU tensors, groups = dilation = 1, nothing tracking gradients: what both
@@ -428,8 +636,7 @@ impl Conv2d {
     fn amx_for(&self, x: &Tensor) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            cpu_precision() != CpuPrecision::F32
-                && self.kernel.is_none()
+            self.bf16_level() == Some(Bf16Kernel::Amx)
                 && self.fast_tensors(x)
                 && amx::supports(
                     x.dims(),
@@ -437,7 +644,6 @@ impl Conv2d {
                     self.config.stride,
                     self.padding,
                 )
-                && amx::available()
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -548,10 +754,10 @@ impl Conv2d {
         #[cfg(target_arch = "x86_64")]
         {
             cpu_precision() == CpuPrecision::Bf16x3
+                && self.bf16_level() == Some(Bf16Kernel::Amx)
                 && self.winograd_for(x)
                 && self.weight.dim(0).is_ok_and(|co| co.is_multiple_of(16))
                 && CpuKernel::Avx512.available()
-                && amx::available()
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -575,6 +781,62 @@ impl Conv2d {
 
     #[cfg(not(target_arch = "x86_64"))]
     fn forward_winograd_amx(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_candle(x)
+    }
+
+    /// Whether `forward(x)` takes [`ConvPath::WinogradAvx512Bf16`] (after the AMX paths).
+    fn winograd_avx512bf16_for(&self, x: &Tensor) -> bool {
+        self.bf16_level() == Some(Bf16Kernel::Avx512Bf16)
+            && Bf16Winograd::current() != Bf16Winograd::F32
+            && self.winograd_for(x)
+    }
+
+    /// Whether `forward(x)` takes [`ConvPath::Avx512Bf16`]: the level's convs but the
+    /// Winograd ones.
+    fn avx512bf16_for(&self, x: &Tensor) -> bool {
+        self.bf16_level() == Some(Bf16Kernel::Avx512Bf16)
+            && self.fast_tensors(x)
+            && !self.winograd_for(x)
+    }
+
+    /// The [`ConvPath::WinogradAvx512Bf16`] convolution (+ bias).
+    #[cfg(target_arch = "x86_64")]
+    fn forward_winograd_avx512bf16(&self, x: &Tensor) -> Result<Tensor> {
+        let split = cpu_precision() == CpuPrecision::Bf16x3
+            || Bf16Winograd::current() != Bf16Winograd::Plain;
+        let weights = self.cached_weights(&self.winograd_avx512bf16[split as usize], |w, l| {
+            winograd::Avx512Bf16WinogradWeights::new(w, l, split)
+        })?;
+        let op = winograd::WinogradConv {
+            pad: self.padding,
+            products: winograd::Products::Avx512Bf16(weights),
+        };
+        self.apply_op(&x.contiguous()?, &op)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn forward_winograd_avx512bf16(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_candle(x)
+    }
+
+    /// The [`ConvPath::Avx512Bf16`] convolution (+ bias).
+    #[cfg(target_arch = "x86_64")]
+    fn forward_avx512bf16(&self, x: &Tensor) -> Result<Tensor> {
+        let split = cpu_precision() == CpuPrecision::Bf16x3;
+        let weights = self.cached_weights(&self.avx512bf16_weights[split as usize], |w, l| {
+            avx512bf16::PackedWeights::new(w, l, split)
+        })?;
+        let op = avx512bf16::Bf16Conv2d {
+            stride: self.config.stride,
+            pad: self.padding,
+            weights,
+            split,
+        };
+        self.apply_op(&x.contiguous()?, &op)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn forward_avx512bf16(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_candle(x)
     }
 
@@ -671,6 +933,12 @@ impl Module for Conv2d {
         if self.amx_for(x) {
             return self.forward_amx(x);
         }
+        if self.winograd_avx512bf16_for(x) {
+            return self.forward_winograd_avx512bf16(x);
+        }
+        if self.avx512bf16_for(x) {
+            return self.forward_avx512bf16(x);
+        }
         if self.pointwise_for(x) {
             return self.forward_matmul(x);
         }
@@ -682,5 +950,43 @@ impl Module for Conv2d {
             None if self.path_for(x) == ConvPath::Im2col => self.forward_im2col(x),
             None => self.forward_candle(x),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{best_bf16_with, Bf16Kernel};
+
+    /// The switches of [`Bf16Kernel::best`] on a machine with both bf16 levels, one of them,
+    /// and neither.
+    #[test]
+    fn bf16_switches() {
+        use Bf16Kernel::{Amx, Avx512Bf16};
+        let both = |_: Bf16Kernel| true;
+        let no_amx = |k: Bf16Kernel| k == Avx512Bf16;
+        let none = |_: Bf16Kernel| false;
+        assert_eq!(best_bf16_with(None, None, None, both), Some(Amx));
+        assert_eq!(best_bf16_with(Some("amx"), None, None, both), Some(Amx));
+        assert_eq!(
+            best_bf16_with(None, Some("0"), None, both),
+            Some(Avx512Bf16)
+        );
+        assert_eq!(best_bf16_with(None, Some("1"), None, both), Some(Amx));
+        assert_eq!(
+            best_bf16_with(Some("avx512bf16"), None, None, both),
+            Some(Avx512Bf16)
+        );
+        assert_eq!(best_bf16_with(Some("avx512"), None, None, both), None);
+        assert_eq!(best_bf16_with(Some("avx2"), None, None, both), None);
+        assert_eq!(best_bf16_with(None, Some("0"), Some("0"), both), None);
+        assert_eq!(best_bf16_with(None, None, Some("0"), both), Some(Amx));
+        assert_eq!(best_bf16_with(None, None, None, no_amx), Some(Avx512Bf16));
+        assert_eq!(best_bf16_with(None, None, Some("0"), no_amx), None);
+        assert_eq!(
+            best_bf16_with(Some("avx512bf16"), None, None, no_amx),
+            Some(Avx512Bf16)
+        );
+        assert_eq!(best_bf16_with(None, None, None, none), None);
+        assert_eq!(best_bf16_with(Some("avx512bf16"), None, None, none), None);
     }
 }

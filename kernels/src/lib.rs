@@ -2,8 +2,8 @@
 //!
 //! - [`conv`]: the one 2-D convolution every layer of the model runs ([`conv::Conv2d`]), with
 //!   its CPU paths (direct AVX-512 / AVX2 + FMA micro-kernels, `gemm`, Winograd F(4×4, 3×3),
-//!   AMX bf16, im2col for training), CPU detection and the `SDSEG_CONV_KERNEL`,
-//!   `SDSEG_WINOGRAD`, `SDSEG_AMX` switches;
+//!   bf16 on AMX and on AVX512-BF16, im2col for training), CPU detection and the
+//!   `SDSEG_CONV_KERNEL`, `SDSEG_WINOGRAD`, `SDSEG_AMX`, `SDSEG_AVX512BF16` switches;
 //! - [`ops`]: fused GroupNorm (+ scale-shift) (+ SiLU);
 //! - [`attention`]: fused softmax attention over channels-first tensors;
 //! - [`latent`]: SDSeg's latent estimation, on the CPU and (feature `cuda`) with the NVRTC

@@ -546,9 +546,15 @@ fn im2col_training_path_gradients_match_candle() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// bf16 on the CPU (`--dtype bf16`): AMX tiles where the CPU has them, f32 elsewhere.
+// bf16 on the CPU (`--dtype bf16`) on the AMX level (forced per conv, whatever the switches):
+// AMX tiles where the CPU has them, f32 elsewhere. Every level: tests/conv_levels.rs.
 
-use sdseg_kernels::conv::{bf16_available, with_cpu_precision, CpuPrecision};
+use sdseg_kernels::conv::{with_cpu_precision, Bf16Kernel, CpuPrecision};
+
+/// Whether this machine runs the AMX level (CPU and OS).
+fn amx_available() -> bool {
+    Bf16Kernel::Amx.available()
+}
 
 fn bf16_round(t: &Tensor) -> Tensor {
     t.to_dtype(DType::BF16)
@@ -557,9 +563,9 @@ fn bf16_round(t: &Tensor) -> Tensor {
         .unwrap()
 }
 
-/// Under `CpuPrecision::Bf16` a conv AMX supports computes exactly the f32 conv of its input
-/// and weights rounded to bf16 (f32 sums: rel err ≤ 1e-5 against f64), and is not the f32 conv;
-/// on a CPU without AMX-BF16 it is the f32 conv, bit for bit.
+/// Under `CpuPrecision::Bf16` on the AMX level a conv AMX supports computes exactly the f32
+/// conv of its input and weights rounded to bf16 (f32 sums: rel err ≤ 1e-5 against f64), and
+/// is not the f32 conv; on a CPU without AMX-BF16 it is the f32 conv, bit for bit.
 fn check_bf16(case: &Case, x: &Tensor, seed: u64, amx_shape: bool) {
     let c = case.x[1];
     let w = random(&[case.co, c, case.k, case.k], seed + 1);
@@ -568,7 +574,9 @@ fn check_bf16(case: &Case, x: &Tensor, seed: u64, amx_shape: bool) {
         stride: case.stride,
         ..Default::default()
     };
-    let conv = Conv2d::new(w.clone(), b.clone(), cfg).with_padding(case.pad);
+    let conv = Conv2d::new(w.clone(), b.clone(), cfg)
+        .with_padding(case.pad)
+        .with_bf16_kernel(Bf16Kernel::Amx);
     let f32_path = conv.path_for(x);
     let f32_out = conv.forward(x).unwrap();
     let (path, got) = with_cpu_precision(CpuPrecision::Bf16, || {
@@ -582,9 +590,9 @@ fn check_bf16(case: &Case, x: &Tensor, seed: u64, amx_shape: bool) {
     // Split bf16 runs the Winograd convs' products on AMX instead (same accuracy class).
     let winograd = f32_path == ConvPath::Winograd && case.co.is_multiple_of(16);
     if path3 == ConvPath::WinogradAmxBf16 {
-        assert!(bf16_available() && winograd, "x {:?}", case.x);
+        assert!(amx_available() && winograd, "x {:?}", case.x);
     } else {
-        assert!(!(bf16_available() && winograd), "x {:?}: {path3:?}", case.x);
+        assert!(!(amx_available() && winograd), "x {:?}: {path3:?}", case.x);
         assert_eq!(path3, path);
     }
     let what = format!(
@@ -592,7 +600,7 @@ fn check_bf16(case: &Case, x: &Tensor, seed: u64, amx_shape: bool) {
         case.x, case.co, case.k, case.stride, case.pad
     );
     assert_eq!(got.dims(), f32_out.dims(), "{what}");
-    if bf16_available() && amx_shape {
+    if amx_available() && amx_shape {
         assert_eq!(path, ConvPath::AmxBf16, "{what}");
         let want = naive(
             &bf16_round(x),

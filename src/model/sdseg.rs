@@ -215,7 +215,7 @@ pub struct Sdseg {
     dtype: DType,
     /// `--dtype bf16` / `bf16-fast` on the CPU: f32 tensors, convolutions in split bf16
     /// ([`CpuPrecision::Bf16x3`]) or plain bf16 ([`CpuPrecision::Bf16`]) where the CPU has
-    /// AMX-BF16; `None` otherwise.
+    /// AMX-BF16 or AVX512-BF16; `None` otherwise.
     cpu_bf16: Option<CpuPrecision>,
     /// Rows per UNet/decoder pass; 0 = the image batch B.
     max_batch: usize,
@@ -364,18 +364,20 @@ impl Sdseg {
         self.dtype
     }
     /// What the convolutions compute in on this machine: `None` when they follow
-    /// [`Self::dtype`]; for a CPU `bf16` run, `Some(true)` when AMX-BF16 runs them in bf16 and
-    /// `Some(false)` when this CPU has no AMX-BF16 and they fall back to f32.
+    /// [`Self::dtype`]; for a CPU `bf16` run, `Some(true)` when a bf16 kernel level (AMX-BF16
+    /// or AVX512-BF16, `sdseg_kernels::conv::Bf16Kernel::best`) runs them in bf16 and
+    /// `Some(false)` when there is none and they fall back to f32.
     pub fn cpu_bf16_convs(&self) -> Option<bool> {
         self.cpu_bf16.map(|_| sdseg_kernels::conv::bf16_available())
     }
-    /// The warning a CPU `bf16` run on a CPU without AMX-BF16 should print (`flag`: the
+    /// The warning a CPU `bf16` run without a bf16 kernel level should print (`flag`: the
     /// `--dtype` value as given); `None` when the run computes what was asked.
     pub fn bf16_fallback_warning(&self, flag: &str) -> Option<String> {
         (self.cpu_bf16_convs() == Some(false)).then(|| {
             format!(
-                "--dtype {flag}: this CPU has no AMX-BF16 (or the OS does not grant it); \
-                 convolutions run in f32"
+                "--dtype {flag}: this CPU has no AMX-BF16 and no AVX512-BF16 (or the OS does \
+                 not grant AMX, or SDSEG_CONV_KERNEL / SDSEG_AMX / SDSEG_AVX512BF16 turn them \
+                 off); convolutions run in f32"
             )
         })
     }

@@ -30,14 +30,11 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 /// Whether this CPU and OS run AMX-BF16 (CPUID leaf 7 `AMX-BF16` and `AMX-TILE`, and Linux
-/// granting the process the tile-data state). `SDSEG_AMX=0` turns it off (tests of the
-/// fallback). Detected once.
+/// granting the process the tile-data state). Detected once. The switches that keep a run off
+/// AMX (`SDSEG_AMX=0`, `SDSEG_CONV_KERNEL`) act on [`super::Bf16Kernel::best`], not here.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        if std::env::var("SDSEG_AMX").is_ok_and(|v| v == "0") {
-            return false;
-        }
         // CPUID leaf 7 exists on every x86-64 CPU that has AMX; on older ones it returns zeros.
         let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
         let cpu = (leaf7.edx >> 22) & 1 == 1 && (leaf7.edx >> 24) & 1 == 1;
@@ -125,7 +122,7 @@ fn bf16_bits(x: f32) -> u16 {
 
 /// Two channels of one pixel as an `A`/`B` tile element: `lo` in the low half.
 #[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(super) fn pair(lo: f32, hi: f32) -> u32 {
     (bf16_high(lo) >> 16) | (bf16_high(hi) & 0xffff_0000)
 }
 
@@ -137,7 +134,7 @@ fn residual(x: f32) -> f32 {
 
 /// [`pair`] of the residuals.
 #[inline(always)]
-fn pair_residual(lo: f32, hi: f32) -> u32 {
+pub(super) fn pair_residual(lo: f32, hi: f32) -> u32 {
     pair(residual(lo), residual(hi))
 }
 

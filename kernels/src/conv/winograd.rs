@@ -156,6 +156,28 @@ impl AmxWinogradWeights {
     }
 }
 
+/// `U` packed for AVX512-BF16 per ξ (split bf16 when `split`), for [`Products::Avx512Bf16`].
+#[derive(Debug)]
+pub(crate) struct Avx512Bf16WinogradWeights {
+    c: usize,
+    co: usize,
+    split: bool,
+    xi: Vec<super::avx512bf16::PackedWeights>,
+}
+
+impl Avx512Bf16WinogradWeights {
+    /// From `w` [co, c, 3, 3] (any strides).
+    pub(super) fn new(w: &[f32], wl: &Layout, split: bool) -> Result<Avx512Bf16WinogradWeights> {
+        let (co, c, u) = transform(w, wl, None)?;
+        let layout = Layout::contiguous((co, c, 1, 1));
+        let xi = u
+            .chunks_exact(co * c)
+            .map(|ux| super::avx512bf16::PackedWeights::new(ux, &layout, split))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Avx512Bf16WinogradWeights { c, co, split, xi })
+    }
+}
+
 /// What runs the 36 products.
 #[derive(Clone, Copy)]
 pub(super) enum Products<'a> {
@@ -163,6 +185,8 @@ pub(super) enum Products<'a> {
     Kernel(&'a WinogradWeights),
     /// AMX tiles on bf16 (split) `U` and `V`.
     Amx(&'a AmxWinogradWeights),
+    /// `vdpbf16ps` on bf16 (split) pairs of `U` and `V`.
+    Avx512Bf16(&'a Avx512Bf16WinogradWeights),
 }
 
 /// `G · (a, b, c)ᵀ`: one column (or row) of the weight transform.
@@ -191,7 +215,7 @@ super::cpu_conv_ops!(WinogradConv<'_>, "sdseg-conv2d-winograd");
 thread_local! {
     /// Per-thread `V` and `M` of a task (reused across calls).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Per-thread bf16 band of one ξ's `V` ([`Products::Amx`]).
+    /// Per-thread bf16 band of one ξ's `V` ([`Products::Amx`], [`Products::Avx512Bf16`]).
     static BAND: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -225,6 +249,7 @@ impl WinogradConv<'_> {
         let (pc, pco, kernel) = match self.products {
             Products::Kernel(pw) => (pw.c, pw.co, pw.kernel),
             Products::Amx(pa) => (pa.c, pa.co, CpuKernel::Avx512),
+            Products::Avx512Bf16(pb) => (pb.c, pb.co, CpuKernel::Avx512),
         };
         if !supports(xl.dims(), wl.dims(), 1, self.pad) || pc != c || pco != co || ci != c {
             candle_core::bail!(
@@ -238,6 +263,9 @@ impl WinogradConv<'_> {
         }
         if matches!(self.products, Products::Amx(_)) && !super::amx::available() {
             candle_core::bail!("conv2d winograd: this CPU has no AMX-BF16");
+        }
+        if matches!(self.products, Products::Avx512Bf16(_)) && !super::avx512bf16::hardware() {
+            candle_core::bail!("conv2d winograd: this CPU has no AVX512-BF16");
         }
         let p = self.pad;
         let (oh, ow) = (h + p.top + p.bottom - 2, w + p.left + p.right - 2);
@@ -270,7 +298,13 @@ impl WinogradConv<'_> {
         let taps: Vec<isize> = (0..cb).map(|i| (i * ts) as isize).collect();
         let band_gemm = match self.products {
             Products::Amx(pa) => Some(super::amx::BandGemm::new(&pa.xi[0], ts)),
-            Products::Kernel(_) => None,
+            _ => None,
+        };
+        let bf16_products = match self.products {
+            Products::Avx512Bf16(pb) => {
+                Some(super::avx512bf16::WinogradProducts::new(c, ts, pb.split))
+            }
+            _ => None,
         };
         (0..n * tasks_per_img).into_par_iter().for_each(|task| {
             let (img, part) = (task / tasks_per_img, task % tasks_per_img);
@@ -286,7 +320,8 @@ impl WinogradConv<'_> {
                 }
                 let (v, m) = buf.split_at_mut(v_len);
                 let x_img = &x[img * c * h * w..(img + 1) * c * h * w];
-                // SAFETY: the CPU runs `kernel` (and AMX for `Products::Amx`; checked above);
+                // SAFETY: the CPU runs `kernel` (and AMX for `Products::Amx`, AVX512-BF16 for
+                // `Products::Avx512Bf16`; checked above);
                 // every access stays inside `x_img`, `v`, `m`, the band, the packed weights and
                 // this task's output tiles, which no other task writes.
                 unsafe {
@@ -296,8 +331,8 @@ impl WinogradConv<'_> {
                         CpuKernel::Avx512 => input_transform(&geom, x_img, &runs, vp),
                         CpuKernel::Avx2Fma => lanes::input_transform(&geom, x_img, &runs, vp),
                     }
-                    match (self.products, &band_gemm) {
-                        (Products::Amx(pa), Some(bg)) => BAND.with(|band| {
+                    match (self.products, &band_gemm, &bf16_products) {
+                        (Products::Amx(pa), Some(bg), _) => BAND.with(|band| {
                             let mut band = band.borrow_mut();
                             if band.len() < bg.band_len() {
                                 band.resize(bg.band_len(), 0);
@@ -307,10 +342,20 @@ impl WinogradConv<'_> {
                                 bg.run(pwx, vx, t1 - t0, &mut band, mx);
                             }
                         }),
-                        (Products::Kernel(pw), _) => {
+                        (Products::Avx512Bf16(pb), _, Some(wp)) => BAND.with(|band| {
+                            let mut band = band.borrow_mut();
+                            if band.len() < wp.band_len() {
+                                band.resize(wp.band_len(), 0);
+                            }
+                            for (xi, pwx) in pb.xi.iter().enumerate() {
+                                let (vx, mx) = (vp.add(xi * c * ts), mp.add(xi * co * ts));
+                                wp.run(pwx, vx, t1 - t0, &mut band, mx);
+                            }
+                        }),
+                        (Products::Kernel(pw), _, _) => {
                             products(&geom, pw, t1 - t0, cb, &taps, vp, mp)
                         }
-                        (Products::Amx(_), None) => unreachable!("band_gemm set for Amx"),
+                        _ => unreachable!("band_gemm set for Amx, bf16_products for Avx512Bf16"),
                     }
                     match kernel {
                         CpuKernel::Avx512 => output_transform(&geom, mp, &runs, &bias, y_img),
