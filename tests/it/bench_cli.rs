@@ -99,7 +99,7 @@ fn bf16_agreement_is_reported_and_the_fallback_warns() {
             "0",
         ]);
         if amx_off {
-            cmd.env("SDSEG_AMX", "0");
+            cmd.env("SDSEG_AMX", "0").env("SDSEG_AVX512BF16", "0");
         }
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
