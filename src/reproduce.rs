@@ -24,8 +24,9 @@
 //!    a step is kept only where it raises the label's mean Dice), predicted like the test cases
 //!    into `DIR/pred-train/` (manifest `DIR/cases-train.csv`, report
 //!    `DIR/run-report-train.json`, reused on reruns). SDSeg has no cross-validation folds, so
-//!    these are cases the model was trained on: its errors there are milder than on unseen
-//!    cases, which makes the choice conservative rather than optimistic about removal.
+//!    these are cases the model was trained on (nnU-Net chooses on its folds' held-out
+//!    predictions): the model errs less there than on unseen cases, so a step that fixes
+//!    errors seen mostly on unseen cases can be under-rated.
 //!
 //! **Resize back.** The official code never resizes predictions back to the native grid: it
 //! scores the 256×256 masks against labels zoomed to 256 with `order=0` (its resize back,
