@@ -5,9 +5,7 @@
 //! For K = 1, 2, 4, 8 (the release binary, one process per K, the same five cases):
 //! - model time per slice (from the run report) and its ratio to K separate single-draw runs;
 //! - Dice of the K-draw mean against the phantom's labels, and against the single draw;
-//! - AUROC of the uncertainty map as a score for the voxels the K-draw mask gets wrong;
-//!
-//! then the paper's stability figures (`stability`, PSNR/SSIM of the soft maps of 5 seeds).
+//! - AUROC of the uncertainty map as a score for the voxels the K-draw mask gets wrong.
 //!
 //! Timings only mean something on a quiet machine (no build, no other benchmark).
 //! `SDSEG_BENCH_CASES=N` changes the number of phantoms (default 5).
@@ -154,20 +152,8 @@ fn main() {
         means[0], means[1], means[2], means[3], means[4], means[5]
     );
 
-    println!("\n## Stability (the paper's Table 5 protocol: 5 seeds against seed 0)\n");
-    let mut args: Vec<String> = vec!["stability".into(), "--pipeline".into(), "demo".into()];
-    for (_, input, gt) in &cases {
-        args.extend([
-            "--input".into(),
-            input.display().to_string(),
-            "--label".into(),
-            gt.display().to_string(),
-        ]);
-    }
-    args.extend(["--runs".into(), "5".into()]);
-    let o = Command::new(BIN).args(&args).output().expect("stability");
-    print!("{}", String::from_utf8_lossy(&o.stdout));
-    if !o.status.success() {
-        eprintln!("stability failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
+    // The paper's stability figures (`stability`: PSNR/SSIM of the soft maps of N seeds) are
+    // defined on 256×256 maps; the demo model works at 64×64 and `stability` refuses it. The
+    // agreement between the K-draw mean and the single draw above (Dice K=8 vs K=1) is the
+    // same question asked of the masks.
 }
