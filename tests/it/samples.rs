@@ -178,3 +178,54 @@ fn uncertainty_reports_resume_and_usage() {
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"status\":\"skipped\""));
 }
+
+/// Multi-class models take both features: the draws' mean class probabilities decide the
+/// label (the threshold double's draws agree, so the labels equal the single draw's), the
+/// uncertainty is an entropy in [0, ln K], and post-processing runs per class.
+#[test]
+fn multi_class_draws_uncertainty_and_postprocessing() {
+    use crate::support::run_util::*;
+    let d = tempdir();
+    let p = d.path();
+    let inputs = dataset(&p.join("data"), 1);
+    let input = inputs[0].to_str().unwrap();
+    let base = [
+        "run",
+        "--quiet",
+        "--test-segmenter",
+        "threshold:9",
+        "--pipeline",
+        "btcv:cls9",
+        input,
+    ];
+    let o = run(p, &[&base[..], &["--out", "one.nii.gz"]].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(
+        p,
+        &[
+            &base[..],
+            &[
+                "--out",
+                "three.nii.gz",
+                "--samples",
+                "3",
+                "--uncertainty",
+                "u.nii.gz",
+                "--postprocess",
+                "default",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let read = |n: &str| sdseg_volume::io::read_volume(&p.join(n), &Default::default()).unwrap();
+    let (one, three, u) = (read("one.nii.gz"), read("three.nii.gz"), read("u.nii.gz"));
+    let classes: std::collections::BTreeSet<i64> = three.data().iter().map(|&v| v as i64).collect();
+    assert!(
+        classes.len() > 2 && classes.iter().all(|&c| (0..9).contains(&c)),
+        "{classes:?}"
+    );
+    assert_eq!(one.shape(), three.shape());
+    let max = u.data().iter().fold(0f32, |m, &v| m.max(v));
+    assert!(max > 0.0 && max <= (9f32).ln() + 1e-5, "entropy max {max}");
+}
