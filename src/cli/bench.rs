@@ -97,8 +97,17 @@ fn print_header(
 ) -> std::io::Result<()> {
     writeln!(
         out,
-        "{name} ({} weights), {} on {}, {} threads, median of {} after {} warm-up",
-        r.weights, r.dtype, r.device, r.threads, r.iters, r.warmup
+        "{name} ({} weights), {} on {}{}, {} threads, median of {} after {} warm-up",
+        r.weights,
+        r.dtype,
+        r.device,
+        r.kernel_level
+            .as_deref()
+            .map(|k| format!(" (conv kernels: {k})"))
+            .unwrap_or_default(),
+        r.threads,
+        r.iters,
+        r.warmup
     )?;
     writeln!(
         out,
@@ -260,6 +269,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
             weights: weights.clone(),
             batch_size: batch,
             samples: draws,
+            kernel_level: model.cpu_kernel_level(),
             dtype: args.dtype.to_string(),
             device: args.device.to_string(),
             threads: rayon::current_num_threads(),

@@ -621,6 +621,9 @@ pub struct BenchResult {
     pub batch_size: usize,
     /// Noise draws per slice (`--samples`); per-slice figures count all draws of a slice.
     pub samples: usize,
+    /// The CPU conv kernel level that ran (`amx-bf16`, `avx512-bf16`, `avx512`, `avx2`,
+    /// `candle`; `null` on a GPU).
+    pub kernel_level: Option<String>,
     pub dtype: String,
     pub device: String,
     /// Rayon threads (CPU work).

@@ -381,6 +381,14 @@ impl Sdseg {
             )
         })
     }
+    /// The conv kernel level this model's CPU convolutions run on (`amx-bf16`, `avx512-bf16`,
+    /// `avx512`, `avx2` or `candle`); `None` on a GPU.
+    pub fn cpu_kernel_level(&self) -> Option<String> {
+        self.device.is_cpu().then(|| {
+            sdseg_kernels::conv::KernelLevel::of_run(self.cpu_bf16.unwrap_or(CpuPrecision::F32))
+                .to_string()
+        })
+    }
     /// The CPU conv precision of a CPU `bf16` run (`None` otherwise).
     pub fn cpu_precision(&self) -> Option<CpuPrecision> {
         self.cpu_bf16

@@ -40,6 +40,11 @@ fn json_has_every_field_per_configuration() {
     assert_eq!(v["batch_size"], 1);
     assert_eq!(v["dtype"], "f32");
     assert_eq!(v["device"], "cpu");
+    // Which conv kernel level ran on this CPU (an f32 level for --dtype f32).
+    let level = v["kernel_level"].as_str().unwrap();
+    println!("conv kernel level: {level}");
+    assert!(["avx512", "avx2", "candle"].contains(&level), "{level}");
+    assert_eq!(v["samples"], 1);
     let stages = ["cond_encoder", "unet", "latent_estimate", "decoder"];
     let mut sum = 0.0;
     for s in stages {
