@@ -375,9 +375,9 @@ impl Sdseg {
     pub fn bf16_fallback_warning(&self, flag: &str) -> Option<String> {
         (self.cpu_bf16_convs() == Some(false)).then(|| {
             format!(
-                "--dtype {flag}: this CPU has no AMX-BF16 and no AVX512-BF16 (or the OS does \
-                 not grant AMX, or SDSEG_CONV_KERNEL / SDSEG_AMX / SDSEG_AVX512BF16 turn them \
-                 off); convolutions run in f32"
+                "--dtype {flag}: this CPU has no AMX-BF16 (or the OS does not grant AMX, or \
+                 SDSEG_CONV_KERNEL / SDSEG_AMX turn it off); convolutions run in f32 \
+                 (SDSEG_AVX512BF16=1 opts into the AVX512-BF16 level, where present)"
             )
         })
     }
