@@ -93,6 +93,9 @@ pub enum ContourKind {
 }
 
 /// The contours of a binary mask (`rows × columns`, row-major, `true` = inside).
+///
+/// # Panics
+/// When `mask` does not hold `rows × columns` values.
 pub fn mask_contours(mask: &[bool], rows: usize, columns: usize) -> Vec<Contour> {
     assert_eq!(mask.len(), rows * columns, "mask size");
     let slice: Vec<u16> = mask.iter().map(|&m| u16::from(m)).collect();
@@ -103,6 +106,9 @@ pub fn mask_contours(mask: &[bool], rows: usize, columns: usize) -> Vec<Contour>
 
 /// The contours of each of `labels` on one slice of label values (`rows × columns`,
 /// row-major): entry `n` holds those of `labels[n]` (empty where the label is absent).
+///
+/// # Panics
+/// When `slice` does not hold `rows × columns` values.
 pub fn slice_contours(
     slice: &[u16],
     rows: usize,
