@@ -539,3 +539,37 @@ fn same_request_same_bytes_and_absent_labels_give_empty_rois() {
         "the absent label's ROI has no ContourSequence"
     );
 }
+
+/// A ROI name beyond the source's character set (the demo series declares ISO_IR 100) is
+/// written as UTF-8, as the DICOM-SEG writer does (one shared rule, `settle_character_set`).
+#[test]
+fn roi_names_beyond_the_source_character_set_are_written_as_utf8() {
+    let case = demo_case();
+    let reference = reference(&case.volume);
+    let mut segs = segments(&present_labels(&case.labels));
+    segs[0].name = "Milz (脾臓)".into();
+    let producer = producer();
+    let dir = tempdir();
+    let out = dir.path().join("rt.dcm");
+    write_rtstruct(&out, &request(&case.labels, reference, &segs, &producer))
+        .expect("a non-Latin-1 ROI name is written");
+    assert_dciodvfy_clean(&out);
+    let Some(python) = require_python(&["pydicom"]) else {
+        return;
+    };
+    let o = Command::new(python)
+        .args([
+            "-c",
+            "import sys, json, pydicom; ds = pydicom.dcmread(sys.argv[1]); \
+             print(json.dumps([ds.SpecificCharacterSet, ds.StructureSetROISequence[0].ROIName, str(ds.PatientName)]))",
+        ])
+        .arg(&out)
+        .output()
+        .expect("run pydicom");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        read,
+        serde_json::json!(["ISO_IR 192", "Milz (脾臓)", "Phantom^Abdomen"])
+    );
+}

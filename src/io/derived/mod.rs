@@ -352,6 +352,22 @@ pub(crate) fn code_item(c: &Code) -> InMemDicomObject {
     })
 }
 
+/// The segment's property type as a code item, with its modifier (laterality) nested in it:
+/// SegmentedPropertyTypeCodeSequence (DICOM-SEG) and RTROIIdentificationCodeSequence
+/// (RTSTRUCT) hold the same item.
+pub(crate) fn property_type_item(s: &SegmentSpec) -> InMemDicomObject {
+    use dicom_dictionary_std::tags;
+    let mut property = code_item(&s.property_type);
+    if let Some(m) = &s.modifier {
+        put_seq(
+            &mut property,
+            tags::SEGMENTED_PROPERTY_TYPE_MODIFIER_CODE_SEQUENCE,
+            vec![code_item(m)],
+        );
+    }
+    property
+}
+
 /// The copied patient/study attributes, each with its dictionary VR.
 pub(crate) fn put_patient_study(obj: &mut InMemDicomObject, reference: &SeriesReference) {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};

@@ -23,11 +23,12 @@
 
 use super::contour::{volume_contours, Contour};
 use super::{
-    check_reference, code_item, derived_uid, item, put, put_patient_study, put_seq, write_part10,
+    check_reference, code_item, derived_uid, item, property_type_item, put,
+    put_empty_type2_patient_study, put_patient_study, put_seq, settle_character_set, write_part10,
     CheckedReference, DerivedError, DerivedRequest,
 };
 use crate::volume::SeriesReference;
-use dicom_core::{PrimitiveValue, Tag, VR};
+use dicom_core::{PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use rayon::prelude::*;
@@ -39,20 +40,6 @@ pub const RT_STRUCTURE_SET_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.481.3";
 /// The Study Component Management SOP class (retired) that RTReferencedStudySequence names
 /// (PS3.3 C.8.8.5: ReferencedSOPClassUID of the study, by convention of every RTSTRUCT writer).
 const STUDY_COMPONENT_MANAGEMENT: &str = "1.2.840.10008.3.1.2.3.1";
-
-/// Type 2 attributes of the Patient and General Study modules: written empty when the source
-/// does not have them.
-const TYPE2_PATIENT_STUDY: [(Tag, VR); 9] = [
-    (tags::PATIENT_NAME, VR::PN),
-    (tags::PATIENT_ID, VR::LO),
-    (tags::PATIENT_BIRTH_DATE, VR::DA),
-    (tags::PATIENT_SEX, VR::CS),
-    (tags::STUDY_DATE, VR::DA),
-    (tags::STUDY_TIME, VR::TM),
-    (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-    (tags::STUDY_ID, VR::SH),
-    (tags::ACCESSION_NUMBER, VR::SH),
-];
 
 /// Write `req` as an RTSTRUCT file at `path` (atomically).
 pub fn write_rtstruct(path: &Path, req: &DerivedRequest) -> Result<(), DerivedError> {
@@ -203,17 +190,7 @@ fn structure_set(
 
     // Patient, General Study (copied; type 2 present even when the source lacks them).
     put_patient_study(&mut o, reference);
-    for (tag, vr) in TYPE2_PATIENT_STUDY {
-        if o.element(tag).is_err() {
-            put(&mut o, tag, vr, PrimitiveValue::Empty);
-        }
-    }
-    let non_ascii = req.segments.iter().any(|s| !s.name.is_ascii())
-        || !req.series_description.is_ascii()
-        || !req.producer.algorithm_name.is_ascii();
-    if non_ascii && o.element(tags::SPECIFIC_CHARACTER_SET).is_err() {
-        put(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
-    }
+    put_empty_type2_patient_study(&mut o);
 
     // SOP Common.
     put(
@@ -390,18 +367,10 @@ fn structure_set(
                     tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
                     vec![code_item(&s.category)],
                 );
-                let mut identification = code_item(&s.property_type);
-                if let Some(m) = &s.modifier {
-                    put_seq(
-                        &mut identification,
-                        tags::SEGMENTED_PROPERTY_TYPE_MODIFIER_CODE_SEQUENCE,
-                        vec![code_item(m)],
-                    );
-                }
                 put_seq(
                     r,
                     tags::RTROI_IDENTIFICATION_CODE_SEQUENCE,
-                    vec![identification],
+                    vec![property_type_item(s)],
                 );
                 put(r, tags::RTROI_INTERPRETED_TYPE, VR::CS, "ORGAN");
                 put(r, tags::ROI_INTERPRETER, VR::PN, PrimitiveValue::Empty);
@@ -412,6 +381,8 @@ fn structure_set(
 
     // Approval.
     put(&mut o, tags::APPROVAL_STATUS, VR::CS, "UNAPPROVED");
+    // Text beyond the source's character set (a ROI name) is declared as UTF-8.
+    settle_character_set(&mut o);
     o
 }
 

@@ -31,7 +31,7 @@
 //! organization UID are [`derived_uid`]s.
 
 use super::{
-    check_reference, code_item, derived_uid, ds, ds_multi, item, put,
+    check_reference, code_item, derived_uid, ds, ds_multi, item, property_type_item, put,
     put_empty_type2_patient_study, put_patient_study, put_seq, settle_character_set,
     srgb_to_dicom_lab, write_part10, Code, DerivedError, DerivedRequest,
 };
@@ -617,18 +617,10 @@ impl Dataset<'_, '_> {
                         tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
                         vec![code_item(&spec.category)],
                     );
-                    let mut property = code_item(&spec.property_type);
-                    if let Some(m) = &spec.modifier {
-                        put_seq(
-                            &mut property,
-                            tags::SEGMENTED_PROPERTY_TYPE_MODIFIER_CODE_SEQUENCE,
-                            vec![code_item(m)],
-                        );
-                    }
                     put_seq(
                         o,
                         tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE,
-                        vec![property],
+                        vec![property_type_item(spec)],
                     );
                     put(
                         o,
