@@ -11,9 +11,8 @@ use sdseg_volume::pipeline::{
 };
 use sdseg_volume::{Affine, Provenance, Volume};
 use std::path::Path;
-use std::process::Command;
 
-use crate::support::python::require_python;
+use crate::support::python::{require_python, run_python};
 use crate::support::{fixture, tempdir, TINY_BINARY};
 
 // ---------------------------------------------------------------------------------------------
@@ -45,20 +44,6 @@ fn with_slicing(base: &str, frame: &str, size: usize) -> Pipeline {
     };
     p.slicing.size = size;
     p
-}
-
-fn run_python(py: &Path, script: &str, dir: &Path) {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn write_f64(path: &Path, values: impl Iterator<Item = f64>) {

@@ -5,9 +5,8 @@
 use ndarray::{Array3, Axis, ShapeBuilder};
 use sdseg_volume::pipeline::refine::{Components, LabelSteps, RefinePlan};
 use std::path::Path;
-use std::process::Command;
 
-use crate::support::python::require_python;
+use crate::support::python::{require_python, run_python};
 use crate::support::tempdir;
 
 /// xorshift64: reproducible volumes without a dependency.
@@ -19,20 +18,6 @@ impl Rng {
         self.0 ^= self.0 << 17;
         (self.0 >> 11) % n
     }
-}
-
-fn run_python(py: &Path, script: &str, dir: &Path) {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Random labels 0..=`values` with roughly `percent` % foreground, C order.

@@ -170,3 +170,18 @@ fn current_test() -> String {
         _ => "<unnamed test>".to_owned(),
     }
 }
+
+/// Run `script` with `py` in `dir` (`python -c`); panics with its stderr when it fails.
+pub fn run_python(py: &Path, script: &str, dir: &Path) {
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
