@@ -242,39 +242,60 @@ pub struct CheckedReference {
     pub study_instance_uid: String,
 }
 
-/// A `2.25.` UID from the request: the same labels of the same series from the same producer
-/// give the same UID; `purpose` tells the UIDs of one object apart ("series", "instance", …).
-pub fn derived_uid(req: &DerivedRequest, kind: &str, purpose: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"sdseg-volume derived object\0");
-    for part in [
-        kind,
-        purpose,
-        req.producer.manufacturer.as_str(),
-        req.producer.algorithm_name.as_str(),
-        req.producer.algorithm_version.as_str(),
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
+/// The UIDs of one derived object: `2.25.` UIDs from a digest of the request, hashed once
+/// (the label volume is the bulk: ~100 MB for 512×512×200) and then combined with each UID's
+/// object kind and purpose ("series", "instance", …). The same labels of the same series from
+/// the same producer give the same UIDs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uids {
+    content: [u8; 32],
+}
+
+impl Uids {
+    /// Digest of the producer, the source images' SOPInstanceUIDs, the segments and the label
+    /// voxels (memory order).
+    pub fn of(req: &DerivedRequest) -> Uids {
+        let mut h = Sha256::new();
+        h.update(b"sdseg-volume derived object\0");
+        for part in [
+            req.producer.manufacturer.as_str(),
+            req.producer.algorithm_name.as_str(),
+            req.producer.algorithm_version.as_str(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        for s in &req.reference.slices {
+            h.update(s.sop_instance_uid.as_deref().unwrap_or("").as_bytes());
+            h.update([0]);
+        }
+        for s in req.segments {
+            h.update(s.label.to_le_bytes());
+            h.update(s.name.as_bytes());
+            h.update([0]);
+        }
+        for d in req.labels.shape() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        match req.labels.as_slice_memory_order() {
+            Some(v) => hash_labels(&mut h, v.iter()),
+            None => hash_labels(&mut h, req.labels.iter()),
+        }
+        Uids {
+            content: h.finalize().into(),
+        }
     }
-    for s in &req.reference.slices {
-        h.update(s.sop_instance_uid.as_deref().unwrap_or("").as_bytes());
-        h.update([0]);
+
+    /// The UID for `purpose` in an object of `kind` ("DICOM-SEG", "rtstruct").
+    pub fn uid(&self, kind: &str, purpose: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(self.content);
+        for part in [kind, purpose] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        uid_from_digest(&h.finalize())
     }
-    for s in req.segments {
-        h.update(s.label.to_le_bytes());
-        h.update(s.name.as_bytes());
-        h.update([0]);
-    }
-    let shape = req.labels.shape();
-    for d in shape {
-        h.update((*d as u64).to_le_bytes());
-    }
-    match req.labels.as_slice_memory_order() {
-        Some(v) => hash_labels(&mut h, v.iter()),
-        None => hash_labels(&mut h, req.labels.iter()),
-    }
-    uid_from_digest(&h.finalize())
 }
 
 /// Feeds the labels' little-endian bytes to `h` in blocks (one `update` per value costs more

@@ -23,9 +23,9 @@
 
 use super::contour::{volume_contours, Contour};
 use super::{
-    check_reference, code_item, derived_uid, item, property_type_item, put,
-    put_empty_type2_patient_study, put_patient_study, put_seq, settle_character_set, write_part10,
-    CheckedReference, DerivedError, DerivedRequest,
+    check_reference, code_item, item, property_type_item, put, put_empty_type2_patient_study,
+    put_patient_study, put_seq, settle_character_set, write_part10, CheckedReference, DerivedError,
+    DerivedRequest, Uids,
 };
 use crate::volume::SeriesReference;
 use dicom_core::{PrimitiveValue, VR};
@@ -57,11 +57,14 @@ pub fn write_rtstruct(path: &Path, req: &DerivedRequest) -> Result<(), DerivedEr
     check_request(req)?;
     let labels: Vec<u16> = req.segments.iter().map(|s| s.label).collect();
     let contours = volume_contours(req.labels, &labels);
-    let sop_instance_uid = derived_uid(req, "rtstruct", "instance");
+    let uids = Uids::of(req);
+    let sop_instance_uid = uids.uid("rtstruct", "instance");
+    let series_uid = uids.uid("rtstruct", "series");
     let obj = structure_set(
         req,
         &checked,
         &source_series_uid,
+        &series_uid,
         &sop_instance_uid,
         &plane,
         &contours,
@@ -179,6 +182,7 @@ fn structure_set(
     req: &DerivedRequest,
     checked: &CheckedReference,
     source_series_uid: &str,
+    series_uid: &str,
     sop_instance_uid: &str,
     plane: &PatientPlane,
     contours: &[Vec<Vec<Contour>>],
@@ -205,7 +209,6 @@ fn structure_set(
 
     // RT Series.
     put(&mut o, tags::MODALITY, VR::CS, "RTSTRUCT");
-    let series_uid = derived_uid(req, "rtstruct", "series");
     put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
     put(
         &mut o,

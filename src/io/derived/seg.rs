@@ -28,12 +28,12 @@
 //! ImagePositionPatient; ReferencedSeriesSequence lists each source instance once. Patient and
 //! study attributes are the source's (SpecificCharacterSet too, unless some text is not ASCII:
 //! then UTF-8, as `settle_character_set` says); SeriesInstanceUID, SOPInstanceUID and the dimension
-//! organization UID are [`derived_uid`]s.
+//! organization UID come from [`Uids`].
 
 use super::{
-    check_reference, code_item, derived_uid, ds, ds_multi, item, property_type_item, put,
+    check_reference, code_item, ds, ds_multi, item, property_type_item, put,
     put_empty_type2_patient_study, put_patient_study, put_seq, settle_character_set,
-    srgb_to_dicom_lab, write_part10, Code, DerivedError, DerivedRequest,
+    srgb_to_dicom_lab, write_part10, Code, DerivedError, DerivedRequest, Uids,
 };
 use dicom_core::{PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -44,7 +44,7 @@ use std::path::Path;
 /// SOP Class UID of the Segmentation Storage SOP class.
 pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
-/// The object kind in errors and in [`derived_uid`].
+/// The object kind in errors and in [`Uids::uid`].
 const WHAT: &str = "a DICOM-SEG";
 const KIND: &str = "DICOM-SEG";
 
@@ -82,9 +82,11 @@ pub fn write_dicom_seg(path: &Path, req: &DerivedRequest) -> Result<(), DerivedE
         )));
     }
     let pixel_data = layout.pack(req.labels, pixel_bytes as usize);
-    let sop_instance_uid = derived_uid(req, KIND, "instance");
+    let uids = Uids::of(req);
+    let sop_instance_uid = uids.uid(KIND, "instance");
     let obj = Dataset {
         req,
+        uids: &uids,
         layout: &layout,
         frame_of_reference_uid: &checked.frame_of_reference_uid,
         study_instance_uid: &checked.study_instance_uid,
@@ -357,6 +359,7 @@ fn lo(s: &str) -> String {
 /// Everything the dataset is built from.
 struct Dataset<'a, 'r> {
     req: &'a DerivedRequest<'r>,
+    uids: &'a Uids,
     layout: &'a FrameLayout,
     frame_of_reference_uid: &'a str,
     study_instance_uid: &'a str,
@@ -415,7 +418,7 @@ impl Dataset<'_, '_> {
 
         // General Series, Segmentation Series.
         put(&mut o, tags::MODALITY, VR::CS, "SEG");
-        let series_uid = derived_uid(req, KIND, "series");
+        let series_uid = self.uids.uid(KIND, "series");
         put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
         put(
             &mut o,
@@ -744,7 +747,7 @@ impl Dataset<'_, '_> {
     /// DimensionOrganizationSequence, DimensionIndexSequence (segment, then position) and,
     /// where it holds, DimensionOrganizationType "3D".
     fn put_dimensions(&self, o: &mut InMemDicomObject) {
-        let uid = derived_uid(self.req, KIND, "dimension organization");
+        let uid = self.uids.uid(KIND, "dimension organization");
         put_seq(
             o,
             tags::DIMENSION_ORGANIZATION_SEQUENCE,
