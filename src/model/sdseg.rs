@@ -220,6 +220,9 @@ pub struct Sdseg {
     /// Rows per UNet/decoder pass; 0 = the image batch B.
     max_batch: usize,
     key_report: Option<KeyReport>,
+    /// Images the condition encoder has encoded (counted so tests can check that noise draws
+    /// share one encoder pass per slice).
+    cond_images: std::sync::atomic::AtomicU64,
 }
 
 impl Sdseg {
@@ -328,6 +331,7 @@ impl Sdseg {
             cpu_bf16,
             max_batch: 0,
             key_report: None,
+            cond_images: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -428,6 +432,10 @@ impl Sdseg {
     pub fn step_coefficients(&self) -> StepCoefficients {
         self.coeffs
     }
+    /// Images the condition encoder has encoded since the model was built.
+    pub fn cond_encoder_images(&self) -> u64 {
+        self.cond_images.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// Key accounting of a checkpoint load (None when built from `VarBuilder`s).
     pub fn key_report(&self) -> Option<&KeyReport> {
         self.key_report.as_ref()
@@ -447,6 +455,8 @@ impl Sdseg {
     /// Condition latent `cond_stage_model.encode(image)`: [B, 3, H, W] in [−1, 1] → [B, 4, h, w].
     pub fn cond_latent(&self, image: &Tensor) -> Result<Tensor> {
         let image = self.check_image(image)?;
+        self.cond_images
+            .fetch_add(image.dim(0)? as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(self.scoped(|| self.cond_stage_model.forward(&image))?)
     }
 

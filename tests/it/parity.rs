@@ -352,7 +352,13 @@ fn noise_draws_in_one_pass_equal_separate_passes() {
         let n0 = fx.get("noise").narrow(0, 0, 1).unwrap();
         let n1 = (n0.clone() * -0.5).unwrap();
         let draws = Tensor::cat(&[&n0, &n1], 0).unwrap();
+        let before = model.cond_encoder_images();
         let both = model.segment_draws(&image, &draws, 2, None).unwrap();
+        assert_eq!(
+            model.cond_encoder_images() - before,
+            1,
+            "two draws of one slice: one condition-encoder pass"
+        );
         for (d, noise) in [&n0, &n1].into_iter().enumerate() {
             let one = model.segment(&image, noise, None).unwrap();
             let (got, want) = match (&both, &one) {
