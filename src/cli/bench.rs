@@ -171,7 +171,11 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         return Err(UsageError("--iters must be at least 1".into()).into());
     }
     let device = args.device.open().classified()?;
-    let dtype = args.dtype.dtype();
+    let (dtype_spec, dtype_warning) = args.dtype.for_device(args.device);
+    if let Some(w) = dtype_warning {
+        eprintln!("warning: {w}");
+    }
+    let dtype = dtype_spec.dtype();
     let quiet = g.quiet;
 
     let (model, name, weights) = match &args.weights {
@@ -270,7 +274,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
             batch_size: batch,
             samples: draws,
             kernel_level: model.cpu_kernel_level(),
-            dtype: args.dtype.to_string(),
+            dtype: dtype_spec.to_string(),
             device: args.device.to_string(),
             threads: rayon::current_num_threads(),
             iters: args.iters,

@@ -100,6 +100,31 @@ impl DTypeSpec {
     pub fn fast_bf16(self) -> bool {
         self == DTypeSpec::Bf16Fast
     }
+    /// What a run asked for `self` computes in on `device`, and the warning to print once
+    /// when that is not what was asked. On the CPU `f16` becomes `f32`: no kernel here computes
+    /// in f16 and candle's f16 CPU ops are ~3× slower than the f32 path while less accurate,
+    /// so the run is the `f32` run, bit for bit (`--dtype bf16` is the CPU's reduced-precision
+    /// mode). `bf16` / `bf16-fast` stay as asked: the model itself falls back to f32 where the
+    /// CPU has no bf16 kernel level (`Sdseg::bf16_fallback_warning`).
+    ///
+    /// The library keeps computing in f16 on the CPU when asked directly (`Sdseg::load`),
+    /// which is how the f16 code path of the model is tested without a GPU.
+    pub fn for_device(self, device: DeviceSpec) -> (DTypeSpec, Option<String>) {
+        match self {
+            DTypeSpec::F16 if !device.is_cuda() => (
+                DTypeSpec::F32,
+                Some(
+                    "--dtype f16: the CPU has no f16 compute path (candle's f16 CPU ops are \
+                     slower than f32 and less accurate); running in f32, bit for bit the \
+                     --dtype f32 run (--dtype bf16 is the reduced-precision mode on CPUs with \
+                     AMX-BF16)"
+                        .into(),
+                ),
+            ),
+            d => (d, None),
+        }
+    }
+
     /// The dtype for storing weights (`convert-checkpoint`): `bf16-fast` is a way of
     /// computing, not a storage type.
     pub fn storage(self) -> Result<DType, DeviceError> {
@@ -179,5 +204,18 @@ mod tests {
         assert!(DTypeSpec::Bf16Fast.fast_bf16() && !DTypeSpec::Bf16.fast_bf16());
         assert!(DTypeSpec::Bf16Fast.storage().is_err());
         assert_eq!(DTypeSpec::F16.storage().unwrap(), DType::F16);
+    }
+
+    #[test]
+    fn f16_on_the_cpu_runs_as_f32_and_says_so() {
+        let (d, warning) = DTypeSpec::F16.for_device(DeviceSpec::Cpu);
+        assert_eq!(d, DTypeSpec::F32);
+        assert!(warning.unwrap().contains("--dtype f16"));
+        for d in [DTypeSpec::F32, DTypeSpec::Bf16, DTypeSpec::Bf16Fast] {
+            assert_eq!(d.for_device(DeviceSpec::Cpu), (d, None), "{d}");
+        }
+        for d in [DTypeSpec::F16, DTypeSpec::Bf16] {
+            assert_eq!(d.for_device(DeviceSpec::Cuda(0)), (d, None), "{d}");
+        }
     }
 }

@@ -245,14 +245,18 @@ pub fn load_segmenter(opts: &RunOptions) -> anyhow::Result<(Box<dyn SliceSegment
     let demo_model =
         super::demo::is_demo_model(&opts.slicer.pipeline, weights, preset_config, &config);
     let device = m.device.open().classified()?;
+    let (dtype, dtype_warning) = m.dtype.for_device(m.device);
+    if let Some(w) = dtype_warning {
+        eprintln!("warning: {w}");
+    }
     let mut model =
-        crate::model::sdseg::Sdseg::load(weights, &config, &device, m.dtype.dtype(), m.ema)
+        crate::model::sdseg::Sdseg::load(weights, &config, &device, dtype.dtype(), m.ema)
             .classified()
             .with_context(|| format!("loading {}", weights.display()))?;
-    if m.dtype.fast_bf16() {
+    if dtype.fast_bf16() {
         model = model.with_fast_bf16();
     }
-    if let Some(w) = model.bf16_fallback_warning(&m.dtype.to_string()) {
+    if let Some(w) = model.bf16_fallback_warning(&dtype.to_string()) {
         eprintln!("warning: {w}");
     }
     let segmenter = SdsegSegmenter::new(model, size).classified()?;
@@ -597,7 +601,8 @@ fn pipeline_record(p: &crate::pipeline::config::Pipeline) -> PipelineRecord {
 fn run_settings(opts: &RunOptions) -> RunSettings {
     RunSettings {
         device: opts.model.device.to_string(),
-        dtype: opts.model.dtype.to_string(),
+        // What ran: `f16` on the CPU is the f32 run (`DTypeSpec::for_device`).
+        dtype: opts.model.dtype.for_device(opts.model.device).0.to_string(),
         seed: opts.seed,
         noise: opts.noise,
         batch_size: opts.batch_size,
