@@ -21,25 +21,15 @@ venv="${CUDA_CHECK_VENV:-$root/target/cuda-check-venv}"
 target="${CUDA_CHECK_TARGET_DIR:-$root/target/cuda-check}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 cuda_minor="13.2"
+# shellcheck source=.ci/cuda-toolchain.sh
+source "$root/.ci/cuda-toolchain.sh"
 
 start=$(date +%s)
 say() { echo "[cuda-check $(($(date +%s) - start))s] $*" >&2; }
 
-if [[ ! -x "$venv/bin/python" ]]; then
-    say "creating venv $venv"
-    "${PYTHON:-python3}" -m venv "$venv"
-fi
-say "installing CUDA ${cuda_minor} compiler wheels"
-"$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "nvidia-cuda-nvcc==${cuda_minor}.*" "nvidia-nvvm==${cuda_minor}.*" \
-    "nvidia-cuda-crt==${cuda_minor}.*" "nvidia-cuda-runtime==${cuda_minor}.*" \
-    "nvidia-cuda-nvrtc==${cuda_minor}.*" "nvidia-cuda-cccl==13.*"
-
-site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-export CUDA_HOME="$site/nvidia/cu13"
-chmod +x "$CUDA_HOME"/bin/* "$CUDA_HOME"/nvvm/bin/* 2>/dev/null || true
-export PATH="$CUDA_HOME/bin:$PATH"
-export LD_LIBRARY_PATH="$CUDA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+say "CUDA compiler: the PyPI wheels of CUDA ${cuda_minor} (CUDA_FROM_WHEELS=1)"
+cuda_venv="$venv"
+CUDA_FROM_WHEELS=1 cuda_toolchain_setup
 say "nvcc: $(nvcc --version | tail -n 2 | head -n 1)"
 
 # --- 2. The project's own kernel, through NVRTC as at run time, then ptxas. -----------------

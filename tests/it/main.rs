@@ -14,6 +14,8 @@ mod dicom_seg;
 mod eval;
 mod exit_codes;
 mod fuzz_regressions;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod installed;
 mod interop_dcm2niix;
 mod interop_nibabel;

@@ -28,40 +28,47 @@ use sdseg_volume::pipeline::segmenter::{NoiseMode, NoiseSource};
 use crate::support::{bin, fixture, tempdir};
 use crate::support::{TINY_BINARY as BINARY, TINY_MULTICLASS as MULTI};
 
-struct Fixture {
+pub(crate) struct Fixture {
     dir: PathBuf,
     config: SdsegConfig,
     case: HashMap<String, Tensor>,
 }
 
 impl Fixture {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let dir = fixture(name);
         let config = SdsegConfig::load(dir.join("config.json")).expect("config.json loads as is");
         let case = candle_core::safetensors::load(dir.join("case.safetensors"), &Device::Cpu)
             .expect("case.safetensors");
         Self { dir, config, case }
     }
-    fn get(&self, k: &str) -> Tensor {
+    pub(crate) fn get(&self, k: &str) -> Tensor {
         self.case
             .get(k)
             .unwrap_or_else(|| panic!("case.safetensors has no {k}"))
             .clone()
     }
-    fn weights(&self, format: &str) -> PathBuf {
+    pub(crate) fn weights(&self, format: &str) -> PathBuf {
         self.dir.join(format!("checkpoint.{format}"))
     }
     fn load(&self, format: &str, use_ema: bool) -> Sdseg {
-        Sdseg::load(
-            &self.weights(format),
-            &self.config,
-            &Device::Cpu,
-            DType::F32,
-            use_ema,
-        )
-        .unwrap_or_else(|e| panic!("loading {format}: {e}"))
+        self.load_on(format, use_ema, &Device::Cpu, DType::F32)
     }
-    fn class_ids(&self) -> Option<Vec<u32>> {
+    pub(crate) fn load_on(
+        &self,
+        format: &str,
+        use_ema: bool,
+        device: &Device,
+        dtype: DType,
+    ) -> Sdseg {
+        Sdseg::load(&self.weights(format), &self.config, device, dtype, use_ema)
+            .unwrap_or_else(|e| panic!("loading {format} ({dtype:?} on {device:?}): {e}"))
+    }
+    /// A fixture tensor on `device`.
+    pub(crate) fn get_on(&self, k: &str, device: &Device) -> Tensor {
+        self.get(k).to_device(device).unwrap()
+    }
+    pub(crate) fn class_ids(&self) -> Option<Vec<u32>> {
         self.case.get("class_ids").map(|t| {
             t.to_dtype(DType::I64)
                 .unwrap()
@@ -74,7 +81,7 @@ impl Fixture {
     }
 }
 
-fn values(t: &Tensor) -> Vec<f64> {
+pub(crate) fn values(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
         .unwrap()
         .flatten_all()
@@ -152,12 +159,12 @@ fn traced(trace: &Trace, name: &str) -> Tensor {
 }
 
 /// |p − 0.5| per pixel.
-fn binary_margin(mask_prob: &Tensor) -> Vec<f64> {
+pub(crate) fn binary_margin(mask_prob: &Tensor) -> Vec<f64> {
     values(mask_prob).iter().map(|p| (p - 0.5).abs()).collect()
 }
 
 /// top-1 − top-2 of the logits [B, K, H, W], per pixel [B, H, W].
-fn top2_gap(logits: &Tensor) -> Vec<f64> {
+pub(crate) fn top2_gap(logits: &Tensor) -> Vec<f64> {
     let (b, k, h, w) = logits.dims4().unwrap();
     let v = values(logits);
     let mut out = Vec::with_capacity(b * h * w);
@@ -172,11 +179,21 @@ fn top2_gap(logits: &Tensor) -> Vec<f64> {
 }
 
 fn binary_parity(format: &str) {
+    binary_parity_on(format, &Device::Cpu);
+}
+
+/// The binary fixture's stage-by-stage parity with the model on `device` (the GPU checks in
+/// `gpu.rs` run it on CUDA with the CPU's tolerances).
+pub(crate) fn binary_parity_on(format: &str, device: &Device) {
     let fx = Fixture::new(BINARY);
-    let model = fx.load(format, true);
+    let model = fx.load_on(format, true, device, DType::F32);
     assert_eq!(model.task(), Task::Binary);
     let (out, trace) = model
-        .trace(&fx.get("image"), &fx.get("noise"), None)
+        .trace(
+            &fx.get_on("image", device),
+            &fx.get_on("noise", device),
+            None,
+        )
         .unwrap();
     assert_close(
         "cond_latent",
@@ -208,13 +225,22 @@ fn binary_parity(format: &str) {
 }
 
 fn multiclass_parity(format: &str) {
+    multiclass_parity_on(format, &Device::Cpu);
+}
+
+/// [`binary_parity_on`] for the multi-class fixture.
+pub(crate) fn multiclass_parity_on(format: &str, device: &Device) {
     let fx = Fixture::new(MULTI);
-    let model = fx.load(format, true);
+    let model = fx.load_on(format, true, device, DType::F32);
     assert_eq!(model.task(), Task::MultiClass { num_classes: 4 });
     let ids = fx.class_ids().unwrap();
     assert_eq!(ids, vec![0, 1, 2, 3]);
     let (out, trace) = model
-        .trace(&fx.get("image"), &fx.get("noise"), Some(&ids))
+        .trace(
+            &fx.get_on("image", device),
+            &fx.get_on("noise", device),
+            Some(&ids),
+        )
         .unwrap();
     assert_close(
         "cond_latent",
