@@ -27,9 +27,9 @@ pub struct ModelFlags {
     /// default: <weights>.json or config.json beside the weights, else the pipeline's preset.
     #[arg(long, value_name = "FILE|PRESET")]
     pub model_config: Option<String>,
-    /// Slices per model batch.
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    pub batch_size: usize,
+    /// Slices per model batch (default: as `run`'s).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
     /// cpu, cuda or cuda:N (gpu = cuda:0).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<DeviceSpec>,

@@ -135,7 +135,10 @@ impl ModelArgs {
             pipeline = format!("{pipeline}:{v}");
         }
         push("--pipeline", pipeline);
-        push("--batch-size", self.batch_size.to_string());
+        // Without one, each task picks the default for the CPUs its job step gets.
+        if let Some(b) = self.batch_size {
+            push("--batch-size", b.to_string());
+        }
         if let Some(d) = self.device {
             push("--device", d.to_string());
         }

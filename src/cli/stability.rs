@@ -126,7 +126,12 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     let opts = StabilityOptions {
         runs: args.runs,
         noise: args.model.noise,
-        batch_size: args.model.batch_size,
+        batch_size: args.model.batch_size.unwrap_or_else(|| {
+            args.model
+                .device
+                .unwrap_or(crate::model::device::DeviceSpec::Cpu)
+                .default_batch_size()
+        }),
         read: Default::default(),
     };
     let scores = stability::compute(&cases, &pipeline, model.as_mut(), &opts, |id, seed| {

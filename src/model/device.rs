@@ -33,6 +33,18 @@ pub enum DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// The `--batch-size` a run uses when none is given. On the CPU half the rayon threads,
+    /// at least 4 and at most 32: on 2 cores batch 4 is within 6 % of the fastest measured
+    /// (batch 8) and 1 GB lighter, and a many-core CPU needs more images per batch to give
+    /// every thread work at the 64² and 32² levels (docs/speed.md, "Batch size" and "Scaling
+    /// plan"). On CUDA 8, until a GPU has measured better.
+    pub fn default_batch_size(self) -> usize {
+        match self {
+            DeviceSpec::Cpu => (rayon::current_num_threads() / 2).clamp(4, 32),
+            DeviceSpec::Cuda(_) => 8,
+        }
+    }
+
     pub fn is_cuda(self) -> bool {
         matches!(self, DeviceSpec::Cuda(_))
     }
@@ -204,6 +216,23 @@ mod tests {
         assert!(DTypeSpec::Bf16Fast.fast_bf16() && !DTypeSpec::Bf16.fast_bf16());
         assert!(DTypeSpec::Bf16Fast.storage().is_err());
         assert_eq!(DTypeSpec::F16.storage().unwrap(), DType::F16);
+    }
+
+    #[test]
+    fn default_batch_size_follows_the_threads() {
+        let cpu = DeviceSpec::Cpu.default_batch_size();
+        assert_eq!(cpu, (rayon::current_num_threads() / 2).clamp(4, 32));
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        for (threads, want) in [(1, 4), (2, 4), (9, 4), (16, 8), (64, 32), (192, 32)] {
+            let got = pool(threads).install(|| DeviceSpec::Cpu.default_batch_size());
+            assert_eq!(got, want, "{threads} threads");
+        }
+        assert_eq!(DeviceSpec::Cuda(0).default_batch_size(), 8);
     }
 
     #[test]
