@@ -10,9 +10,7 @@ use anyhow::Context;
 
 use super::cases::{self, CaseSpec, NamePattern, OutTarget};
 use super::engine::prep::Slicer;
-use super::engine::{
-    Both, CaseOutcome, CaseStatus, Engine, EngineOptions, FileIo, Job, Observer,
-};
+use super::engine::{Both, CaseOutcome, CaseStatus, Engine, EngineOptions, FileIo, Job, Observer};
 use super::labels_sidecar::{label_table, write_sidecars, LabelInfo};
 use super::outputs::{segment_specs, DerivedSettings, Formats, OutputFormat};
 use super::progress::{Display, Progress};
@@ -492,11 +490,7 @@ struct Segmented {
 }
 
 /// Load the model, write the label tables, and stream the engine over `jobs` (not empty).
-fn segment(
-    opts: &RunOptions,
-    jobs: &[Job],
-    observer: &dyn Observer,
-) -> anyhow::Result<Segmented> {
+fn segment(opts: &RunOptions, jobs: &[Job], observer: &dyn Observer) -> anyhow::Result<Segmented> {
     let t = Instant::now();
     let (mut model, mut info) = load_segmenter(opts)?;
     let load_s = t.elapsed().as_secs_f64();

@@ -10,9 +10,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::prep::VolumePlan;
-use super::{
-    CaseArrays, CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta,
-};
+use super::{CaseArrays, CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
 use crate::error::ResultExt;
 use crate::pipeline::outputs::{Formats, OutputFormat};
 use crate::pipeline::postprocess::PostprocessError;
@@ -193,7 +191,9 @@ fn read_one(
     job: &Job,
     details: &mut CaseDetails,
 ) -> anyhow::Result<(Arc<Volume>, VolumePlan)> {
-    let volume = engine.io.read_shared(&job.case.input, &engine.options.read)?;
+    let volume = engine
+        .io
+        .read_shared(&job.case.input, &engine.options.read)?;
     details.shape = Some(volume.shape());
     details.spacing = Some(volume.spacing());
     details.orientation = Some(volume.axcodes().to_string());
