@@ -531,7 +531,17 @@ pub fn evaluate_pair_refined(
     plan: &RefinePlan,
 ) -> Result<(CaseResult, CaseResult), EvalError> {
     let (p, g) = rayon::join(|| read_labels(&pair.pred), || read_labels(&pair.gt));
-    let ((pred, pred_affine), gt) = (p?, g?);
+    evaluate_arrays_refined(pair, p?, g?, opts, plan)
+}
+
+/// [`evaluate_pair_refined`] on a case held in memory: (without, with).
+pub fn evaluate_arrays_refined(
+    pair: &CasePair,
+    (pred, pred_affine): (Array3<u16>, Affine),
+    gt: (Array3<u16>, Affine),
+    opts: &EvalOptions,
+    plan: &RefinePlan,
+) -> Result<(CaseResult, CaseResult), EvalError> {
     check_same_grid(pair, (&pred, &pred_affine), (&gt.0, &gt.1))?;
     let mut refined = pred.clone();
     refine_prediction(pair, plan, (&mut refined, &pred_affine))?;

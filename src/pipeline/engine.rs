@@ -22,6 +22,7 @@ mod stages;
 pub use stages::{hex, sha256_files};
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ndarray::Array3;
@@ -40,6 +41,11 @@ use prep::Slicer;
 /// Reading and writing, so tests can run the engine on in-memory volumes.
 pub trait CaseIo: Sync {
     fn read(&self, input: &Path, opts: &ReadOptions) -> anyhow::Result<Volume>;
+    /// [`Self::read`], shared: the engine only reads the volume, so an in-memory caller (the
+    /// Python binding's `Model.segment`) hands over a volume it keeps, without a copy.
+    fn read_shared(&self, input: &Path, opts: &ReadOptions) -> anyhow::Result<Arc<Volume>> {
+        self.read(input, opts).map(Arc::new)
+    }
     /// Write `labels` (on the input grid) with the input's geometry, atomically.
     fn write_labels(
         &self,
@@ -76,6 +82,21 @@ pub trait CaseIo: Sync {
             OutputFormat::Nifti => unreachable!("NIfTI goes through write_labels"),
         }
     }
+    /// An in-memory run (the Python binding's `Model.segment`) takes a finished case's arrays
+    /// here, by value, instead of having the job's files written, and returns `None`. The
+    /// default hands them back, and the engine writes the job's files with the methods above.
+    fn take_arrays(&self, _case: &Case, arrays: CaseArrays) -> Option<CaseArrays> {
+        Some(arrays)
+    }
+}
+
+/// A finished case's label volume and uncertainty map (`--uncertainty`), on the input grid,
+/// with the geometry to write them on.
+#[derive(Clone, Debug)]
+pub struct CaseArrays {
+    pub labels: Array3<u16>,
+    pub uncertainty: Option<Array3<f32>>,
+    pub meta: VolumeMeta,
 }
 
 /// The geometry and provenance of an input volume, without its voxels (what a label writer
@@ -126,6 +147,29 @@ pub trait Observer: Sync {
 /// An observer that does nothing.
 pub struct Silent;
 impl Observer for Silent {}
+
+/// Two observers told the same things, in order (a run's progress display and a caller's
+/// callbacks).
+pub struct Both<'a>(pub &'a dyn Observer, pub &'a dyn Observer);
+
+impl Observer for Both<'_> {
+    fn case_started(&self, case: &Case, slices: usize) {
+        self.0.case_started(case, slices);
+        self.1.case_started(case, slices);
+    }
+    fn slices_done(&self, case: &Case, n: usize) {
+        self.0.slices_done(case, n);
+        self.1.slices_done(case, n);
+    }
+    fn case_finished(&self, outcome: &CaseOutcome) {
+        self.0.case_finished(outcome);
+        self.1.case_finished(outcome);
+    }
+    fn demo_input_warning(&self, case: &Case) {
+        self.0.demo_input_warning(case);
+        self.1.demo_input_warning(case);
+    }
+}
 
 /// Run-wide engine settings.
 #[derive(Clone, Debug)]

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use super::cases::{self, CaseSpec, NamePattern, OutTarget};
 use super::engine::prep::Slicer;
-use super::engine::{CaseOutcome, CaseStatus, Engine, EngineOptions, FileIo, Job};
+use super::engine::{Both, CaseOutcome, CaseStatus, Engine, EngineOptions, FileIo, Job, Observer};
 use super::labels_sidecar::{label_table, write_sidecars, LabelInfo};
 use super::outputs::{segment_specs, DerivedSettings, Formats, OutputFormat};
 use super::progress::{Display, Progress};
@@ -295,6 +295,16 @@ fn read_json(p: &Path) -> serde_json::Value {
 /// Run everything `opts` asks for. Exit status: `Ok` when every case was written or skipped;
 /// the case's own error when the only case failed; [`PartialFailure`] (exit 3) otherwise.
 pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
+    exit_status(&run_cases(opts, None)?)
+}
+
+/// [`execute`] up to its exit status: every case's outcome (the skipped ones first, then job
+/// order). `observer`, when given, is told what the progress display is told (the Python
+/// binding's progress callback).
+pub fn run_cases(
+    opts: &RunOptions,
+    observer: Option<&dyn Observer>,
+) -> anyhow::Result<Vec<CaseOutcome>> {
     let started_unix = unix_now();
     let (plan, n_cases) = plan_cases(opts)?;
     let jobs: Vec<Job> = plan
@@ -333,24 +343,21 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    let names: Vec<(u16, String)> = opts
-        .slicer
-        .pipeline
-        .labels
-        .classes
-        .iter()
-        .map(|(id, n)| (*id, n.clone()))
-        .collect();
+    let both = observer.map(|o| Both(&progress, o));
+    let observer: &dyn Observer = match &both {
+        Some(b) => b,
+        None => &progress,
+    };
     let segmented = if jobs.is_empty() {
         Segmented {
             outcomes: Vec::new(),
             model: None,
-            labels: label_table(opts.model.num_classes, &names),
+            labels: run_label_table(opts, opts.model.num_classes),
             load_s: 0.0,
             wall: std::time::Duration::ZERO,
         }
     } else {
-        segment(opts, &jobs, &progress, &names)?
+        segment(opts, &jobs, observer)?
     };
     outcomes.extend(segmented.outcomes);
     progress.finish();
@@ -387,7 +394,7 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
         };
         write_report(&path, &report)?;
     }
-    exit_status(&outcomes)
+    Ok(outcomes)
 }
 
 /// Discover the cases (printing the discovery's warnings), check `--preview` against their
@@ -487,16 +494,11 @@ struct Segmented {
 }
 
 /// Load the model, write the label tables, and stream the engine over `jobs` (not empty).
-fn segment(
-    opts: &RunOptions,
-    jobs: &[Job],
-    progress: &Progress,
-    names: &[(u16, String)],
-) -> anyhow::Result<Segmented> {
+fn segment(opts: &RunOptions, jobs: &[Job], observer: &dyn Observer) -> anyhow::Result<Segmented> {
     let t = Instant::now();
     let (mut model, mut info) = load_segmenter(opts)?;
     let load_s = t.elapsed().as_secs_f64();
-    let labels = label_table(model.num_classes(), names);
+    let labels = run_label_table(opts, model.num_classes());
     let pipeline_name = pipeline_label(&opts.slicer.pipeline);
     let derived = match opts.formats.any_dicom() {
         true => Some(derived_settings(opts, &info, &labels)?),
@@ -513,21 +515,8 @@ fn segment(
     let engine = Engine {
         slicer: &opts.slicer,
         io: &FileIo,
-        observer: progress,
-        options: EngineOptions {
-            batch_size: opts.batch_size,
-            noise: opts.noise,
-            seed: opts.seed,
-            read: opts.read.clone(),
-            digest_inputs: opts.report.is_some(),
-            labels: labels.clone(),
-            demo_model: info.demo_model,
-            formats: opts.formats.clone(),
-            derived,
-            samples: opts.samples,
-            uncertainty: opts.uncertainty.is_some(),
-            refine: opts.refine.clone(),
-        },
+        observer,
+        options: engine_options(opts, &info, labels.clone(), derived),
     };
     let t = Instant::now();
     let outcomes = engine.run(jobs, model.as_mut());
@@ -542,6 +531,43 @@ fn segment(
         load_s,
         wall,
     })
+}
+
+/// The engine settings of a run: `run`'s, and the Python binding's in-memory runs (which
+/// take the arrays instead of files, and choose `uncertainty` per call).
+pub fn engine_options(
+    opts: &RunOptions,
+    info: &ModelInfo,
+    labels: Vec<LabelInfo>,
+    derived: Option<DerivedSettings>,
+) -> EngineOptions {
+    EngineOptions {
+        batch_size: opts.batch_size,
+        noise: opts.noise,
+        seed: opts.seed,
+        read: opts.read.clone(),
+        digest_inputs: opts.report.is_some(),
+        labels,
+        demo_model: info.demo_model,
+        formats: opts.formats.clone(),
+        derived,
+        samples: opts.samples,
+        uncertainty: opts.uncertainty.is_some(),
+        refine: opts.refine.clone(),
+    }
+}
+
+/// The label table of a run: the model's classes, named by the pipeline.
+pub fn run_label_table(opts: &RunOptions, num_classes: usize) -> Vec<LabelInfo> {
+    let names: Vec<(u16, String)> = opts
+        .slicer
+        .pipeline
+        .labels
+        .classes
+        .iter()
+        .map(|(id, n)| (*id, n.clone()))
+        .collect();
+    label_table(num_classes, &names)
 }
 
 /// The segment list and producer of a run's DICOM outputs. The weights are hashed here (the
@@ -617,7 +643,7 @@ fn run_settings(opts: &RunOptions) -> RunSettings {
 
 /// `Ok` when no case failed; the case's own error when the only case failed;
 /// [`PartialFailure`] (exit 3) otherwise, after naming each failed case.
-fn exit_status(outcomes: &[CaseOutcome]) -> anyhow::Result<()> {
+pub fn exit_status(outcomes: &[CaseOutcome]) -> anyhow::Result<()> {
     let failed: Vec<&CaseOutcome> = outcomes.iter().filter(|o| o.is_failed()).collect();
     match failed.as_slice() {
         [] => Ok(()),

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::prep::VolumePlan;
-use super::{CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
+use super::{CaseArrays, CaseDetails, CaseError, CaseOutcome, CaseStatus, Engine, Job, VolumeMeta};
 use crate::error::ResultExt;
 use crate::pipeline::outputs::{Formats, OutputFormat};
 use crate::pipeline::postprocess::PostprocessError;
@@ -168,7 +168,7 @@ fn reader(engine: &Engine<'_>, jobs: &[Job], tx: Sender<Result<Loaded, Failure>>
         let msg = match result {
             Ok((volume, plan)) => Ok(Loaded {
                 idx,
-                volume: Arc::new(volume),
+                volume,
                 plan: Arc::new(plan),
                 details,
                 started,
@@ -190,8 +190,10 @@ fn read_one(
     engine: &Engine<'_>,
     job: &Job,
     details: &mut CaseDetails,
-) -> anyhow::Result<(Volume, VolumePlan)> {
-    let volume = engine.io.read(&job.case.input, &engine.options.read)?;
+) -> anyhow::Result<(Arc<Volume>, VolumePlan)> {
+    let volume = engine
+        .io
+        .read_shared(&job.case.input, &engine.options.read)?;
     details.shape = Some(volume.shape());
     details.spacing = Some(volume.spacing());
     details.orientation = Some(volume.axcodes().to_string());
@@ -699,15 +701,22 @@ fn writer(engine: &Engine<'_>, jobs: &[Job], rx: Receiver<ToWriter>) -> Vec<Case
                 } = *f;
                 let t = Instant::now();
                 let job = &jobs[idx];
-                let res = write_case(
-                    engine,
-                    job,
-                    &labels,
-                    uncertainty.as_ref(),
-                    &meta,
-                    preview.as_ref(),
-                );
-                drop(labels);
+                let arrays = CaseArrays {
+                    labels,
+                    uncertainty,
+                    meta,
+                };
+                let res = match engine.io.take_arrays(&job.case, arrays) {
+                    None => Ok(()),
+                    Some(a) => write_case(
+                        engine,
+                        job,
+                        &a.labels,
+                        a.uncertainty.as_ref(),
+                        &a.meta,
+                        preview.as_ref(),
+                    ),
+                };
                 details.timings.write = t.elapsed();
                 match res {
                     Ok(()) => {

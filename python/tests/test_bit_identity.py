@@ -1,0 +1,106 @@
+"""The binding against the CLI binary: the same labels voxel for voxel (and the same NIfTI bytes),
+the same uncertainty maps, the same `run` files and the same `eval --out x.json` report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import sdseg_volume as sv
+from conftest import DEMO_CT, DEMO_LABELS, FIXTURES, nifti_bytes, run_cli, write_phantom
+
+
+def load(path):
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def test_demo_series_labels_equal_the_cli(cli, demo_model, demo_volume, tmp_path):
+    run_cli(cli, "run", DEMO_CT, "--out", tmp_path / "cli.nii.gz", "--quiet")
+    seg = demo_model.segment(demo_volume, progress=False)
+    cli_labels = load(tmp_path / "cli.nii.gz")
+    assert cli_labels.dtype == seg.labels.dtype
+    assert np.array_equal(cli_labels, seg.labels)
+    assert (seg.labels > 0).sum() > 1000  # a real segmentation, not an empty one
+    seg.save(tmp_path / "py.nii.gz")
+    assert nifti_bytes(tmp_path / "py.nii.gz") == nifti_bytes(tmp_path / "cli.nii.gz")
+
+
+def test_samples_and_uncertainty_equal_the_cli(cli, demo_volume, tmp_path):
+    run_cli(
+        cli, "run", DEMO_CT, "--out", tmp_path / "cli.nii.gz", "--quiet",
+        "--samples", "3", "--seed", "7", "--noise", "per-slice", "--batch-size", "5",
+        "--uncertainty", tmp_path / "u.nii.gz",
+    )
+    model = sv.Model(samples=3, seed=7, noise="per-slice", batch_size=5, quiet=True)
+    seg = model.segment(demo_volume, uncertainty=True, progress=False)
+    assert np.array_equal(load(tmp_path / "cli.nii.gz"), seg.labels)
+    u = load(tmp_path / "u.nii.gz")
+    assert u.dtype == np.float32 and seg.uncertainty.dtype == np.float32
+    assert np.array_equal(u, seg.uncertainty)
+    assert seg.uncertainty.max() > 0
+
+
+def test_run_writes_the_cli_files(cli, tmp_path):
+    phantom = tmp_path / "in" / "ph1.nii.gz"
+    phantom.parent.mkdir()
+    write_phantom(phantom, shape=(40, 36, 4))
+    run_cli(cli, "run", DEMO_CT, phantom, "--out", tmp_path / "cli", "--quiet", "--postprocess", "default")
+    with pytest.warns(UserWarning, match="DEMO MODEL"):  # ph1 is not a demo phantom
+        records = sv.run([DEMO_CT, phantom], tmp_path / "py", quiet=True, postprocess="default", progress=False)
+    assert [r["case"] for r in records] == ["demo-ct", "ph1"]
+    assert all(r["status"] == "written" for r in records)
+    for case in ("demo-ct", "ph1"):
+        assert nifti_bytes(tmp_path / "py" / f"{case}.nii.gz") == nifti_bytes(tmp_path / "cli" / f"{case}.nii.gz")
+    # The label sidecars too.
+    cli_files = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert cli_files == sorted(p.name for p in (tmp_path / "py").iterdir())
+    # Resume: a second call skips both.
+    again = sv.run([DEMO_CT, phantom], tmp_path / "py", quiet=True, progress=False)
+    assert [r["status"] for r in again] == ["skipped", "skipped"]
+
+
+def test_fixture_model_labels_equal_the_cli(cli, tmp_path):
+    """The tiny official-layout checkpoint of testdata/fixtures (a Lightning .ckpt with
+    config.json beside it), at 256x256 slices (pipeline btcv), on a small NIfTI phantom."""
+    weights = FIXTURES / "tiny-binary" / "checkpoint.ckpt"
+    phantom = tmp_path / "ph.nii.gz"
+    write_phantom(phantom)
+    run_cli(
+        cli, "run", phantom, "--out", tmp_path / "cli.nii.gz", "--quiet",
+        "--weights", weights, "--pipeline", "btcv", "--seed", "5", "--batch-size", "2",
+    )
+    model = sv.Model(weights=weights, pipeline="btcv", seed=5, batch_size=2, quiet=True)
+    assert model.info["kind"] == "sdseg" and model.info["slice_size"] == 256
+    seg = model.segment(sv.read_volume(phantom), progress=False)
+    assert np.array_equal(load(tmp_path / "cli.nii.gz"), seg.labels)
+    seg.save(tmp_path / "py.nii.gz")
+    assert nifti_bytes(tmp_path / "py.nii.gz") == nifti_bytes(tmp_path / "cli.nii.gz")
+
+
+def test_evaluate_equals_eval_json(cli, demo_model, demo_volume, tmp_path):
+    pred = tmp_path / "pred.nii.gz"
+    demo_model.segment(demo_volume, progress=False).save(pred)
+    for extra, kwargs in [
+        ([], {}),
+        (["--protocol", "sdseg", "--hd95", "pooled", "--nsd-tolerance", "2"],
+         {"protocol": "sdseg", "hd95": "pooled", "nsd_tolerance": 2}),
+        (["--postprocess", "default", "--labels", "1"], {"postprocess": "default", "labels": [1]}),
+    ]:
+        out = tmp_path / "x.json"
+        run_cli(cli, "eval", "--pred", pred, "--gt", DEMO_LABELS, "--pipeline", "demo",
+                "--out", out, "--quiet", *extra)
+        want = json.loads(out.read_text())
+        # Files: the same report, field for field.
+        got = sv.evaluate(pred, DEMO_LABELS, pipeline="demo", **kwargs)
+        assert got == want, extra
+        # Arrays: the same numbers; only the prediction's name differs.
+        seg = demo_model.segment(demo_volume, progress=False)
+        got = sv.evaluate(seg, DEMO_LABELS, pipeline="demo", **kwargs)
+        for report in (got, got.get("postprocessing", {}).get("without")):
+            if report is not None:
+                assert report["cases"][0]["pred"] == "<array>"
+                report["cases"][0]["pred"] = str(pred)
+        assert got == want, extra
