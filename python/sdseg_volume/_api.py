@@ -75,7 +75,8 @@ class Model:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (CUDA needs a build with the ``cuda``
             feature).
         dtype: ``"f32"``, ``"bf16"``, ``"bf16-fast"`` or ``"f16"``.
-        batch_size: slices per model batch (results do not depend on it).
+        batch_size: slices per model batch (results do not depend on it); ``None``: the
+            CLI's default (CPU: half the threads, 4 to 32; CUDA: 8).
         samples: noise draws per slice (K); the label comes from their mean. ``samples >= 2``
             makes the uncertainty map available (``segment(..., uncertainty=True)``).
         seed: seed of the noise latents; the same seed gives bit-identical outputs.
@@ -101,7 +102,7 @@ class Model:
         pipeline: str = "demo",
         device: str = "cpu",
         dtype: str = "f32",
-        batch_size: int = 8,
+        batch_size: Optional[int] = None,
         samples: int = 1,
         seed: int = 0,
         noise: str = "shared",
@@ -231,7 +232,7 @@ def run(
     pipeline: str = "demo",
     device: str = "cpu",
     dtype: str = "f32",
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     samples: int = 1,
     seed: int = 0,
     noise: str = "shared",

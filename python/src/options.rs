@@ -165,7 +165,9 @@ pub fn equivalent_command(function: &str, args: &Args) -> Vec<String> {
         flag("model-config", mc.clone());
     }
     flag("pipeline", m.pipeline.clone());
-    flag("batch-size", m.batch_size.to_string());
+    if let Some(b) = m.batch_size {
+        flag("batch-size", b.to_string());
+    }
     if let Some(d) = &m.device {
         flag("device", d.to_string());
     }
