@@ -133,6 +133,9 @@ pub struct RunOptions {
     pub refine: Option<super::refine::RefinePlan>,
     /// `{shard}` is replaced by the shard index.
     pub report: Option<PathBuf>,
+    /// Hash the inputs and the weights for the provenance record even without `report` (the
+    /// review page of `run --html` shows them).
+    pub provenance_digests: bool,
     pub preview: Option<PreviewTarget>,
     pub statistics: bool,
     pub json: bool,
@@ -295,6 +298,15 @@ fn read_json(p: &Path) -> serde_json::Value {
 /// Run everything `opts` asks for. Exit status: `Ok` when every case was written or skipped;
 /// the case's own error when the only case failed; [`PartialFailure`] (exit 3) otherwise.
 pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
+    execute_then(opts, |_, _| Ok(()))
+}
+
+/// [`execute`], then `after` with the run's report (and where `--report` wrote it) before the
+/// exit status is decided, also when cases failed (`run --html` builds its page there).
+pub fn execute_then(
+    opts: &RunOptions,
+    after: impl FnOnce(&RunReport, Option<&Path>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let started_unix = unix_now();
     let (plan, n_cases) = plan_cases(opts)?;
     let jobs: Vec<Job> = plan
@@ -327,7 +339,8 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
             plan.skipped.len()
         ));
         for c in &plan.skipped {
-            let o = CaseOutcome::skipped(c.clone());
+            let mut o = CaseOutcome::skipped(c.clone());
+            o.details.uncertainty = opts.uncertainty.as_ref().map(|u| u.render(&c.id));
             progress.emit_skipped(&o);
             outcomes.push(o);
         }
@@ -368,25 +381,28 @@ pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
         100.0 * totals.model_share_of_wall,
         segmented.load_s
     ));
-    if let Some(path) = &opts.report {
-        let path = PathBuf::from(
+    let report = RunReport {
+        tool: tool_info(),
+        command: opts.command.clone(),
+        started_unix_s: started_unix,
+        finished_unix_s: unix_now(),
+        pipeline: pipeline_record(&opts.slicer.pipeline),
+        model: segmented.model,
+        settings: run_settings(opts),
+        label_table: segmented.labels,
+        cases: outcomes.iter().map(CaseRecord::from).collect(),
+        totals,
+    };
+    let report_path = opts.report.as_ref().map(|path| {
+        PathBuf::from(
             path.to_string_lossy()
                 .replace("{shard}", &opts.shard.index().to_string()),
-        );
-        let report = RunReport {
-            tool: tool_info(),
-            command: opts.command.clone(),
-            started_unix_s: started_unix,
-            finished_unix_s: unix_now(),
-            pipeline: pipeline_record(&opts.slicer.pipeline),
-            model: segmented.model,
-            settings: run_settings(opts),
-            label_table: segmented.labels,
-            cases: outcomes.iter().map(CaseRecord::from).collect(),
-            totals,
-        };
-        write_report(&path, &report)?;
+        )
+    });
+    if let Some(path) = &report_path {
+        write_report(path, &report)?;
     }
+    after(&report, report_path.as_deref())?;
     exit_status(&outcomes)
 }
 
@@ -505,9 +521,9 @@ fn segment(
     write_sidecars(&opts.out.dir(), &pipeline_name, &labels)
         .with_context(|| format!("writing label tables into {}", opts.out.dir().display()))?;
     // The weights digest (seconds for a large checkpoint) overlaps the run.
-    let digest = opts
-        .report
-        .as_ref()
+    let digests = opts.report.is_some() || opts.provenance_digests;
+    let digest = digests
+        .then_some(())
         .and(info.weights.clone())
         .map(|w| std::thread::spawn(move || super::engine::sha256_files(&[w])));
     let engine = Engine {
@@ -519,7 +535,7 @@ fn segment(
             noise: opts.noise,
             seed: opts.seed,
             read: opts.read.clone(),
-            digest_inputs: opts.report.is_some(),
+            digest_inputs: digests,
             labels: labels.clone(),
             demo_model: info.demo_model,
             formats: opts.formats.clone(),
@@ -612,6 +628,8 @@ fn run_settings(opts: &RunOptions) -> RunSettings {
         formats: opts.formats.to_string(),
         samples: opts.samples,
         postprocess: opts.refine.as_ref().map(|p| p.describe()),
+        allow_gaps: opts.read.allow_gaps,
+        allow_tilt: opts.read.allow_tilt,
     }
 }
 
