@@ -69,9 +69,9 @@ pub enum ReviewError {
         "the label scheme of pipeline '{spec}' (from the run report) cannot be loaded: {error}; \
          pass --pipeline NAME|FILE[:VARIANT]"
     )]
-    Scheme { spec: String, error: EvalError },
+    Scheme { spec: String, error: Box<EvalError> },
     #[error(transparent)]
-    Eval(#[from] EvalError),
+    Eval(Box<EvalError>),
     #[error("--html {path}: must end in .html or .htm")]
     HtmlName { path: PathBuf },
     #[error("writing {path}: {error}")]
@@ -79,6 +79,12 @@ pub enum ReviewError {
         path: PathBuf,
         error: std::io::Error,
     },
+}
+
+impl From<EvalError> for ReviewError {
+    fn from(e: EvalError) -> ReviewError {
+        ReviewError::Eval(Box::new(e))
+    }
 }
 
 impl crate::error::Classify for ReviewError {
@@ -254,7 +260,10 @@ enum Scoring<'a> {
 
 fn label_scheme(opts: &ReviewOptions, pipeline: &PipelineDoc) -> Result<LabelScheme, ReviewError> {
     let spec = opts.pipeline.clone().unwrap_or_else(|| pipeline.spec());
-    LabelScheme::load(&spec).map_err(|error| ReviewError::Scheme { spec, error })
+    LabelScheme::load(&spec).map_err(|error| ReviewError::Scheme {
+        spec,
+        error: Box::new(error),
+    })
 }
 
 fn canonical(p: &Path) -> PathBuf {

@@ -712,7 +712,11 @@
     if (selectedRow) selectedRow.classList.remove('selected');
     selectedRow = rows.find((r) => r.i === index).tr;
     selectedRow.classList.add('selected');
-    if (location.hash !== '#case=' + encodeURIComponent(c.case)) history.replaceState(null, '', '#case=' + encodeURIComponent(c.case));
+    const hash = '#case=' + encodeURIComponent(c.case);
+    if (location.hash !== hash) {
+      // A link to the case; some browsers refuse history changes on file:// pages.
+      try { history.replaceState(null, '', hash); } catch (_) { /* the page works without it */ }
+    }
     caseNotes(c);
     caseDetails(c);
     current = null;

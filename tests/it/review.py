@@ -4,6 +4,11 @@ would see.
 
     review.py PAGE.html CHECKS.json RESULT.json [--screenshot OUT.png]
 
+(docs/review.png is `--screenshot` of the page of four phantoms: `phantom --format nifti
+--size 192x192x{40,44,48,52} --seed {2001..2004}`, then `run data --out out --samples 2
+--uncertainty out/uncertainty --html review.html --gt gt`, CHECKS `{"case": "case-1",
+"voxels": []}`, a 1400×980 window.)
+
 Driven by tests/it/review.rs (through support::python::run_python), which makes the page and
 CHECKS.json and asserts on RESULT.json. The browser is Debian's chromium
 (`$SDSEG_CHROMIUM`, default /usr/bin/chromium) driven by Playwright's Python package; no
@@ -18,7 +23,7 @@ screenshot of the 3×3 pixels around it and reads the centre one. Then it scroll
 mouse wheel and with the keyboard and records the slice and whether the canvas changed.
 
 RESULT.json: console errors and page errors (anything logged at level error, any uncaught
-exception), the table (case id and each cell's data-value, by column), the pixels
+exception), the readout with the mouse over the first voxel, the table (case id and each cell's data-value, by column), the pixels
 ({name: [r, g, b]}), the slices before and after scrolling, whether the pixels changed, the
 time from navigation to the index being drawn, and every case opened without error.
 """
@@ -114,7 +119,7 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         context = browser.new_context(
-            viewport={"width": 1500, "height": 1000}, device_scale_factor=1, offline=True
+            viewport={"width": 1400, "height": 980}, device_scale_factor=1, offline=True
         )
         page = context.new_page()
         page.on(
@@ -151,6 +156,19 @@ def main():
             result["pixels"][v["name"]] = pixel_at(page, pos["x"], pos["y"])
             result["positions"][v["name"]] = pos
 
+        # The hover readout over the first voxel (in its view).
+        first = checks["voxels"][0] if checks["voxels"] else None
+        if first:
+            view = page.locator('.view[data-view="%s"] canvas' % first["view"])
+            view.scroll_into_view_if_needed()
+            pos = page.evaluate(
+                "([view, ijk]) => window.sdsegReview.voxelToScreen(view, ijk)",
+                [first["view"], first["ijk"]],
+            )
+            sx, sy = page.evaluate("[window.scrollX, window.scrollY]")
+            page.mouse.move(pos["x"] - sx, pos["y"] - sy)
+            result["hover_readout"] = page.locator("#readout").text_content()
+
         # Scrolling: the wheel over the axial view, then the arrow keys.
         canvas = page.locator('.view[data-view="axial"] canvas')
         canvas.scroll_into_view_if_needed()
@@ -170,12 +188,14 @@ def main():
         result["readout"] = page.locator("#readout").text_content()
 
         if screenshot:
-            page.evaluate("window.sdsegReview.set('opacity', 0.45)")
-            page.evaluate("window.sdsegReview.set('gt', true)")
-            page.evaluate("window.sdsegReview.set('crosshair', true)")
+            # README's picture: the case with the default view options, the mouse over the
+            # axial view, the top of the page.
+            for name, value in [("opacity", 0.45), ("gt", True), ("crosshair", True)]:
+                page.evaluate("([n, v]) => window.sdsegReview.set(n, v)", [name, value])
             page.evaluate("window.scrollTo(0, 0)")
-            page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5)
-            page.screenshot(path=screenshot, full_page=True)
+            box = page.locator('.view[data-view="axial"] canvas').bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.45)
+            page.screenshot(path=screenshot)
         browser.close()
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)

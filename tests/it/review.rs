@@ -12,7 +12,7 @@
 //! the arrow keys change the slice, and the table lists every case with `eval`'s Dice, worst
 //! first.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -245,6 +245,65 @@ fn review_merges_every_shard_and_scores_like_eval() {
         .any(|l| l["name"] == "gt"));
 }
 
+/// A `reproduce` output folder: its run report, and the native-resolution scores of
+/// `reproduce.json` with the ground truth it names.
+#[test]
+fn review_of_a_reproduce_folder_shows_its_scores() {
+    let d = tempdir();
+    let p = d.path();
+    let raw = crate::reproduce::write_btcv(p, [40, 40, 3]);
+    let o = run(
+        p,
+        &[
+            "--quiet",
+            "reproduce",
+            "btcv",
+            "--data",
+            raw.to_str().unwrap(),
+            "--test-segmenter",
+            "threshold",
+            "--out",
+            "repro",
+        ],
+    );
+    ok(&o, "reproduce");
+    let o = run(p, &["--quiet", "review", "repro", "--html", "page.html"]);
+    ok(&o, "review repro");
+    let index = page_index(&p.join("page.html"));
+    let scores: Value =
+        serde_json::from_slice(&std::fs::read(p.join("repro/scores-nnunet.json")).unwrap())
+            .unwrap();
+    let want: Vec<(String, f64)> = scores["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["case"].as_str().unwrap().to_string(),
+                c["labels"][0]["dice"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(want.len(), 12);
+    assert_eq!(index["scores"]["protocol"], "nnunet");
+    assert!(index["scores"]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("reproduce.json"));
+    let got = page_cases(&index);
+    assert_eq!(got.len(), 12);
+    for ((case, _, dice, viewable), (id, d)) in got.iter().zip(&want) {
+        assert_eq!(case, id);
+        assert!(viewable);
+        assert_eq!(*dice, Some(*d), "{case}");
+    }
+    assert!(index["cases"][0]["view"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["name"] == "gt"));
+}
+
 #[test]
 fn run_html_writes_the_page_review_writes_from_its_report() {
     let d = tempdir();
@@ -293,6 +352,36 @@ fn run_html_writes_the_page_review_writes_from_its_report() {
 }
 
 #[test]
+fn the_demo_model_warning_reaches_the_page() {
+    let d = tempdir();
+    let p = d.path();
+    dataset(&p.join("data"), 1);
+    let o = run_demo(
+        p,
+        &[
+            "--quiet",
+            "run",
+            "data",
+            "--out",
+            "out",
+            "--html",
+            "page.html",
+        ],
+    );
+    ok(&o, "run --html");
+    let index = page_index(&p.join("page.html"));
+    let warnings = index["cases"][0]["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("DEMO MODEL")),
+        "{warnings:?}"
+    );
+    assert_eq!(index["runs"][0]["model"]["demo_model"], true);
+    assert!(index["runs"][0]["model"]["weights_sha256"].is_string());
+}
+
+#[test]
 fn review_usage_errors_exit_2_and_name_the_problem() {
     let d = tempdir();
     let p = d.path();
@@ -321,10 +410,19 @@ fn review_usage_errors_exit_2_and_name_the_problem() {
     assert!(!p.join("x.html").exists());
 }
 
-/// Voxels of a case whose 3×3×3 neighbourhood is all `inside` (labels) and, for the
-/// background, whose HU is inside the abdomen window: (labelled, background) original ijk.
-fn probe_voxels(labels: &Path, ct: &Path) -> ([usize; 3], [usize; 3], f32) {
-    let (lab, _, _) = sdseg_volume::io::nifti::read_labels(labels).unwrap();
+/// What the browser checks look at in a case.
+struct Probe {
+    /// A voxel whose 3×3×3 neighbourhood is labelled, and its RAS mm (the output's affine).
+    labelled: [usize; 3],
+    ras: [f64; 3],
+    /// A voxel whose 3×3×3 neighbourhood is background, with its HU in the abdomen window.
+    background: [usize; 3],
+    background_hu: f32,
+}
+
+/// Original `ijk` of the voxels a [`Probe`] names.
+fn probe_voxels(labels: &Path, ct: &Path) -> Probe {
+    let (lab, affine, _) = sdseg_volume::io::nifti::read_labels(labels).unwrap();
     let vol = sdseg_volume::io::read_volume(ct, &Default::default()).unwrap();
     let hu = vol.data();
     let (ni, nj, nk) = lab.dim();
@@ -348,12 +446,29 @@ fn probe_voxels(labels: &Path, ct: &Path) -> ([usize; 3], [usize; 3], f32) {
             }
         }
     }
-    let bg = background.expect("a background voxel in the window");
-    (
-        labelled.expect("an interior labelled voxel"),
-        bg,
-        hu[[bg[0], bg[1], bg[2]]],
-    )
+    let background = background.expect("a background voxel in the window");
+    let labelled = labelled.expect("an interior labelled voxel");
+    Probe {
+        labelled,
+        ras: affine.apply(labelled.map(|x| x as f64)),
+        background,
+        background_hu: hu[[background[0], background[1], background[2]]],
+    }
+}
+
+/// The numbers after `key` in the readout: `key = (a, b, c)`.
+fn readout_triple(readout: &str, key: &str) -> [f64; 3] {
+    let at = readout
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {readout:?}"))
+        + key.len();
+    let open = at + readout[at..].find('(').unwrap() + 1;
+    let close = open + readout[open..].find(')').unwrap();
+    let v: Vec<f64> = readout[open..close]
+        .split(',')
+        .map(|x| x.trim().parse().unwrap())
+        .collect();
+    [v[0], v[1], v[2]]
 }
 
 /// The grey the abdomen window (W400/L40) gives a HU after the page's 8-bit companding.
@@ -364,22 +479,16 @@ fn abdomen_grey(hu: f32) -> f64 {
 }
 
 /// Open `page` in Chromium with checks on `case` (see review.py); the result JSON.
-fn open_in_browser(
-    py: &Path,
-    dir: &Path,
-    page: &Path,
-    case: &str,
-    labelled: [usize; 3],
-    background: [usize; 3],
-    screenshot: Option<&Path>,
-) -> Value {
+fn open_in_browser(py: &Path, dir: &Path, page: &Path, case: &str, probe: &Probe) -> Value {
     let checks = dir.join(format!("{case}-checks.json"));
     let result = dir.join(format!("{case}-result.json"));
     let voxels: Vec<Value> = ["axial", "coronal", "sagittal"]
         .iter()
-        .map(|v| serde_json::json!({"view": v, "ijk": labelled, "name": format!("label-{v}")}))
+        .map(
+            |v| serde_json::json!({"view": v, "ijk": probe.labelled, "name": format!("label-{v}")}),
+        )
         .chain(std::iter::once(
-            serde_json::json!({"view": "axial", "ijk": background, "name": "background"}),
+            serde_json::json!({"view": "axial", "ijk": probe.background, "name": "background"}),
         ))
         .collect();
     std::fs::write(
@@ -387,14 +496,11 @@ fn open_in_browser(
         serde_json::json!({"case": case, "voxels": voxels}).to_string(),
     )
     .unwrap();
-    let mut argv = vec![
+    let argv = vec![
         page.to_str().unwrap().to_string(),
         checks.to_str().unwrap().to_string(),
         result.to_str().unwrap().to_string(),
     ];
-    if let Some(s) = screenshot {
-        argv.extend(["--screenshot".into(), s.to_str().unwrap().to_string()]);
-    }
     let script = format!(
         "import runpy, sys\nsys.argv = {}\nrunpy.run_path({:?}, run_name='__main__')\n",
         serde_json::to_string(
@@ -412,7 +518,7 @@ fn open_in_browser(
 /// What every page must show: no error, every case opened, the label colour on the labelled
 /// voxel in the three views, the CT grey on the background voxel, the slice following the
 /// wheel (one down) and the keys (two up).
-fn assert_seen(r: &Value, cases: usize, background_hu: f32) {
+fn assert_seen(r: &Value, cases: usize, probe: &Probe) {
     assert_eq!(r["console_errors"], serde_json::json!([]), "console errors");
     assert_eq!(
         r["page_errors"],
@@ -435,16 +541,29 @@ fn assert_seen(r: &Value, cases: usize, background_hu: f32) {
         .iter()
         .map(|x| x.as_f64().unwrap())
         .collect();
-    let want = abdomen_grey(background_hu);
+    let want = abdomen_grey(probe.background_hu);
     assert!(
         bg[0] == bg[1] && bg[1] == bg[2] && (bg[0] - want).abs() <= 2.0,
-        "background voxel: {bg:?}, want grey {want} (HU {background_hu})"
+        "background voxel: {bg:?}, want grey {want} (HU {})",
+        probe.background_hu
     );
     let z = |k: &str| r[k][2].as_i64().unwrap();
     assert_eq!(z("slice_after_wheel"), z("slice_before") - 1, "wheel");
     assert_eq!(z("slice_after_keys"), z("slice_before") + 1, "arrow keys");
     assert_eq!(r["canvas_changed_on_wheel"], true);
-    assert!(r["readout"].as_str().unwrap().contains("RAS"));
+    // The readout under the mouse: the output's voxel and RAS mm (shown to 0.1 mm).
+    let hover = r["hover_readout"].as_str().unwrap();
+    assert!(hover.contains("label 1 "), "{hover}");
+    let ijk = readout_triple(hover, "voxel (i, j, k) =");
+    assert_eq!(ijk, probe.labelled.map(|x| x as f64), "{hover}");
+    let mm = readout_triple(hover, "RAS (x, y, z) =");
+    assert!(
+        mm.iter()
+            .zip(probe.ras)
+            .all(|(got, want)| (got - want).abs() <= 0.051),
+        "{hover}: RAS {:?}",
+        probe.ras
+    );
     eprintln!(
         "index drawn {:.0} ms after navigation",
         r["index_shown_ms"].as_f64().unwrap()
@@ -473,19 +592,9 @@ fn the_demo_run_page_shows_ct_labels_and_scrolls_in_chromium() {
     let index = page_index(&p.join("demo.html"));
     assert_eq!(index["cases"].as_array().unwrap().len(), 1);
     assert!(index["scores"].is_null());
-    let (labelled, background, hu) = probe_voxels(&p.join("labels.nii.gz"), &ct);
-    let screenshot: Option<PathBuf> =
-        std::env::var_os("SDSEG_REVIEW_SCREENSHOT").map(PathBuf::from);
-    let r = open_in_browser(
-        &py,
-        p,
-        &p.join("demo.html"),
-        "demo-ct",
-        labelled,
-        background,
-        screenshot.as_deref(),
-    );
-    assert_seen(&r, 1, hu);
+    let probe = probe_voxels(&p.join("labels.nii.gz"), &ct);
+    let r = open_in_browser(&py, p, &p.join("demo.html"), "demo-ct", &probe);
+    assert_seen(&r, 1, &probe);
 }
 
 #[test]
@@ -521,18 +630,9 @@ fn a_three_case_page_with_ground_truth_lists_evals_dice_worst_first_in_chromium(
         .unwrap()
         .iter()
         .any(|l| l["name"] == "uncertainty"));
-    let (labelled, background, hu) =
-        probe_voxels(&p.join("out/case2.nii.gz"), &p.join("data/case2.nii.gz"));
-    let r = open_in_browser(
-        &py,
-        p,
-        &p.join("page.html"),
-        "case2",
-        labelled,
-        background,
-        None,
-    );
-    assert_seen(&r, 3, hu);
+    let probe = probe_voxels(&p.join("out/case2.nii.gz"), &p.join("data/case2.nii.gz"));
+    let r = open_in_browser(&py, p, &p.join("page.html"), "case2", &probe);
+    assert_seen(&r, 3, &probe);
     // The table: every case with eval's Dice, worst first.
     let shown: Vec<(String, f64)> = r["table"]
         .as_array()
