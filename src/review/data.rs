@@ -279,6 +279,12 @@ pub fn encode_case(a: &CaseArrays<'_>) -> std::io::Result<EncodedCase> {
         let s = a.labels.shape();
         [s[0], s[1], s[2]]
     };
+    if shape.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("an empty label volume ({shape:?} voxels)"),
+        ));
+    }
     let r = Reorientation::to_codes(a.affine, shape, AxCodes::RAS);
     let dims = r.target_shape();
     let spacing = a.affine.spacing();
