@@ -299,7 +299,9 @@ pub fn case_id(file_name: &str) -> String {
     id.to_string()
 }
 
-fn list_cases(dir: &Path) -> Result<BTreeMap<String, PathBuf>, EvalError> {
+/// The `.nii`/`.nii.gz` files directly in `dir`, by [`case_id`] (two files with one id are an
+/// error; an empty folder too).
+pub fn list_cases(dir: &Path) -> Result<BTreeMap<String, PathBuf>, EvalError> {
     let io = |error| EvalError::Io {
         path: dir.to_path_buf(),
         error,

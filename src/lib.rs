@@ -20,6 +20,7 @@ pub mod model;
 pub mod phantom;
 pub mod pipeline;
 pub mod reproduce;
+pub mod review;
 pub mod stability;
 pub mod train;
 pub mod volume;

@@ -12,6 +12,7 @@ pub mod import;
 pub mod inspect;
 pub mod phantom;
 pub mod reproduce;
+pub mod review;
 pub mod run;
 pub mod slurm;
 pub mod stability;
@@ -44,6 +45,9 @@ pub enum Command {
     Eval(eval::Args),
     /// Reproduce the paper's BTCV / STS-3D tables from a dataset folder.
     Reproduce(reproduce::Args),
+    /// Write the review page of a finished run: one self-contained HTML file with the cases'
+    /// table and an interactive viewer per case.
+    Review(review::Args),
     /// Stability over seeds (the paper's Table 5): PSNR, SSIM, MS-SSIM of soft maps.
     Stability(stability::Args),
     /// Developer parity harness: write every intermediate of single-step inference.
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(a) => import::run(a, g),
         Command::Eval(a) => eval::run(a, g),
         Command::Reproduce(a) => reproduce::run(a, g),
+        Command::Review(a) => review::run(a, g),
         Command::Stability(a) => stability::run(a, g),
         Command::Trace(a) => trace::run(a, g),
         Command::ConvertCheckpoint(a) => convert::run(a, g),

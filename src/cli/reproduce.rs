@@ -99,6 +99,8 @@ impl ModelFlags {
                 statistics: false,
                 json: false,
             },
+            html: None,
+            gt: None,
         };
         Ok(args.to_options(g)?)
     }

@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use super::{Globals, InputArgs};
-use crate::error::UsageError;
+use crate::error::{ResultExt, UsageError};
 use crate::model::device::{DTypeSpec, DeviceSpec};
 use crate::pipeline::cases::{NamePattern, OutTarget};
 use crate::pipeline::config::{Pipeline, PipelineError};
@@ -138,6 +140,16 @@ pub struct Args {
     pub model: ModelArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// After the run, write its review page: one self-contained HTML file (no network) with
+    /// the cases' table and a viewer per case (`review` builds the same page later, e.g. from
+    /// every shard of a Slurm array).
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
+    /// Ground truth for the review page: a label volume or a folder of them, paired with the
+    /// outputs by case id and scored as `eval --pipeline <this run's pipeline>` scores them
+    /// (Dice, HD95, ...); drawn as contours.
+    #[arg(long, value_name = "DIR|FILE", requires = "html")]
+    pub gt: Option<PathBuf>,
 }
 
 /// `NAME|FILE` or `NAME|FILE:VARIANT`.
@@ -276,6 +288,17 @@ impl Args {
             crate::pipeline::outputs::segment_specs(&pipeline.labels, &table, &m.pipeline, true)
                 .map_err(|e| UsageError(format!("--format dicom-seg: {e}")))?;
         }
+        if let Some(h) = &self.html {
+            crate::review::check_html_name(h).map_err(|e| UsageError(e.to_string()))?;
+        }
+        if let Some(gt) = &self.gt {
+            if !gt.exists() {
+                return Err(UsageError(format!(
+                    "--gt {}: no such file or folder",
+                    gt.display()
+                )));
+            }
+        }
         let preset = pipeline.model.preset.clone();
         let num_classes = m
             .test_segmenter
@@ -322,6 +345,7 @@ impl Args {
                 .transpose()
                 .map_err(|e| UsageError(format!("--postprocess: {e}")))?,
             report: self.output.report.clone(),
+            provenance_digests: self.html.is_some(),
             preview,
             statistics: self.output.statistics,
             json: self.output.json,
@@ -333,5 +357,21 @@ impl Args {
 
 pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
     let opts = args.to_options(g)?;
-    crate::pipeline::runner::execute(&opts)
+    let Some(html) = &args.html else {
+        return crate::pipeline::runner::execute(&opts);
+    };
+    let review = crate::review::ReviewOptions {
+        html: html.clone(),
+        gt: args.gt.clone(),
+        pipeline: None,
+        title: None,
+        quiet: g.quiet,
+    };
+    crate::pipeline::runner::execute_then(&opts, |report, report_path| {
+        let page = crate::review::build_for_run(report, report_path, &review)
+            .classified()
+            .with_context(|| format!("writing the review page {}", html.display()))?;
+        super::review::print_summary(&page, g);
+        Ok(())
+    })
 }

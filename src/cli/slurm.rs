@@ -346,6 +346,8 @@ pub fn build(a: &Args, g: Globals) -> anyhow::Result<String> {
         shard: Some(crate::pipeline::shard::Shard::ALL),
         model: a.model.clone(),
         output: a.output.clone(),
+        html: None,
+        gt: None,
     };
     // Without an explicit --device the run flags are validated for CPU here: the GPU is on
     // the compute node, maybe not on this one.

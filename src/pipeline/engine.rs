@@ -293,6 +293,8 @@ pub struct CaseDetails {
     pub timings: CaseStageTimes,
     pub stats: Vec<LabelStat>,
     pub preview: Option<PathBuf>,
+    /// The uncertainty map written (`--uncertainty`).
+    pub uncertainty: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]

@@ -100,6 +100,8 @@ pub struct CaseRecord {
     pub seconds: Seconds,
     pub labels: Vec<LabelStat>,
     pub preview: Option<PathBuf>,
+    /// `--uncertainty`: the case's map (absent for failed cases).
+    pub uncertainty: Option<PathBuf>,
     pub warnings: Vec<String>,
 }
 
@@ -137,6 +139,7 @@ impl From<&CaseOutcome> for CaseRecord {
             seconds: Seconds::from(&d.timings),
             labels: d.stats.clone(),
             preview: d.preview.clone(),
+            uncertainty: d.uncertainty.clone(),
             warnings: d.warnings.clone(),
         }
     }
@@ -169,6 +172,9 @@ pub struct RunSettings {
     pub samples: usize,
     /// `--postprocess`: the 3D post-processing applied (`null`: none, the official protocol).
     pub postprocess: Option<String>,
+    /// `--allow-gaps`, `--allow-tilt`: how DICOM inputs were read (`review` reads them again).
+    pub allow_gaps: bool,
+    pub allow_tilt: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

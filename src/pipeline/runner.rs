@@ -133,6 +133,9 @@ pub struct RunOptions {
     pub refine: Option<super::refine::RefinePlan>,
     /// `{shard}` is replaced by the shard index.
     pub report: Option<PathBuf>,
+    /// Hash the inputs and the weights for the provenance record even without `report` (the
+    /// review page of `run --html` shows them).
+    pub provenance_digests: bool,
     pub preview: Option<PreviewTarget>,
     pub statistics: bool,
     pub json: bool,
@@ -295,7 +298,18 @@ fn read_json(p: &Path) -> serde_json::Value {
 /// Run everything `opts` asks for. Exit status: `Ok` when every case was written or skipped;
 /// the case's own error when the only case failed; [`PartialFailure`] (exit 3) otherwise.
 pub fn execute(opts: &RunOptions) -> anyhow::Result<()> {
-    exit_status(&run_cases(opts, None)?)
+    execute_then(opts, |_, _| Ok(()))
+}
+
+/// [`execute`], then `after` with the run's report (and where `--report` wrote it) before the
+/// exit status is decided, also when cases failed (`run --html` builds its page there).
+pub fn execute_then(
+    opts: &RunOptions,
+    after: impl FnOnce(&RunReport, Option<&Path>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (outcomes, report, report_path) = run_reported(opts, None)?;
+    after(&report, report_path.as_deref())?;
+    exit_status(&outcomes)
 }
 
 /// [`execute`] up to its exit status: every case's outcome (the skipped ones first, then job
@@ -305,6 +319,14 @@ pub fn run_cases(
     opts: &RunOptions,
     observer: Option<&dyn Observer>,
 ) -> anyhow::Result<Vec<CaseOutcome>> {
+    Ok(run_reported(opts, observer)?.0)
+}
+
+/// The run: outcomes, the report, and where `--report` wrote it.
+fn run_reported(
+    opts: &RunOptions,
+    observer: Option<&dyn Observer>,
+) -> anyhow::Result<(Vec<CaseOutcome>, RunReport, Option<PathBuf>)> {
     let started_unix = unix_now();
     let (plan, n_cases) = plan_cases(opts)?;
     let jobs: Vec<Job> = plan
@@ -337,7 +359,8 @@ pub fn run_cases(
             plan.skipped.len()
         ));
         for c in &plan.skipped {
-            let o = CaseOutcome::skipped(c.clone());
+            let mut o = CaseOutcome::skipped(c.clone());
+            o.details.uncertainty = opts.uncertainty.as_ref().map(|u| u.render(&c.id));
             progress.emit_skipped(&o);
             outcomes.push(o);
         }
@@ -375,26 +398,28 @@ pub fn run_cases(
         100.0 * totals.model_share_of_wall,
         segmented.load_s
     ));
-    if let Some(path) = &opts.report {
-        let path = PathBuf::from(
+    let report = RunReport {
+        tool: tool_info(),
+        command: opts.command.clone(),
+        started_unix_s: started_unix,
+        finished_unix_s: unix_now(),
+        pipeline: pipeline_record(&opts.slicer.pipeline),
+        model: segmented.model,
+        settings: run_settings(opts),
+        label_table: segmented.labels,
+        cases: outcomes.iter().map(CaseRecord::from).collect(),
+        totals,
+    };
+    let report_path = opts.report.as_ref().map(|path| {
+        PathBuf::from(
             path.to_string_lossy()
                 .replace("{shard}", &opts.shard.index().to_string()),
-        );
-        let report = RunReport {
-            tool: tool_info(),
-            command: opts.command.clone(),
-            started_unix_s: started_unix,
-            finished_unix_s: unix_now(),
-            pipeline: pipeline_record(&opts.slicer.pipeline),
-            model: segmented.model,
-            settings: run_settings(opts),
-            label_table: segmented.labels,
-            cases: outcomes.iter().map(CaseRecord::from).collect(),
-            totals,
-        };
-        write_report(&path, &report)?;
+        )
+    });
+    if let Some(path) = &report_path {
+        write_report(path, &report)?;
     }
-    Ok(outcomes)
+    Ok((outcomes, report, report_path))
 }
 
 /// Discover the cases (printing the discovery's warnings), check `--preview` against their
@@ -507,9 +532,9 @@ fn segment(opts: &RunOptions, jobs: &[Job], observer: &dyn Observer) -> anyhow::
     write_sidecars(&opts.out.dir(), &pipeline_name, &labels)
         .with_context(|| format!("writing label tables into {}", opts.out.dir().display()))?;
     // The weights digest (seconds for a large checkpoint) overlaps the run.
-    let digest = opts
-        .report
-        .as_ref()
+    let digests = opts.report.is_some() || opts.provenance_digests;
+    let digest = digests
+        .then_some(())
         .and(info.weights.clone())
         .map(|w| std::thread::spawn(move || super::engine::sha256_files(&[w])));
     let engine = Engine {
@@ -546,7 +571,7 @@ pub fn engine_options(
         noise: opts.noise,
         seed: opts.seed,
         read: opts.read.clone(),
-        digest_inputs: opts.report.is_some(),
+        digest_inputs: opts.report.is_some() || opts.provenance_digests,
         labels,
         demo_model: info.demo_model,
         formats: opts.formats.clone(),
@@ -638,6 +663,8 @@ fn run_settings(opts: &RunOptions) -> RunSettings {
         formats: opts.formats.to_string(),
         samples: opts.samples,
         postprocess: opts.refine.as_ref().map(|p| p.describe()),
+        allow_gaps: opts.read.allow_gaps,
+        allow_tilt: opts.read.allow_tilt,
     }
 }
 

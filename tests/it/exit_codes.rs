@@ -301,6 +301,13 @@ fn one_bad_input_per_error_kind() {
             2,
             &manifest,
         ),
+        // review
+        case(
+            "ReviewError (no run report in the folder)",
+            &[&"review", &empty_dir, &"--html", &t("review.html")],
+            2,
+            &empty_dir,
+        ),
         // phantom::dicom_write
         case(
             "DicomWriteError (output under a file)",

@@ -27,6 +27,7 @@ mod pipeline;
 mod real_world;
 mod refine;
 mod reproduce;
+mod review;
 mod rtstruct;
 mod run;
 mod run_dicom_outputs;

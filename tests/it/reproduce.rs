@@ -35,7 +35,7 @@ fn labels_for(shape: [usize; 3], seed: usize) -> Array3<i16> {
     })
 }
 
-fn write_btcv(root: &Path, shape: [usize; 3]) -> PathBuf {
+pub(crate) fn write_btcv(root: &Path, shape: [usize; 3]) -> PathBuf {
     let raw = root.join("Abdomen/RawData");
     for d in ["Training/img", "Training/label"] {
         std::fs::create_dir_all(raw.join(d)).unwrap();

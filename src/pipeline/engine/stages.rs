@@ -721,6 +721,7 @@ fn writer(engine: &Engine<'_>, jobs: &[Job], rx: Receiver<ToWriter>) -> Vec<Case
                 match res {
                     Ok(()) => {
                         details.preview = job.preview.clone();
+                        details.uncertainty = job.uncertainty.clone();
                         (idx, CaseStatus::Written, details, started)
                     }
                     Err(e) => (

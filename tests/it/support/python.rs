@@ -5,7 +5,8 @@
 //! from the Debian package dicom3tools.
 //!
 //! A test asks for what it needs with [`require_python`], [`require_dcm2niix`],
-//! [`require_pydicom_seg`] or [`require_dciodvfy`]. A missing
+//! [`require_pydicom_seg`], [`require_dciodvfy`] or [`require_browser`] (Playwright and
+//! Debian's chromium, for the review page). A missing
 //! tool fails the test, saying what to do: a green run has checked everything. A run may opt
 //! out with `SDSEG_ALLOW_MISSING_TOOLS=1`: the test then returns early (libtest counts it as
 //! passed), prints `SKIPPED`, and appends `<test>\t<what is missing>` to
@@ -128,6 +129,34 @@ pub fn require_dciodvfy() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Python with Playwright, and Chromium to drive (`$SDSEG_CHROMIUM`, default
+/// `/usr/bin/chromium`: Debian's package; Playwright downloads no browser here): what the
+/// review page tests open pages with. Returns the interpreter; `None` when either is missing
+/// and missing tools are allowed (the skip is recorded).
+///
+/// # Panics
+/// When one is missing and `SDSEG_ALLOW_MISSING_TOOLS` is not `1`.
+pub fn require_browser() -> Option<PathBuf> {
+    let py = require_python(&["playwright.sync_api"])?;
+    let chromium = std::env::var_os("SDSEG_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let problem = match Command::new(&chromium).arg("--version").output() {
+        Ok(o) if o.status.success() => return Some(py),
+        Ok(o) => format!(
+            "`{} --version` fails: {}",
+            chromium.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!(
+            "cannot run {} ({e}); install the Debian package chromium (or set SDSEG_CHROMIUM)",
+            chromium.display()
+        ),
+    };
+    missing_tool(&problem);
+    None
 }
 
 /// Where skipped tests are recorded: `$SDSEG_SKIPPED_TESTS_FILE`, else
