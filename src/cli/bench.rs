@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize])]
     pub samples: Vec<usize>,
     /// f32, f16, bf16 or bf16-fast (on the CPU: f32 tensors, convolutions on AMX-BF16 in split
-    /// bf16, or plain bf16 for bf16-fast; f32 where the CPU has no AMX-BF16).
+    /// bf16, or plain bf16 for bf16-fast; f32 where the CPU has no AMX-BF16; f16 runs f32).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: DTypeSpec,
     /// cpu, cuda or cuda:N (gpu = cuda:0).

@@ -36,7 +36,8 @@ pub struct ModelFlags {
     /// Model dtype: f32, bf16, bf16-fast or f16. On CPUs with AMX (Intel Sapphire Rapids and
     /// later) bf16 is the fast CPU path (about 1.5x f32, labels equal to f32 on 99.99 % of
     /// pixels) and bf16-fast faster still (plain bf16); other CPUs run both as f32, with a
-    /// warning. On CUDA all four run natively. f16 on the CPU is slow: use it on CUDA.
+    /// warning. On CUDA all four run natively; on the CPU f16 runs the f32 path, with a
+    /// warning (no f16 kernels there).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: DTypeSpec,
     /// shared: one noise draw per run for every slice (the official evaluation); per-slice: a
