@@ -80,6 +80,36 @@ def test_fixture_model_labels_equal_the_cli(cli, tmp_path):
     assert nifti_bytes(tmp_path / "py.nii.gz") == nifti_bytes(tmp_path / "cli.nii.gz")
 
 
+def test_multiclass_fixture_model_labels_equal_the_cli(cli, tmp_path):
+    """The tiny multi-class checkpoint (4 classes: the UNet and decoder run once per class, the
+    label is the arg-max) through a 4-class pipeline file, CLI against Python."""
+    fixture = FIXTURES / "tiny-multiclass"
+    pipeline = tmp_path / "four.toml"
+    pipeline.write_text(
+        'name = "four"\n'
+        'description = "The tiny multi-class fixture at 256x256 (test only)."\n'
+        "[window]\nhu_min = -125.0\nhu_max = 275.0\n"
+        '[normalise]\nmode = "minmax"\neps = 0.0\n'
+        '[slicing]\nframe = "native"\nsize = 256\nresize = "bilinear"\n'
+        '[labels.classes]\n0 = "background"\n1 = "one"\n2 = "two"\n3 = "three"\n'
+        f'[model]\npreset = "{(fixture / "config.json").as_posix()}"\nnum_classes = 4\n'
+    )
+    phantom = tmp_path / "ph.nii.gz"
+    write_phantom(phantom)
+    weights = fixture / "checkpoint.ckpt"
+    run_cli(
+        cli, "run", phantom, "--out", tmp_path / "cli.nii.gz", "--quiet", "--weights", weights,
+        "--pipeline", pipeline, "--seed", "5", "--batch-size", "2",
+    )
+    model = sv.Model(weights=weights, pipeline=str(pipeline), seed=5, batch_size=2, quiet=True)
+    seg = model.segment(sv.read_volume(phantom), progress=False)
+    cli_labels = load(tmp_path / "cli.nii.gz")
+    assert len(np.unique(cli_labels)) > 2, "the fixture gives more than one class"
+    assert np.array_equal(cli_labels, seg.labels)
+    seg.save(tmp_path / "py.nii.gz")
+    assert nifti_bytes(tmp_path / "py.nii.gz") == nifti_bytes(tmp_path / "cli.nii.gz")
+
+
 def test_evaluate_equals_eval_json(cli, demo_model, demo_volume, tmp_path):
     pred = tmp_path / "pred.nii.gz"
     demo_model.segment(demo_volume, progress=False).save(pred)
