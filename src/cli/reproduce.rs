@@ -102,6 +102,7 @@ impl ModelFlags {
             },
             html: None,
             gt: None,
+            html_ct_size: crate::review::CT_IN_PLANE,
         };
         Ok(args.to_options(g)?)
     }

@@ -31,6 +31,24 @@ pub struct Args {
     /// The page's title (default: the number of cases and the pipeline).
     #[arg(long)]
     pub title: Option<String>,
+    /// The CT's largest in-plane size on the page, 32 to 512 (labels stay at full resolution
+    /// up to 512²): 128 makes a page of many cases about a quarter of the size.
+    #[arg(long, value_name = "N", default_value_t = crate::review::CT_IN_PLANE,
+          value_parser = ct_size)]
+    pub ct_size: usize,
+}
+
+/// `--ct-size` / `--html-ct-size`: within `review::CT_IN_PLANE_RANGE`.
+pub fn ct_size(s: &str) -> Result<usize, String> {
+    let r = crate::review::CT_IN_PLANE_RANGE;
+    match s.parse::<usize>() {
+        Ok(n) if r.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a size from {} to {} pixels, got '{s}'",
+            r.start(),
+            r.end()
+        )),
+    }
 }
 
 /// One line on stderr about the page, and its notes as warnings.
@@ -56,6 +74,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         gt: args.gt.clone(),
         pipeline: args.pipeline.clone(),
         title: args.title.clone(),
+        ct_in_plane: args.ct_size,
         quiet: g.quiet,
     };
     let page = crate::review::review(&args.sources, &opts)

@@ -151,6 +151,10 @@ pub struct Args {
     /// (Dice, HD95, ...); drawn as contours.
     #[arg(long, value_name = "DIR|FILE", requires = "html")]
     pub gt: Option<PathBuf>,
+    /// The review page's largest CT size in-plane, 32 to 512 (`review --ct-size`).
+    #[arg(long, value_name = "N", requires = "html", default_value_t = crate::review::CT_IN_PLANE,
+          value_parser = super::review::ct_size)]
+    pub html_ct_size: usize,
 }
 
 /// `NAME|FILE` or `NAME|FILE:VARIANT`.
@@ -366,6 +370,7 @@ pub fn run(args: Args, g: Globals) -> anyhow::Result<()> {
         gt: args.gt.clone(),
         pipeline: None,
         title: None,
+        ct_in_plane: args.html_ct_size,
         quiet: g.quiet,
     };
     crate::pipeline::runner::execute_then(&opts, |report, report_path| {

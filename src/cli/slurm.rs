@@ -348,6 +348,7 @@ pub fn build(a: &Args, g: Globals) -> anyhow::Result<String> {
         output: a.output.clone(),
         html: None,
         gt: None,
+        html_ct_size: crate::review::CT_IN_PLANE,
     };
     // Without an explicit --device the run flags are validated for CPU here: the GPU is on
     // the compute node, maybe not on this one.

@@ -23,8 +23,12 @@ use serde::Serialize;
 
 use crate::geometry::{Affine, AxCodes, Reorientation};
 
-/// CT and uncertainty: at most this many samples along R and along A.
+/// CT and uncertainty: at most this many samples along R and along A (the default of
+/// [`CaseArrays::ct_in_plane`], `--html-ct-size`).
 pub const CT_IN_PLANE: usize = 256;
+/// The range `--html-ct-size` accepts: below 32 a CT is unreadable; above the labels' limit
+/// the CT would be finer than the overlay.
+pub const CT_IN_PLANE_RANGE: std::ops::RangeInclusive<usize> = 32..=LABELS_IN_PLANE;
 /// CT and uncertainty: at most this many samples along S.
 pub const CT_SLICES: usize = 512;
 /// Labels and ground truth: at most this many samples along R and along A.
@@ -137,6 +141,9 @@ pub struct CaseArrays<'a> {
     pub ct: Option<ArrayView3<'a, f32>>,
     pub gt: Option<ArrayView3<'a, u16>>,
     pub uncertainty: Option<ArrayView3<'a, f32>>,
+    /// CT and uncertainty: at most this many samples along R and along A ([`CT_IN_PLANE`]
+    /// by default; smaller pages for runs of many cases).
+    pub ct_in_plane: usize,
 }
 
 fn factors(dims: [usize; 3], in_plane: usize, slices: usize) -> [usize; 3] {
@@ -297,7 +304,10 @@ pub fn encode_case(a: &CaseArrays<'_>) -> std::io::Result<EncodedCase> {
         axcodes: a.affine.axcodes().to_string(),
     };
     let mut pack = Packer::default();
-    let ct_f = factors(dims, CT_IN_PLANE, CT_SLICES);
+    let ct_in_plane = a
+        .ct_in_plane
+        .clamp(*CT_IN_PLANE_RANGE.start(), *CT_IN_PLANE_RANGE.end());
+    let ct_f = factors(dims, ct_in_plane, CT_SLICES);
     if let Some(ct) = &a.ct {
         let (means, out) = block_means(r.view(ct.view()), ct_f);
         let codes = means.par_iter().map(|&h| HuCompander::encode(h)).collect();
@@ -400,6 +410,7 @@ mod tests {
             ct: Some(ct.view()),
             gt: None,
             uncertainty: None,
+            ct_in_plane: CT_IN_PLANE,
         })
         .unwrap();
         assert_eq!(e.grid.dims, [600, 300, 4]);
@@ -443,5 +454,40 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    /// `--html-ct-size`: the CT (and uncertainty) block-average to the asked size, clamped to
+    /// [`CT_IN_PLANE_RANGE`]; the labels keep their own limit.
+    #[test]
+    fn the_ct_size_is_chosen_by_the_caller() {
+        let shape = (600, 300, 4);
+        let affine = Affine([
+            [0.5, 0.0, 0.0, 0.0],
+            [0.0, 0.5, 0.0, 0.0],
+            [0.0, 0.0, 3.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]);
+        let labels = Array3::<u16>::zeros(shape);
+        let ct = Array3::<f32>::zeros(shape);
+        let u = Array3::<f32>::zeros(shape);
+        for (asked, ct_dims) in [
+            (128, [120, 100, 4]),
+            (8, [32, 30, 4]),
+            (4096, [300, 300, 4]),
+        ] {
+            let e = encode_case(&CaseArrays {
+                labels: labels.view(),
+                affine: &affine,
+                ct: Some(ct.view()),
+                gt: None,
+                uncertainty: Some(u.view()),
+                ct_in_plane: asked,
+            })
+            .unwrap();
+            let dims = |name| e.layers.iter().find(|l| l.name == name).unwrap().dims;
+            assert_eq!(dims("ct"), ct_dims, "asked {asked}");
+            assert_eq!(dims("uncertainty"), ct_dims, "asked {asked}");
+            assert_eq!(dims("labels"), [300, 300, 4], "asked {asked}");
+        }
     }
 }

@@ -33,7 +33,7 @@ use sources::{
     ScoreSource, ToolDoc,
 };
 
-pub use data::{HuCompander, CT_IN_PLANE, HU_KNOTS, LABELS_IN_PLANE};
+pub use data::{HuCompander, CT_IN_PLANE, CT_IN_PLANE_RANGE, HU_KNOTS, LABELS_IN_PLANE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
@@ -123,6 +123,9 @@ pub struct ReviewOptions {
     /// the run's pipeline, as `eval --pipeline` would use it).
     pub pipeline: Option<String>,
     pub title: Option<String>,
+    /// `--html-ct-size`: the CT's largest in-plane size on the page (`data::CT_IN_PLANE`,
+    /// 256, by default; 128 quarters a page of many cases).
+    pub ct_in_plane: usize,
     pub quiet: bool,
 }
 
@@ -402,6 +405,7 @@ fn work_case(
     gt: Option<&Path>,
     scheme: Option<&LabelScheme>,
     eval: Option<&EvalOptions>,
+    ct_in_plane: usize,
 ) -> CaseWork {
     let mut w = CaseWork::default();
     let rec = &case.record;
@@ -488,6 +492,7 @@ fn work_case(
         ct: ct.as_ref().map(|a| a.view()),
         gt: gt_shown.as_ref().map(|a| a.view()),
         uncertainty: uncertainty.as_ref().map(|a| a.view()),
+        ct_in_plane,
     }) {
         Ok(e) => w.encoded = Some(e),
         Err(e) => w
@@ -636,7 +641,14 @@ fn build(docs: Documents, opts: &ReviewOptions) -> Result<PageSummary, ReviewErr
             Scoring::Gt { eval, .. } => Some(eval),
             _ => None,
         };
-        let work = work_case(case, run, gt.as_deref(), scheme.as_ref(), eval);
+        let work = work_case(
+            case,
+            run,
+            gt.as_deref(),
+            scheme.as_ref(),
+            eval,
+            opts.ct_in_plane,
+        );
         let mut page = CasePage {
             record: case.record.clone(),
             run: case.run,

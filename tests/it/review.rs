@@ -345,10 +345,57 @@ fn run_html_writes_the_page_review_writes_from_its_report() {
     let b = page_index(&p.join("review.html"));
     assert_eq!(a["cases"], b["cases"]);
     assert_eq!(a["scores"], b["scores"]);
-    let run = &a["runs"][0];
-    assert!(run["model"]["kind"] == "threshold");
-    assert!(run["command"].as_str().unwrap().contains("--html"));
+    let first_run = &a["runs"][0];
+    assert!(first_run["model"]["kind"] == "threshold");
+    assert!(first_run["command"].as_str().unwrap().contains("--html"));
     assert_dice_equal(&a, &eval_dice(p, "out", "gt"));
+    // A smaller CT (`--ct-size`, `run --html-ct-size`): the same cases and scores, fewer bytes.
+    let o = run(
+        p,
+        &[
+            "--quiet",
+            "review",
+            "run.json",
+            "--html",
+            "small.html",
+            "--gt",
+            "gt",
+            "--ct-size",
+            "32",
+        ],
+    );
+    ok(&o, "review --ct-size 32");
+    let small = page_index(&p.join("small.html"));
+    assert_eq!(small["scores"], b["scores"]);
+    let ct_dims = |index: &Value| -> Vec<(String, Vec<u64>)> {
+        let cases = index["cases"].as_array().unwrap();
+        cases
+            .iter()
+            .map(|c| {
+                let layers = c["view"]["layers"].as_array().unwrap();
+                let ct = layers.iter().find(|l| l["name"] == "ct").unwrap();
+                let dims = ct["dims"].as_array().unwrap();
+                let dims = dims.iter().map(|d| d.as_u64().unwrap()).collect();
+                (c["case"].as_str().unwrap().to_string(), dims)
+            })
+            .collect()
+    };
+    let (full, reduced) = (ct_dims(&b), ct_dims(&small));
+    assert_eq!(full.len(), 3);
+    for ((case, f), (case_small, r)) in full.iter().zip(&reduced) {
+        assert_eq!(case, case_small);
+        assert!(
+            f[0] > 32 && r[0] <= 32 && r[1] <= 32 && r[2] == f[2],
+            "{case}: {f:?} → {r:?}"
+        );
+    }
+    let size = |f: &str| std::fs::metadata(p.join(f)).unwrap().len();
+    assert!(
+        size("small.html") < size("review.html"),
+        "{} vs {} bytes",
+        size("small.html"),
+        size("review.html")
+    );
 }
 
 #[test]
@@ -386,7 +433,7 @@ fn review_usage_errors_exit_2_and_name_the_problem() {
     let d = tempdir();
     let p = d.path();
     std::fs::create_dir_all(p.join("empty")).unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["review", "empty", "--html", "x.html"],
             "no run report in this folder",
@@ -400,6 +447,14 @@ fn review_usage_errors_exit_2_and_name_the_problem() {
         (
             &["run", "in.nii.gz", "--out", "o", "--html", "page.png"],
             "must end in .html",
+        ),
+        (
+            &["review", "empty", "--html", "x.html", "--ct-size", "8"],
+            "from 32 to 512",
+        ),
+        (
+            &["run", "in.nii.gz", "--out", "o", "--html-ct-size", "64"],
+            "--html",
         ),
     ];
     for (args, needle) in cases {
