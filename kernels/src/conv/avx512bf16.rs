@@ -36,7 +36,7 @@
 //! the f32 input transform), with `U[ξ]` packed as a 1×1 conv's weights.
 
 use super::amx::{pair, pair_residual};
-use super::cpu::{cache_budget, Init, Seg};
+use super::cpu::{cache_budget, tile, Init, Seg, Tile};
 use super::{gather_bias, Padding2d};
 use crate::SendPtr;
 use candle_core::{Layout, Result, Shape};
@@ -58,14 +58,6 @@ pub fn hardware() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512bf16")
-}
-
-/// Up to `NV` segments of one register tile: band pointer (step offsets are added to it),
-/// output pointer at the tile's first channel, and the lane mask of each segment.
-struct Tile<const NV: usize> {
-    x: [*const u32; NV],
-    y: [*mut f32; NV],
-    mask: [u16; NV],
 }
 
 /// 16 `u32` bf16 pairs from `p` (only the `mask` lanes when `TAIL`; the others are zero).
@@ -117,7 +109,7 @@ unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool, const SPLIT
     taps: &[isize],
     lo: isize,
     w: *const u32,
-    tile: &Tile<NV>,
+    tile: &Tile<NV, u32>,
     y_plane: usize,
     init: Init,
 ) {
@@ -206,27 +198,6 @@ unsafe fn kernel<const CO: usize, const NV: usize, const TAIL: bool, const SPLIT
     }
 }
 
-/// The tile of up to `NV` segments of `chunk` (missing ones get an empty mask), and whether it
-/// needs the masked kernel.
-///
-/// # Safety
-/// The segments lie inside the band `x` and the output planes at `y`.
-unsafe fn tile<const NV: usize>(chunk: &[Seg], x: *const u32, y: *mut f32) -> (Tile<NV>, bool) {
-    let mut tile = Tile::<NV> {
-        x: [x; NV],
-        y: [y; NV],
-        mask: [0; NV],
-    };
-    let mut full = chunk.len() == NV;
-    for (v, s) in chunk.iter().enumerate() {
-        // SAFETY: the segment lies inside the band and the output planes (contract).
-        (tile.x[v], tile.y[v]) = unsafe { (x.add(s.x), y.add(s.y)) };
-        tile.mask[v] = s.mask;
-        full &= s.mask == u16::MAX;
-    }
-    (tile, !full)
-}
-
 /// The kernel of `CO` channels over `segs`, `NV` segments at a time.
 ///
 /// # Safety
@@ -245,7 +216,7 @@ unsafe fn tiles<const CO: usize, const NV: usize, const SPLIT: bool>(
     for chunk in segs.chunks(NV) {
         // SAFETY: the caller's contract covers every segment, so every tile of them.
         unsafe {
-            let (tile, tail) = tile::<NV>(chunk, x, y);
+            let (tile, tail) = tile::<NV, _>(chunk, x, y);
             if tail {
                 kernel::<CO, NV, true, SPLIT>(taps, lo, w, &tile, y_plane, init);
             } else {
@@ -318,7 +289,7 @@ unsafe fn main_blocks<const SPLIT: bool>(
             // SAFETY: the block's weights, outputs and the chunk's segments as the contract
             // says.
             unsafe {
-                let (tile, tail) = tile::<NV>(chunk, x, y.add(co0 * y_plane));
+                let (tile, tail) = tile::<NV, _>(chunk, x, y.add(co0 * y_plane));
                 let wb = w.add(co0 * wstride);
                 if tail {
                     kernel::<CO, NV, true, SPLIT>(taps, lo, wb, &tile, y_plane, init(co0));

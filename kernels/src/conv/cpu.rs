@@ -57,10 +57,11 @@ impl Init {
     }
 }
 
-/// The `NV` segments of one tile: input base pointer (tap offsets are added to it), output
-/// pointer at the tile's first channel, and the lane mask of each segment.
-pub(super) struct Tile<const NV: usize> {
-    pub x: [*const f32; NV],
+/// The `NV` segments of one tile: input base pointer (tap offsets are added to it; `T`: f32
+/// planes, or the AVX512-BF16 level's `u32` bf16-pair band), output pointer at the tile's
+/// first channel, and the lane mask of each segment.
+pub(super) struct Tile<const NV: usize, T = f32> {
+    pub x: [*const T; NV],
     pub y: [*mut f32; NV],
     pub mask: [u16; NV],
 }
@@ -592,7 +593,7 @@ pub(super) unsafe fn main_tile(
         // SAFETY: the caller's contract is the kernel's, and the chunk has at most `NV_512`
         // segments.
         CpuKernel::Avx512 => unsafe {
-            let (tile, tail) = tile::<NV_512>(chunk, x, y);
+            let (tile, tail) = tile::<NV_512, _>(chunk, x, y);
             if tail {
                 avx512::kernel::<CO_512, NV_512, true>(taps, w, &tile, y_plane, init);
             } else {
@@ -709,7 +710,7 @@ unsafe fn tiles_avx512<const CO: usize, const NV: usize>(
     for chunk in segs.chunks(NV) {
         // SAFETY: the caller's contract covers every segment, so every tile of them.
         unsafe {
-            let (tile, tail) = tile::<NV>(chunk, x, y);
+            let (tile, tail) = tile::<NV, _>(chunk, x, y);
             if tail {
                 avx512::kernel::<CO, NV, true>(taps, w, &tile, y_plane, init);
             } else {
@@ -738,7 +739,7 @@ unsafe fn tiles_avx2<const CO: usize, const NV: usize>(
     for chunk in segs.chunks(NV) {
         // SAFETY: the caller's contract covers every segment, so every tile of them.
         unsafe {
-            let (tile, tail) = tile::<NV>(chunk, x, y);
+            let (tile, tail) = tile::<NV, _>(chunk, x, y);
             if tail {
                 avx2::kernel::<CO, NV, true>(taps, w, w_stride, &tile, y_plane, init);
             } else {
@@ -752,9 +753,13 @@ unsafe fn tiles_avx2<const CO: usize, const NV: usize>(
 /// masked kernel.
 ///
 /// # Safety
-/// The segments lie inside the image's input view and output planes.
-unsafe fn tile<const NV: usize>(chunk: &[Seg], x: *const f32, y: *mut f32) -> (Tile<NV>, bool) {
-    let mut tile = Tile::<NV> {
+/// The segments lie inside the image's input view (or band) and output planes.
+pub(super) unsafe fn tile<const NV: usize, T>(
+    chunk: &[Seg],
+    x: *const T,
+    y: *mut f32,
+) -> (Tile<NV, T>, bool) {
+    let mut tile = Tile::<NV, T> {
         x: [x; NV],
         y: [y; NV],
         mask: [0; NV],
