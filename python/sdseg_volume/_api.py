@@ -250,6 +250,9 @@ def run(
     uncertainty: Optional[PathLike] = None,
     postprocess: Optional[PathLike] = None,
     statistics: bool = False,
+    html: Optional[PathLike] = None,
+    gt: Optional[PathLike] = None,
+    html_ct_size: int = 256,
     quiet: bool = False,
     progress: Union[None, bool, Progress] = None,
 ) -> List[Dict[str, Any]]:
@@ -258,6 +261,8 @@ def run(
     Every option is the flag of the same name (``batch_size`` is ``--batch-size``, ``ema=False``
     is ``--no-ema``), with the same default and meaning: see ``sdseg-volume run --help`` and
     :class:`Model`. Outputs that exist are skipped (resume) unless ``overwrite=True``.
+    ``html``: the run's review page (``--html``; ``gt``: ground truth scored on it,
+    ``html_ct_size``: the CT's in-plane size on it).
     Progress lines go to stderr as with the CLI (``quiet=True``: none); ``progress`` is as for
     :meth:`Model.segment`.
 
@@ -298,6 +303,9 @@ def run(
         "report": report,
         "preview": None if preview is None else os.fspath(preview),
         "uncertainty": None if uncertainty is None else os.fspath(uncertainty),
+        "html": None if html is None else os.fspath(html),
+        "gt": None if gt is None else os.fspath(gt),
+        "html_ct_size": html_ct_size,
         "postprocess": None if postprocess is None else os.fspath(postprocess),
         "statistics": statistics,
         "quiet": quiet,

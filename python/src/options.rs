@@ -198,6 +198,13 @@ pub fn equivalent_command(function: &str, args: &Args) -> Vec<String> {
     if let Some(s) = &m.read.series {
         flag("series", s.clone());
     }
+    if let Some(h) = &args.html {
+        flag("html", h.display().to_string());
+        if let Some(g) = &args.gt {
+            flag("gt", g.display().to_string());
+        }
+        flag("html-ct-size", args.html_ct_size.to_string());
+    }
     for (on, name) in [
         (m.no_ema, "no-ema"),
         (m.read.allow_gaps, "allow-gaps"),

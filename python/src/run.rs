@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -13,6 +14,7 @@ use sdseg_volume::cli::Globals;
 use sdseg_volume::error::ResultExt;
 use sdseg_volume::pipeline::report::CaseRecord;
 use sdseg_volume::pipeline::runner;
+use sdseg_volume::review;
 
 use crate::errors::{self, IntoPy};
 use crate::model::{to_python, PyObserver};
@@ -36,6 +38,9 @@ pub fn run<'py>(
     args.shard = o.parse("shard")?;
     args.model = options::model_args(&mut o, defaults.model)?;
     args.output = options::output_args(&mut o, defaults.output)?;
+    args.html = o.get("html")?;
+    args.gt = o.get("gt")?;
+    args.html_ct_size = o.get_or("html_ct_size", defaults.html_ct_size)?;
     let quiet = o.get_or("quiet", false)?;
     o.finish()?;
     if args.inputs.is_empty() && args.manifest.is_none() {
@@ -46,8 +51,25 @@ pub fn run<'py>(
     let mut opts = args.to_options(Globals { quiet }).classified().py_err()?;
     opts.command = options::equivalent_command("run", &args);
     let observer = PyObserver::new(progress);
+    let html = args.html.clone().map(|html| review::ReviewOptions {
+        html,
+        gt: args.gt.clone(),
+        pipeline: None,
+        title: None,
+        ct_in_plane: args.html_ct_size,
+        quiet,
+    });
     let outcomes = py
-        .detach(|| runner::run_cases(&opts, Some(&observer)))
+        .detach(|| -> anyhow::Result<_> {
+            let (outcomes, report, report_path) = runner::run_reported(&opts, Some(&observer))?;
+            // As `run --html`: the page of the finished run, also when cases failed.
+            if let Some(r) = &html {
+                review::build_for_run(&report, report_path.as_deref(), r)
+                    .classified()
+                    .with_context(|| format!("writing the review page {}", r.html.display()))?;
+            }
+            Ok(outcomes)
+        })
         .py_err()?;
     observer.finish(py)?;
     let records: Vec<CaseRecord> = outcomes.iter().map(CaseRecord::from).collect();
@@ -93,6 +115,9 @@ pub fn cli_defaults<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         "uncertainty": o.uncertainty,
         "postprocess": o.postprocess,
         "statistics": o.statistics,
+        "html": a.html,
+        "gt": a.gt,
+        "html_ct_size": a.html_ct_size,
     });
     to_python(py, &v)
 }

@@ -134,3 +134,25 @@ def test_evaluate_equals_eval_json(cli, demo_model, demo_volume, tmp_path):
                 assert report["cases"][0]["pred"] == "<array>"
                 report["cases"][0]["pred"] = str(pred)
         assert got == want, extra
+
+
+def test_run_html_writes_the_review_page_the_cli_writes(cli, tmp_path):
+    """``run(html=..., gt=...)`` is ``run --html --gt``: the page's case table and scores."""
+    run_cli(cli, "run", DEMO_CT, "--out", tmp_path / "cli", "--quiet",
+            "--html", tmp_path / "cli.html", "--gt", DEMO_LABELS, "--html-ct-size", "64")
+    sv.run(DEMO_CT, tmp_path / "py", quiet=True, progress=False,
+           html=tmp_path / "py.html", gt=DEMO_LABELS, html_ct_size=64)
+
+    def index(page):
+        html = page.read_text()
+        start = html.index('<script type="application/json" id="review-index">')
+        start = html.index(">", start) + 1
+        return json.loads(html[start:html.index("</script>", start)])
+
+    cli_index, py_index = index(tmp_path / "cli.html"), index(tmp_path / "py.html")
+    assert cli_index["scores"] == py_index["scores"]
+    assert len(cli_index["cases"]) == len(py_index["cases"]) == 1
+    for a, b in zip(cli_index["cases"], py_index["cases"]):
+        assert (a["case"], a["mean_dice"], a["view"]["layers"]) == (b["case"], b["mean_dice"], b["view"]["layers"])
+        assert b["mean_dice"] > 0.9
+    assert "--html" in py_index["runs"][0]["command"]

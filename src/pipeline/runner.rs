@@ -322,8 +322,9 @@ pub fn run_cases(
     Ok(run_reported(opts, observer)?.0)
 }
 
-/// The run: outcomes, the report, and where `--report` wrote it.
-fn run_reported(
+/// The run: outcomes, the report, and where `--report` wrote it (`run --html` and the
+/// Python binding's `run(html=...)` build the review page from them).
+pub fn run_reported(
     opts: &RunOptions,
     observer: Option<&dyn Observer>,
 ) -> anyhow::Result<(Vec<CaseOutcome>, RunReport, Option<PathBuf>)> {
